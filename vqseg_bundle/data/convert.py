@@ -1,0 +1,174 @@
+"""ACDC (SSL4MIS HDF5 layout) -> NIfTI volumes + Decathlon-style ``dataset.json``.
+
+The front end is ``scripts/prepare_acdc.py``. Training slices are grouped back into one 3D
+volume per ``patientNNN_frameFF`` (slices stacked along the last axis in slice-number order);
+labeled patients' volumes (image + label) go to ``"training"``, the other training volumes
+(image only) to ``"unlabeled"``, the validation volumes (``(D, H, W)`` in HDF5, written
+``(H, W, D)``) to ``"validation"``. The HDF5 copy stores no voxel spacing, so every volume gets
+the identity affine (1 mm isotropic, voxel units): metrics in "mm" on this output are voxel units.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from vqseg_bundle.data.acdc import TRAIN_LIST, VAL_LIST, read_h5_arrays, read_list, slice_index, volume_key
+from vqseg_bundle.data.integrity import (
+    IntegrityReport,
+    check_files_exist,
+    check_image_array,
+    check_split_not_empty,
+    patient_id_from_name,
+)
+from vqseg_bundle.data.selection import ordered_patients, parse_labeled, cases_in_name
+
+__all__ = ["choose_labeled_patients", "convert_acdc_to_nifti"]
+
+
+def choose_labeled_patients(
+    dataset_dir: str | os.PathLike, train_names: list[str], labeled: str | int, seed: int | None = None
+) -> list[str]:
+    """Labeled patients of an ACDC training set, by patient, reproducibly.
+
+    Args:
+        dataset_dir: the ACDC folder (for ``<labeled>.list`` files).
+        train_names: training slice names in ``train_slices.list`` order.
+        labeled: ``"all"``, a number of patients ``N``, ``"labeled_N_cases"`` or the name of a list file.
+        seed: ``None`` takes patients in list order (the benchmark's subsets); an int draws ``N``
+            patients with ``numpy.random.default_rng(seed)`` (the same seed gives the same patients).
+
+    Returns:
+        Patient ids, in ``train_slices.list`` order.
+    """
+    patients = ordered_patients(train_names)
+    kind, value = parse_labeled(labeled)
+    if kind == "all":
+        return patients
+    if kind == "name":
+        name = str(value)
+        list_path = os.path.join(dataset_dir, name if name.endswith(".list") else f"{name}.list")
+        if seed is None and os.path.isfile(list_path):
+            chosen = set(ordered_patients(read_list(list_path)))
+            return [p for p in patients if p in chosen]
+        value = cases_in_name(name)
+        if value is None:
+            raise ValueError(f"labeled={name!r}: no list file {list_path} and not of the form 'labeled_<N>_cases'")
+    count = int(value)
+    if count > len(patients):
+        raise ValueError(f"asked for {count} labeled patients but {dataset_dir} has {len(patients)} training patients")
+    if seed is None:
+        return patients[:count]
+    picked = set(np.random.default_rng(seed).permutation(len(patients))[:count].tolist())
+    return [p for i, p in enumerate(patients) if i in picked]
+
+
+def _save(array: np.ndarray, path: Path) -> None:
+    img = nib.Nifti1Image(array, np.eye(4))  # identity: the HDF5 copy stores no spacing
+    img.header.set_xyzt_units("mm")
+    nib.save(img, path)
+
+
+def convert_acdc_to_nifti(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    labeled: str | int = "labeled_3_cases",
+    seed: int | None = None,
+    compress: bool = True,
+    overwrite: bool = False,
+) -> Path:
+    """Write ACDC as NIfTI volumes plus ``dataset.json`` into ``dst``.
+
+    Args:
+        src: the ACDC folder in the SSL4MIS layout.
+        dst: output folder (``imagesTr``, ``labelsTr``, ``imagesUnl``, ``imagesVal``, ``labelsVal``, ``dataset.json``).
+        labeled: labeled subset by patient, see :func:`choose_labeled_patients`.
+        seed: ``None`` for list order, or a seed to draw the labeled patients reproducibly.
+        compress: ``.nii.gz`` (True) or ``.nii`` (False, faster).
+        overwrite: allow writing into a folder that already has a ``dataset.json``.
+
+    Returns:
+        ``dst`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        DataIntegrityError: for missing / unreadable / malformed source files.
+        FileExistsError: when ``dst/dataset.json`` exists and ``overwrite`` is False.
+    """
+    src, out = os.fspath(src), Path(dst)
+    if (out / "dataset.json").exists() and not overwrite:
+        raise FileExistsError(f"{out / 'dataset.json'} exists; pass overwrite=True to replace it")
+    train_names = read_list(os.path.join(src, TRAIN_LIST))
+    val_names = read_list(os.path.join(src, VAL_LIST))
+    check_split_not_empty("training", train_names, os.path.join(src, TRAIN_LIST))
+    check_split_not_empty("validation", val_names, os.path.join(src, VAL_LIST))
+    labeled_patients = choose_labeled_patients(src, train_names, labeled, seed)
+    labeled_set = set(labeled_patients)
+
+    slice_paths = {n: os.path.join(src, "data", "slices", f"{n}.h5") for n in train_names}
+    val_paths = {n: os.path.join(src, "data", f"{n}.h5") for n in val_names}
+    report = IntegrityReport(src)
+    check_files_exist(slice_paths.values(), "training slice", report)
+    check_files_exist(val_paths.values(), "validation volume", report)
+    report.raise_if_any()
+
+    volumes: dict[str, list[str]] = {}
+    for name in train_names:
+        volumes.setdefault(volume_key(name), []).append(name)
+    ext = ".nii.gz" if compress else ".nii"
+    for sub in ("imagesTr", "labelsTr", "imagesUnl", "imagesVal", "labelsVal"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+
+    training, unlabeled, validation = [], [], []
+    for key, members in volumes.items():
+        members = sorted(members, key=slice_index)
+        is_labeled = patient_id_from_name(key) in labeled_set
+        arrays = [read_h5_arrays(slice_paths[n], ("image", "label") if is_labeled else ("image",), report) for n in members]
+        if any(a is None for a in arrays):
+            continue
+        shapes = {a["image"].shape for a in arrays}
+        if len(shapes) != 1:
+            report.add(slice_paths[members[0]], f"slices of volume {key} have different shapes {sorted(shapes)}")
+            continue
+        image = np.stack([a["image"] for a in arrays], axis=-1).astype(np.float32)
+        if not check_image_array(image, slice_paths[members[0]], 3, report):
+            continue
+        _save(image, out / ("imagesTr" if is_labeled else "imagesUnl") / f"{key}{ext}")
+        if is_labeled:
+            label = np.stack([a["label"] for a in arrays], axis=-1).astype(np.uint8)
+            _save(label, out / "labelsTr" / f"{key}{ext}")
+            training.append({"image": f"imagesTr/{key}{ext}", "label": f"labelsTr/{key}{ext}"})
+        else:
+            unlabeled.append({"image": f"imagesUnl/{key}{ext}"})
+    for name in val_names:
+        arrays = read_h5_arrays(val_paths[name], ("image", "label"), report)
+        if arrays is None or not check_image_array(arrays["image"], val_paths[name], 3, report):
+            continue
+        _save(np.transpose(arrays["image"], (1, 2, 0)).astype(np.float32), out / "imagesVal" / f"{name}{ext}")
+        _save(np.transpose(arrays["label"], (1, 2, 0)).astype(np.uint8), out / "labelsVal" / f"{name}{ext}")
+        validation.append({"image": f"imagesVal/{name}{ext}", "label": f"labelsVal/{name}{ext}"})
+    report.raise_if_any()
+
+    data = {
+        "name": "ACDC (SSL4MIS preprocessing), converted to NIfTI",
+        "description": "Training slices regrouped into 3D volumes (slice order), min-max normalised per volume by "
+        "SSL4MIS. The HDF5 source stores no voxel spacing: every affine is the identity (spacing 1, voxel units).",
+        "reference": "Bernard et al., IEEE TMI 37(11), 2018; research and education use only",
+        "tensorImageSize": "3D",
+        "modality": {"0": "cine-MRI"},
+        "labels": {"0": "background", "1": "right ventricle", "2": "myocardium", "3": "left ventricle"},
+        "labeled_patients": labeled_patients,
+        "labeled_rule": f"labeled={labeled!r}, seed={seed!r}",
+        "numTraining": len(training),
+        "numUnlabeled": len(unlabeled),
+        "numValidation": len(validation),
+        "training": training,
+        "unlabeled": unlabeled,
+        "validation": validation,
+        "test": [],
+    }
+    (out / "dataset.json").write_text(json.dumps(data, indent=4))
+    return out

@@ -1,0 +1,283 @@
+"""Reader for 3D volumes described by a Decathlon-style ``dataset.json``.
+
+``dataset.json`` keys (paths relative to the file's folder)::
+
+    "training":   [{"image": "imagesTr/a.nii.gz", "label": "labelsTr/a.nii.gz"}, ...]   labeled pairs
+    "unlabeled":  [{"image": "imagesUnl/b.nii.gz"}, ...]  or  ["imagesUnl/b.nii.gz", ...]   (optional)
+    "validation": [{"image": ..., "label": ...}, ...]
+    "test":       ["imagesTs/c.nii.gz", ...]  (not used for training; read by inference)
+
+Training volumes are cut into 2D slices along ``slice_axis``; validation volumes are kept whole
+with the slice axis moved last. Unlabeled images never need a label file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import nibabel as nib
+import numpy as np
+
+from vqseg_bundle.data.integrity import (
+    DataIntegrityError,
+    IntegrityReport,
+    check_files_exist,
+    check_image_array,
+    check_label_array,
+    check_patient_overlap,
+    check_split_not_empty,
+    patient_id_from_name,
+)
+from vqseg_bundle.data.intensity import NORMALIZATION_MODES, normalize_intensity
+from vqseg_bundle.data.records import RawSplits, VolumeRecord
+from vqseg_bundle.data.selection import cases_in_name, first_patients, parse_labeled
+
+__all__ = [
+    "DATASET_JSON",
+    "resolve_dataset_json",
+    "load_datalist",
+    "read_volume_array",
+    "to_slices_last",
+    "load_nifti_splits",
+]
+
+DATASET_JSON = "dataset.json"
+_NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def resolve_dataset_json(dataset: str | os.PathLike) -> str:
+    """Path of the ``dataset.json`` for a folder holding one, or the json file itself.
+
+    Raises:
+        DataIntegrityError: when there is no such file.
+    """
+    path = os.fspath(dataset)
+    if os.path.isdir(path):
+        path = os.path.join(path, DATASET_JSON)
+    if not os.path.isfile(path):
+        raise DataIntegrityError(f"{path}: missing dataset description (expected a Decathlon-style {DATASET_JSON})")
+    return path
+
+
+def _entries(data: dict, key: str, json_path: str, need_label: bool) -> list[dict[str, str]]:
+    # Written by hand: MONAI's load_decathlon_datalist accepts plain path strings only under "test"
+    # and requires every listed key to exist; here "unlabeled" may be strings and may be absent.
+    base = os.path.dirname(os.path.abspath(json_path))
+    raw = data.get(key, [])
+    if not isinstance(raw, list):
+        raise DataIntegrityError(f"{json_path}: '{key}' must be a list, got {type(raw).__name__}")
+    out = []
+    for i, entry in enumerate(raw):
+        if isinstance(entry, str):
+            entry = {"image": entry}
+        if not isinstance(entry, dict) or not isinstance(entry.get("image"), str):
+            raise DataIntegrityError(f"{json_path}: '{key}'[{i}] must be a path string or a dict with an 'image' path")
+        if need_label and not isinstance(entry.get("label"), str):
+            raise DataIntegrityError(f"{json_path}: '{key}'[{i}] ({entry['image']}) has no 'label' path")
+        item = {"image": os.path.normpath(os.path.join(base, entry["image"]))}
+        if need_label:
+            item["label"] = os.path.normpath(os.path.join(base, entry["label"]))
+        out.append(item)
+    return out
+
+
+def load_datalist(dataset: str | os.PathLike) -> dict[str, list[dict[str, str]]]:
+    """Parse a Decathlon-style ``dataset.json`` into absolute-path lists.
+
+    Args:
+        dataset: a folder with ``dataset.json`` or the json file.
+
+    Returns:
+        ``{"training": [{"image", "label"}], "unlabeled": [{"image"}], "validation": [{"image", "label"}],
+        "test": [{"image"}]}`` with absolute paths; absent keys give empty lists.
+
+    Raises:
+        DataIntegrityError: for a missing / invalid json file or malformed entries.
+    """
+    json_path = resolve_dataset_json(dataset)
+    try:
+        with open(json_path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataIntegrityError(f"{json_path}: unreadable dataset description ({exc})") from exc
+    if not isinstance(data, dict):
+        raise DataIntegrityError(f"{json_path}: expected a JSON object with 'training' / 'validation' lists")
+    return {
+        "training": _entries(data, "training", json_path, need_label=True),
+        "unlabeled": _entries(data, "unlabeled", json_path, need_label=False),
+        "validation": _entries(data, "validation", json_path, need_label=True),
+        "test": _entries(data, "test", json_path, need_label=False),
+    }
+
+
+def read_volume_array(path: str, report: IntegrityReport, dtype: type | None = None) -> np.ndarray | None:
+    """Decode an image file into a numpy array in its stored voxel order.
+
+    NIfTI files are read with nibabel (scaling applied, voxel order as stored, no reorientation);
+    other formats go through MONAI's ``LoadImage`` (ITK for MetaImage / NRRD). Trailing singleton
+    dimensions beyond the third are dropped (``(H, W, D, 1)`` -> ``(H, W, D)``).
+
+    Args:
+        path: the file.
+        report: collector of problems; ``None`` is returned when the file cannot be read.
+        dtype: cast to this dtype (``None`` keeps the stored dtype, used for labels).
+
+    Returns:
+        The array, or ``None``.
+    """
+    try:
+        if path.lower().endswith(_NIFTI_SUFFIXES):
+            array = np.asanyarray(nib.load(path).dataobj)
+        else:
+            from monai.transforms import LoadImage
+
+            array = np.asarray(LoadImage(image_only=True)(path))
+    except Exception as exc:  # any decoder failure is a data problem to report, not a crash
+        report.add(path, f"unreadable image file ({type(exc).__name__}: {exc})")
+        return None
+    while array.ndim > 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    return array.astype(dtype, copy=False) if dtype is not None else array
+
+
+def to_slices_last(volume: np.ndarray, slice_axis: int) -> np.ndarray:
+    """Move ``slice_axis`` of a 3D volume last (a 2D array becomes one slice ``(H, W, 1)``)."""
+    if volume.ndim == 2:
+        return volume[..., None]
+    return np.ascontiguousarray(np.moveaxis(volume, slice_axis, -1))
+
+
+def _check_slice_axis(slice_axis: int) -> int:
+    if isinstance(slice_axis, bool) or not isinstance(slice_axis, (int, np.integer)) or not -3 <= slice_axis <= 2:
+        raise ValueError(f"slice_axis must be an int in -3..2 (an axis of a 3D volume), got {slice_axis!r}")
+    return int(slice_axis)
+
+
+def _select_labeled(training: list[dict[str, str]], labeled: str | int, json_path: str) -> tuple[set[str], str]:
+    names = [e["image"] for e in training]
+    kind, value = parse_labeled(labeled)
+    if kind == "all":
+        return set(names), "all 'training' volumes"
+    if kind == "name":
+        n_cases = cases_in_name(str(value))
+        if n_cases is None:
+            raise ValueError(
+                f"labeled={value!r} is not understood for a dataset.json dataset ({json_path}); "
+                "expected 'all', a number of patients or 'labeled_<N>_cases'"
+            )
+        value = n_cases
+    patients = set(first_patients(names, int(value), f"{json_path} 'training'"))
+    return {n for n in names if patient_id_from_name(n) in patients}, f"first {value} patient(s) of 'training'"
+
+
+def load_nifti_splits(
+    dataset: str | os.PathLike,
+    labeled: str | int = "all",
+    slice_axis: int = -1,
+    normalization: str = "minmax",
+    num_classes: int = 4,
+) -> RawSplits:
+    """Load a ``dataset.json`` dataset into labeled / unlabeled 2D slices and validation volumes.
+
+    The labeled subset is chosen among the ``"training"`` pairs by patient (see
+    :func:`vqseg_bundle.data.integrity.patient_id_from_name`): ``"all"`` keeps them all, ``N`` or
+    ``"labeled_N_cases"`` keeps the first ``N`` patients in list order and moves the other
+    training volumes to the unlabeled set (their labels are not read). ``"unlabeled"`` entries are
+    always unlabeled. Intensities are normalised per volume before slicing.
+
+    Args:
+        dataset: folder with ``dataset.json`` or the json file.
+        labeled: labeled subset (see above).
+        slice_axis: the axis of each 3D volume along which 2D slices are cut (default: last).
+        normalization: one of ``"minmax"``, ``"zscore"``, ``"percentile"``, ``"none"``.
+        num_classes: valid labels are ``0 .. num_classes-1``.
+
+    Returns:
+        :class:`RawSplits`: slices ``(H, W)`` (the two remaining axes, in order), validation
+        volumes ``(H, W, D)`` with the slice axis last.
+
+    Raises:
+        DataIntegrityError: for any bad file or split (all problems are listed).
+        ValueError: for invalid arguments.
+    """
+    if normalization not in NORMALIZATION_MODES:
+        raise ValueError(f"normalization must be one of {NORMALIZATION_MODES}, got {normalization!r}")
+    slice_axis = _check_slice_axis(slice_axis)
+    json_path = resolve_dataset_json(dataset)
+    lists = load_datalist(json_path)
+    check_split_not_empty("training", lists["training"], f"{json_path} 'training'")
+    labeled_images, rule = _select_labeled(lists["training"], labeled, json_path)
+    labeled_entries = [e for e in lists["training"] if e["image"] in labeled_images]
+    unlabeled_entries = [{"image": e["image"]} for e in lists["training"] if e["image"] not in labeled_images]
+    unlabeled_entries += lists["unlabeled"]
+    check_split_not_empty("labeled", labeled_entries, f"{json_path} 'training'")
+    if not (isinstance(labeled, str) and labeled.strip().lower() == "all"):
+        check_split_not_empty("unlabeled", unlabeled_entries, f"{json_path} 'unlabeled'")
+    check_split_not_empty("validation", lists["validation"], f"{json_path} 'validation'")
+    check_patient_overlap(
+        {
+            "labeled": [e["image"] for e in labeled_entries],
+            "unlabeled": [e["image"] for e in unlabeled_entries],
+            "validation": [e["image"] for e in lists["validation"]],
+        },
+        [("labeled", "validation"), ("unlabeled", "validation")],
+        json_path,
+    )
+    report = IntegrityReport(json_path)
+    check_files_exist([e["image"] for e in labeled_entries], "labeled image", report)
+    check_files_exist([e["label"] for e in labeled_entries], "label", report)
+    check_files_exist([e["image"] for e in unlabeled_entries], "unlabeled image", report)
+    check_files_exist([e["image"] for e in lists["validation"]], "validation image", report)
+    check_files_exist([e["label"] for e in lists["validation"]], "validation label", report)
+    report.raise_if_any()
+
+    def load_pair(entry: dict[str, str]) -> tuple[np.ndarray, np.ndarray | None] | None:
+        image = read_volume_array(entry["image"], report, np.float32)
+        if image is None or not check_image_array(image, entry["image"], (2, 3), report):
+            return None
+        label = None
+        if "label" in entry:
+            label = read_volume_array(entry["label"], report)
+            if label is None or not check_label_array(
+                label, entry["label"], num_classes, image.shape, entry["image"], report
+            ):
+                return None
+            label = to_slices_last(label, slice_axis)
+        return to_slices_last(normalize_intensity(image, normalization), slice_axis), label
+
+    raw = RawSplits(source=json_path, format="nifti", labeled_rule=rule)
+    for entry in labeled_entries:
+        loaded = load_pair(entry)
+        if loaded is None:
+            continue
+        image, label = loaded
+        stem = _stem(entry["image"])
+        for k in range(image.shape[-1]):
+            raw.labeled_images.append(image[..., k])
+            raw.labeled_labels.append(label[..., k])
+            raw.labeled_names.append(f"{stem}_slice_{k}")
+    for entry in unlabeled_entries:
+        loaded = load_pair(entry)
+        if loaded is None:
+            continue
+        image, _ = loaded
+        stem = _stem(entry["image"])
+        for k in range(image.shape[-1]):
+            raw.unlabeled_images.append(image[..., k])
+            raw.unlabeled_names.append(f"{stem}_slice_{k}")
+    for entry in lists["validation"]:
+        loaded = load_pair(entry)
+        if loaded is None:
+            continue
+        image, label = loaded
+        raw.validation.append(VolumeRecord(name=_stem(entry["image"]), image=image, label=label.astype(np.int64)))
+    report.raise_if_any()
+    return raw
+
+
+def _stem(path: str) -> str:
+    name = os.path.basename(path)
+    for ext in (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".h5"):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return os.path.splitext(name)[0]

@@ -1,0 +1,48 @@
+"""Decoded but not yet resized splits, the common output of the ACDC and NIfTI readers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["VolumeRecord", "RawSplits"]
+
+
+@dataclass
+class VolumeRecord:
+    """One validation volume at its original size.
+
+    Attributes:
+        name: case name (file stem), e.g. ``patient002_frame01``.
+        image: float32 ``(H, W, D)``, normalised, slices along the last axis.
+        label: integer ``(H, W, D)``.
+    """
+
+    name: str
+    image: np.ndarray
+    label: np.ndarray
+
+
+@dataclass
+class RawSplits:
+    """Normalised 2D training slices and 3D validation volumes, before resizing.
+
+    Attributes:
+        labeled_images / labeled_labels / labeled_names: labeled slices ``(H_i, W_i)``.
+        unlabeled_images / unlabeled_names: unlabeled slices ``(H_i, W_i)``.
+        validation: whole validation volumes.
+        source: where the data came from (quoted in messages and the summary).
+        format: ``"acdc_h5"`` or ``"nifti"``.
+        labeled_rule: how the labeled subset was chosen (for the summary).
+    """
+
+    labeled_images: list[np.ndarray] = field(default_factory=list)
+    labeled_labels: list[np.ndarray] = field(default_factory=list)
+    labeled_names: list[str] = field(default_factory=list)
+    unlabeled_images: list[np.ndarray] = field(default_factory=list)
+    unlabeled_names: list[str] = field(default_factory=list)
+    validation: list[VolumeRecord] = field(default_factory=list)
+    source: str = ""
+    format: str = ""
+    labeled_rule: str = ""

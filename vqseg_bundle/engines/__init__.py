@@ -1,0 +1,41 @@
+"""Semi-supervised trainer, EMA teacher and training handlers of the VQ-Seg bundle."""
+
+from vqseg_bundle.engines.checkpoint import (
+    TrainerCheckpointLoader,
+    TrainerCheckpointSaver,
+    latest_checkpoint,
+    resume_path,
+)
+from vqseg_bundle.engines.ema import EMATeacher, ema_decay_at, make_teacher
+from vqseg_bundle.engines.handlers import (
+    CodebookUsageHandler,
+    NaNSkipLogger,
+    TerminateOnNonFinite,
+    ProgressBarHandler,
+    per_class_dice_metrics,
+    scalar_output,
+)
+from vqseg_bundle.engines.loaders import InfiniteLoader
+from vqseg_bundle.engines.optim import backbone_param_groups
+from vqseg_bundle.engines.trainer import NAN_POLICIES, SemiSupervisedForward, SemiSupervisedTrainer
+
+__all__ = [
+    "TrainerCheckpointLoader",
+    "TrainerCheckpointSaver",
+    "backbone_param_groups",
+    "TerminateOnNonFinite",
+    "CodebookUsageHandler",
+    "EMATeacher",
+    "InfiniteLoader",
+    "NAN_POLICIES",
+    "NaNSkipLogger",
+    "ProgressBarHandler",
+    "SemiSupervisedForward",
+    "SemiSupervisedTrainer",
+    "ema_decay_at",
+    "latest_checkpoint",
+    "make_teacher",
+    "per_class_dice_metrics",
+    "resume_path",
+    "scalar_output",
+]

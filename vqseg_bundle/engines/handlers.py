@@ -1,0 +1,191 @@
+"""Training handlers: codebook health, NaN-skip logging, progress bar, output selection, per-class Dice.
+
+Each handler has ``attach(engine)`` so it can be an inline dict in ``train#handlers`` /
+``validate#handlers``. Handlers that read device values back to the host do so every
+``interval`` iterations only.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from ignite.contrib.handlers import ProgressBar
+from ignite.engine import Engine, Events
+from ignite.handlers import TerminateOnNan
+from monai.handlers import MeanDice, from_engine
+
+from vqseg_bundle.engines.ema import _unwrap
+
+__all__ = [
+    "scalar_output",
+    "CodebookUsageHandler",
+    "NaNSkipLogger",
+    "ProgressBarHandler",
+    "TerminateOnNonFinite",
+    "per_class_dice_metrics",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def scalar_output(output: Any) -> dict[str, Any]:
+    """Output transform for ``StatsHandler`` / ``TensorBoardStatsHandler``: every scalar entry of a dict output.
+
+    Args:
+        output: ``engine.state.output`` of :class:`~vqseg_bundle.engines.SemiSupervisedTrainer`.
+
+    Returns:
+        ``{name: 0-d tensor or number}``; tensors with more than one element are left out.
+    """
+    if not isinstance(output, dict):
+        return {}
+    return {
+        k: v
+        for k, v in output.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) or (torch.is_tensor(v) and v.numel() == 1)
+    }
+
+
+class CodebookUsageHandler:
+    """Every ``interval`` iterations: read the network's codebook usage, publish and log it, then reset.
+
+    The values (fraction of codes used, perplexity, per the network's ``codebook_usage()``) are put
+    into ``engine.state.output`` as ``codebook_<name>`` (so ``StatsHandler`` / TensorBoard / MLflow
+    pick them up when they log on the same iterations) and into ``engine.state.metrics``.
+    Attach it *before* the logging handlers so that its values are there when they run.
+    """
+
+    def __init__(self, network: torch.nn.Module, interval: int = 50, reset: bool = True, prefix: str = "codebook_") -> None:
+        """
+        Args:
+            network: the student (plain, DDP-wrapped or compiled) with ``codebook_usage()`` and
+                ``reset_codebook_usage()``.
+            interval: iterations between reads (each read synchronises with the device once).
+            reset: reset the running statistics after each read (usage per window rather than since start).
+            prefix: key prefix in the output / metrics.
+        """
+        if interval < 1:
+            raise ValueError(f"interval must be >= 1, got {interval}")
+        net = _unwrap(network)
+        if not callable(getattr(net, "codebook_usage", None)):
+            raise ValueError(f"network {type(net).__name__} has no codebook_usage() method")
+        self.network, self.interval, self.reset, self.prefix = net, int(interval), bool(reset), prefix
+        self.last: dict[str, float] = {}
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.interval), self)
+
+    def __call__(self, engine: Engine) -> None:
+        usage = self.network.codebook_usage()
+        self.last = {f"{self.prefix}{k}": float(v) for k, v in usage.items()}
+        if isinstance(engine.state.output, dict):
+            engine.state.output.update(self.last)
+        engine.state.metrics.update(self.last)
+        if self.reset and callable(getattr(self.network, "reset_codebook_usage", None)):
+            self.network.reset_codebook_usage()
+
+
+class NaNSkipLogger:
+    """Every ``interval`` iterations, log a warning when the trainer skipped non-finite steps since the last look."""
+
+    def __init__(self, interval: int = 50, key: str = "skipped_steps") -> None:
+        if interval < 1:
+            raise ValueError(f"interval must be >= 1, got {interval}")
+        self.interval, self.key = int(interval), key
+        self.seen = 0
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.interval), self)
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        out = engine.state.output
+        if not isinstance(out, dict) or self.key not in out:
+            return
+        count = int(out[self.key])
+        if count > self.seen:
+            logger.warning(
+                "iteration %d: %d training step(s) skipped because the loss or gradient was not finite "
+                "(%d in total)", engine.state.iteration, count - self.seen, count
+            )
+            self.seen = count
+
+
+class TerminateOnNonFinite:
+    """ignite ``TerminateOnNan`` on the ``"loss"`` output every ``interval`` iterations (each check syncs once).
+
+    The alternative to the trainer's ``nan_policy="skip"``: stop the run at the first non-finite loss.
+    """
+
+    def __init__(self, interval: int = 1, key: str = "loss") -> None:
+        if interval < 1:
+            raise ValueError(f"interval must be >= 1, got {interval}")
+        self.interval, self.key = int(interval), key
+
+    def attach(self, engine: Engine) -> None:
+        handler = TerminateOnNan(output_transform=lambda out: out[self.key] if isinstance(out, dict) else out)
+        engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.interval), handler)
+
+
+class ProgressBarHandler:
+    """ignite ``ProgressBar`` refreshed every ``interval`` iterations with the chosen output values."""
+
+    def __init__(self, interval: int = 10, keys: Sequence[str] = ("loss",), persist: bool = False) -> None:
+        """
+        Args:
+            interval: iterations between refreshes (each reads ``keys`` from the device once).
+            keys: ``engine.state.output`` entries shown next to the bar.
+            persist: keep the finished bar on screen.
+        """
+        if interval < 1:
+            raise ValueError(f"interval must be >= 1, got {interval}")
+        self.interval, self.keys, self.persist = int(interval), tuple(keys), bool(persist)
+
+    def _transform(self, output: Any) -> dict[str, float]:
+        if not isinstance(output, dict):
+            return {}
+        return {k: float(output[k]) for k in self.keys if k in output}
+
+    def attach(self, engine: Engine) -> None:
+        ProgressBar(persist=self.persist).attach(
+            engine, output_transform=self._transform, event_name=Events.ITERATION_COMPLETED(every=self.interval)
+        )
+
+
+def per_class_dice_metrics(
+    num_classes: int,
+    class_names: Sequence[str] | None = None,
+    prefix: str = "val_dice_",
+    output_transform: Callable = from_engine(["pred", "label"]),
+) -> dict[str, MeanDice]:
+    """One MONAI ``MeanDice`` per foreground class, for ``additional_metrics`` of an evaluator.
+
+    Args:
+        num_classes: ``K`` including background; predictions and labels must be one-hot ``(K, ...)``.
+        class_names: names of the ``K - 1`` foreground classes (default ``class1`` ...).
+        prefix: metric name prefix.
+        output_transform: gives ``(preds, labels)`` lists of one-hot tensors.
+
+    Returns:
+        ``{f"{prefix}{name}": MeanDice}``, each reading one class channel.
+    """
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    names = list(class_names) if class_names is not None else [f"class{c}" for c in range(1, num_classes)]
+    if len(names) != num_classes - 1:
+        raise ValueError(f"class_names must name the {num_classes - 1} foreground classes, got {names}")
+
+    def _select(c: int) -> Callable:
+        def _transform(output: Any) -> tuple[list, list]:
+            preds, labels = output_transform(output)
+            return [p[c : c + 1] for p in preds], [lb[c : c + 1] for lb in labels]
+
+        return _transform
+
+    return {
+        f"{prefix}{name}": MeanDice(include_background=True, output_transform=_select(c), reduction="mean")
+        for c, name in enumerate(names, start=1)
+    }

@@ -1,0 +1,101 @@
+"""ONNX export of the evaluation network (one 2D slice batch in, logits out) and its check.
+
+TorchScript export goes through MONAI (``python -m monai.bundle ckpt_export``); ONNX export is
+not part of MONAI's bundle commands, hence these two functions (the ``onnx`` and
+``onnxruntime`` packages are optional dependencies, imported on use).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["export_onnx", "compare_onnx"]
+
+
+def _example(in_channels: int, image_size: int | tuple[int, int], batch: int, seed: int) -> torch.Tensor:
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    if len(size) != 2 or any(int(s) < 1 for s in size) or int(in_channels) < 1 or int(batch) < 1:
+        raise ValueError(
+            f"expected in_channels >= 1, batch >= 1 and image_size an int or (H, W), got {in_channels}, {batch}, {image_size}."
+        )
+    g = torch.Generator().manual_seed(int(seed))
+    return torch.rand((int(batch), int(in_channels), int(size[0]), int(size[1])), generator=g)
+
+
+def export_onnx(
+    network: torch.nn.Module,
+    path: str | os.PathLike,
+    in_channels: int = 1,
+    image_size: int | tuple[int, int] = 256,
+    opset: int = 17,
+    dynamo: bool = False,
+) -> Path:
+    """Export ``network`` (put in eval mode) to ONNX with a dynamic batch axis.
+
+    Input ``image`` ``(N, in_channels, H, W)`` (``H, W`` fixed to ``image_size``: the inferer
+    always feeds that size), output ``pred`` ``(N, K, H, W)`` logits.
+
+    Args:
+        network: the evaluation network (``network_def`` with its weights).
+        path: output ``.onnx`` file (parent folders are created).
+        in_channels, image_size: the example input's layout.
+        opset: ONNX opset.
+        dynamo: use the ``torch.export``-based exporter (needs ``onnxscript``) instead of the
+            TorchScript-based one.
+
+    Returns:
+        the written path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    network = network.eval()
+    example = _example(in_channels, image_size, 2, 0)
+    kwargs: dict = dict(input_names=["image"], output_names=["pred"], opset_version=int(opset), dynamo=dynamo)
+    if dynamo:
+        kwargs["dynamic_shapes"] = ({0: torch.export.Dim("batch")},)
+    else:
+        kwargs["dynamic_axes"] = {"image": {0: "batch"}, "pred": {0: "batch"}}
+    with torch.no_grad():
+        torch.onnx.export(network, (example,), str(path), **kwargs)
+    return path
+
+
+def compare_onnx(
+    network: torch.nn.Module,
+    path: str | os.PathLike,
+    in_channels: int = 1,
+    image_size: int | tuple[int, int] = 256,
+    batch: int = 3,
+    seed: int = 1,
+) -> tuple[float, float]:
+    """Compare ONNX Runtime (CPU) and PyTorch logits on a random slice batch.
+
+    ``batch`` differs from the export's example batch (2) on purpose, to exercise the dynamic axis.
+
+    Returns:
+        ``(max_abs_diff, max_abs_logit)``: the largest absolute difference and, for a relative
+        tolerance, the largest absolute PyTorch logit.
+
+    Raises:
+        FileNotFoundError: when ``path`` does not exist.
+        ValueError: when the two outputs differ in shape.
+    """
+    import onnx
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ONNX file '{path}' does not exist.")
+    onnx.checker.check_model(str(path))
+    x = _example(in_channels, image_size, batch, seed)
+    with torch.no_grad():
+        ref = network.eval()(x).cpu().numpy()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    if out.shape != ref.shape:
+        raise ValueError(f"ONNX output shape {out.shape} differs from PyTorch output shape {ref.shape}.")
+    return float(np.abs(out - ref).max()), float(np.abs(ref).max())

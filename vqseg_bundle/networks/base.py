@@ -1,0 +1,301 @@
+"""Backbone-independent part of the VQ-Seg networks: quantized levels, perturbation, dual branch, PFA."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+
+from .adapter import PFAAdapter
+from .outputs import VQSegOutput
+from .perturbations import PERTURBATIONS, ComplementaryDropout, FeatureDropout
+from .qpm import QuantizedPerturbation
+from .quantizer import VectorQuantizer
+
+__all__ = ["VQSegNetworkBase", "parse_levels"]
+
+RECON_INPUTS = ("all", "quantized")
+DEEPEST_ALIASES = ("bottleneck", "deepest", "last")
+
+
+def parse_levels(spec: int | str | Sequence[int | str] | None, num_levels: int, name: str) -> tuple[int, ...]:
+    """Normalise a level specification to sorted unique indices in ``[0, num_levels)``.
+
+    Accepts ints (negative counts from the deepest), numeric strings, ``"bottleneck"`` / ``"deepest"`` /
+    ``"last"`` (= ``num_levels - 1``), ``"all"``, a single value or a sequence; ``None`` or ``()`` gives ``()``.
+
+    Raises:
+        ValueError: unknown name or index out of range (the message names ``name``).
+    """
+    if spec is None:
+        return ()
+    if isinstance(spec, (int, str)):
+        spec = [spec]
+    out = set()
+    for item in spec:
+        if isinstance(item, str):
+            key = item.strip().lower()
+            if key == "all":
+                out.update(range(num_levels))
+                continue
+            if key in DEEPEST_ALIASES:
+                out.add(num_levels - 1)
+                continue
+            try:
+                item = int(key)
+            except ValueError:
+                raise ValueError(
+                    f"{name}: unknown level {item!r}; use integers in [-{num_levels}, {num_levels}), "
+                    f"'all' or one of {DEEPEST_ALIASES}."
+                ) from None
+        if isinstance(item, bool) or not isinstance(item, int):
+            raise ValueError(f"{name}: levels must be ints or strings, got {item!r}.")
+        if not -num_levels <= item < num_levels:
+            raise ValueError(f"{name}: level {item} out of range for {num_levels} levels.")
+        out.add(item % num_levels)
+    return tuple(sorted(out))
+
+
+class VQSegNetworkBase(nn.Module):
+    """Shared logic of :class:`~vqseg_bundle.networks.unet.VQSegUNet` and :class:`~vqseg_bundle.networks.vit.VQSegViT`.
+
+    Subclasses build their encoder and decoders, then call :meth:`_setup_vq`, and implement
+
+    * ``encode(x (B, C_in, H, W)) -> list[(B, C_l, h_l, w_l)]`` (shallow to deep),
+    * ``decode_seg(features, out_size) -> (B, num_classes, H, W)``,
+    * ``decode_rec(features, out_size) -> (B, C_in, H, W)`` (only called when ``reconstruction`` is on).
+    """
+
+    in_channels: int
+    num_classes: int
+
+    # ------------------------------------------------------------------ construction
+    def _setup_vq(
+        self,
+        level_channels: Sequence[int],
+        vq_levels,
+        codebook_size: int | Sequence[int],
+        commitment_beta: float,
+        usage_entropy_weight: float,
+        usage_entropy_temperature: float,
+        perturbation: str,
+        perturb_levels,
+        dropout_rate: float,
+        complementary_keep_ratio: float,
+        qpm_mode: str,
+        qpm_eps: float,
+        qpm_temperature: float,
+        qpm_distance: str,
+        qpm_strategy: str,
+        reconstruction: bool,
+        recon_input: str,
+        pfa_channels: int | None,
+        pfa_level,
+        max_chunk_elements: int,
+        codebook_seed: int | None,
+    ) -> None:
+        cls = type(self).__name__
+        num_levels = len(level_channels)
+        self.level_channels = tuple(int(c) for c in level_channels)
+        self.vq_levels = parse_levels(vq_levels, num_levels, f"{cls}.vq_levels")
+        if isinstance(codebook_size, (int, str)):
+            sizes = [int(codebook_size)] * len(self.vq_levels)
+        else:
+            sizes = [int(s) for s in codebook_size]
+            if len(sizes) != len(self.vq_levels):
+                raise ValueError(
+                    f"{cls}: codebook_size has {len(sizes)} entries but vq_levels {self.vq_levels} has "
+                    f"{len(self.vq_levels)}; give one int or one size per level."
+                )
+        self.quantizers = nn.ModuleDict(
+            {
+                str(level): VectorQuantizer(
+                    self.level_channels[level],
+                    size,
+                    commitment_beta,
+                    usage_entropy_weight,
+                    usage_entropy_temperature,
+                    max_chunk_elements,
+                    seed=None if codebook_seed is None else int(codebook_seed) + level,
+                )
+                for level, size in zip(self.vq_levels, sizes)
+            }
+        )
+
+        if perturbation not in PERTURBATIONS:
+            raise ValueError(f"{cls}: perturbation must be one of {PERTURBATIONS}, got {perturbation!r}.")
+        self.perturbation = perturbation
+        self.qpm: QuantizedPerturbation | None = None
+        self.feature_perturbation: nn.Module | None = None
+        if perturbation == "qpm":
+            if not self.vq_levels:
+                raise ValueError(f"{cls}: perturbation='qpm' needs at least one quantized level (vq_levels is empty).")
+            levels = self.vq_levels if perturb_levels is None else parse_levels(
+                perturb_levels, num_levels, f"{cls}.perturb_levels"
+            )
+            missing = sorted(set(levels) - set(self.vq_levels))
+            if missing:
+                raise ValueError(f"{cls}: QPM can only perturb quantized levels; levels {missing} are not in vq_levels.")
+            self.qpm = QuantizedPerturbation(qpm_mode, qpm_eps, qpm_temperature, qpm_distance, qpm_strategy)
+        else:
+            levels = tuple(range(num_levels)) if perturb_levels is None else parse_levels(
+                perturb_levels, num_levels, f"{cls}.perturb_levels"
+            )
+            if perturbation == "dropout":
+                self.feature_perturbation = FeatureDropout(dropout_rate)
+            elif perturbation == "complementary_dropout":
+                self.feature_perturbation = ComplementaryDropout(dropout_rate, complementary_keep_ratio)
+            else:
+                levels = ()
+        self.perturb_levels = levels
+
+        if recon_input not in RECON_INPUTS:
+            raise ValueError(f"{cls}: recon_input must be one of {RECON_INPUTS}, got {recon_input!r}.")
+        self.reconstruction = bool(reconstruction)
+        self.recon_input = recon_input
+
+        self.adapter: PFAAdapter | None = None
+        self.pfa_level: int | None = None
+        if pfa_channels is not None:
+            if pfa_level is None:
+                self.pfa_level = self.vq_levels[-1] if self.vq_levels else num_levels - 1
+            else:
+                (self.pfa_level,) = parse_levels([pfa_level], num_levels, f"{cls}.pfa_level")
+            self.adapter = PFAAdapter(self.level_channels[self.pfa_level], int(pfa_channels))
+
+    # ------------------------------------------------------------------ hooks for subclasses
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def decode_seg(self, features: list[torch.Tensor], out_size: Sequence[int]) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def decode_rec(self, features: list[torch.Tensor], out_size: Sequence[int]) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"{type(self).__name__}: expected input (B, {self.in_channels}, H, W), got {tuple(x.shape)}."
+            )
+
+    # ------------------------------------------------------------------ forward paths
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Segmentation logits ``(B, num_classes, H, W)`` of ``x (B, in_channels, H, W)``, never perturbed.
+
+        The same in train and eval mode (BatchNorm / dropout layers aside); what inferers and export see.
+        """
+        self._check_input(x)
+        features = self.encode(x)
+        for key, quantizer in self.quantizers.items():
+            level = int(key)
+            features[level] = quantizer.quantize(features[level])[0]
+        return self.decode_seg(features, x.shape[-2:])
+
+    def forward_train(
+        self,
+        x: torch.Tensor,
+        perturb: bool = False,
+        generator: torch.Generator | None = None,
+        align_size: Sequence[int] | None = None,
+    ) -> VQSegOutput:
+        """Training-mode forward returning every output of the method.
+
+        Args:
+            x: ``(B, in_channels, H, W)``. For ``perturbation="complementary_dropout"`` with ``perturb=True``
+                it must be the two strong views concatenated along the batch, ``cat([view1, view2])``: the
+                first and second halves get complementary channel masks.
+            perturb: apply the configured perturbation (QPM on indices, or feature dropout) to the features
+                that feed the segmentation decoder. Ignored for ``perturbation="none"``.
+            generator: optional ``torch.Generator`` (on ``x``'s device) for reproducible perturbations.
+            align_size: ``(h, w)`` of the foundation model's token grid; with a PFA adapter the output's
+                ``aligned`` is the adapter applied to the unperturbed post-VQ map of ``pfa_level``.
+
+        Returns:
+            :class:`~vqseg_bundle.networks.outputs.VQSegOutput`.
+        """
+        self._check_input(x)
+        features = self.encode(x)
+        post = list(features)
+        pre_vq, post_vq, indices, codebooks = [], [], [], {}
+        vq_loss = x.new_zeros((), dtype=torch.float32)
+        terms: dict[str, torch.Tensor] = {}
+        for key, quantizer in self.quantizers.items():
+            level = int(key)
+            out = quantizer(features[level])
+            post[level] = out.quantized
+            pre_vq.append(features[level])
+            post_vq.append(out.quantized)
+            indices.append(out.indices)
+            codebooks[level] = (out.indices, out.codebook)
+            vq_loss = vq_loss + out.loss
+            for name, value in out.loss_terms.items():
+                terms[name] = terms[name] + value if name in terms else value
+                if len(self.quantizers) > 1:
+                    terms[f"level{level}/{name}"] = value
+
+        seg_input = post
+        perturbed_indices = None
+        if perturb and self.perturbation == "qpm":
+            seg_input = list(post)
+            perturbed_indices = []
+            for key, quantizer in self.quantizers.items():
+                level = int(key)
+                idx, codebook = codebooks[level]
+                if level in self.perturb_levels:
+                    new_idx = self.qpm(idx, codebook.detach(), generator)
+                    seg_input[level] = quantizer.straight_through(features[level], quantizer.lookup(new_idx, codebook))
+                else:
+                    new_idx = idx
+                perturbed_indices.append(new_idx)
+        elif perturb and self.feature_perturbation is not None:
+            seg_input = list(post)
+            levels = list(self.perturb_levels)
+            for level, value in zip(levels, self.feature_perturbation([post[l] for l in levels], generator)):
+                seg_input[level] = value
+
+        out_size = x.shape[-2:]
+        seg_logits = self.decode_seg(seg_input, out_size)
+        reconstruction = None
+        if self.reconstruction:
+            rec_input = post
+            if self.recon_input == "quantized":
+                rec_input = [f if i in self.vq_levels else torch.zeros_like(f) for i, f in enumerate(post)]
+            reconstruction = self.decode_rec(rec_input, out_size)
+        aligned = None
+        if self.adapter is not None and align_size is not None:
+            aligned = self.adapter(post[self.pfa_level], align_size)
+        return VQSegOutput(
+            seg_logits=seg_logits,
+            reconstruction=reconstruction,
+            pre_vq=pre_vq,
+            post_vq=post_vq,
+            indices=indices,
+            perturbed_indices=perturbed_indices,
+            vq_loss=vq_loss,
+            vq_loss_terms=terms,
+            aligned=aligned,
+        )
+
+    # ------------------------------------------------------------------ codebook health
+    def codebook_usage(self) -> dict[str, float]:
+        """Usage statistics since the last reset: ``level<l>/usage``, ``level<l>/perplexity`` per quantized
+        level and their means ``usage`` / ``perplexity``. Empty when nothing is quantized."""
+        stats: dict[str, float] = {}
+        usages, perplexities = [], []
+        for key, quantizer in self.quantizers.items():
+            s = quantizer.codebook_usage()
+            stats[f"level{key}/usage"] = s["usage"]
+            stats[f"level{key}/perplexity"] = s["perplexity"]
+            usages.append(s["usage"])
+            perplexities.append(s["perplexity"])
+        if usages:
+            stats["usage"] = sum(usages) / len(usages)
+            stats["perplexity"] = sum(perplexities) / len(perplexities)
+        return stats
+
+    def reset_codebook_usage(self) -> None:
+        """Zero the usage counts of every quantizer."""
+        for quantizer in self.quantizers.values():
+            quantizer.reset_codebook_usage()

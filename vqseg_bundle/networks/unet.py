@@ -1,0 +1,169 @@
+"""Backbone A: a 2D U-Net (SSL4MIS / UniMatch-medical family) with vector-quantized levels."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+from monai.networks.nets.basic_unet import Down, TwoConv
+
+from .base import VQSegNetworkBase
+from .decoders import UNetDecoder
+
+__all__ = ["VQSegUNet"]
+
+
+class VQSegUNet(VQSegNetworkBase):
+    """VQ-Seg with a 2D U-Net trained from scratch.
+
+    Encoder: ``TwoConv`` then ``len(features) - 1`` max-pool + ``TwoConv`` stages (MONAI ``BasicUNet`` blocks;
+    conv 3x3 - BatchNorm - dropout - LeakyReLU, twice), widths ``features`` (SSL4MIS / UniMatch: 16 .. 256,
+    about 1.8 M parameters with the segmentation decoder). Levels are numbered 0 (full resolution) to
+    ``len(features) - 1`` (bottleneck). The quantized levels' post-VQ maps feed both the segmentation decoder
+    and the reconstruction decoder (same structure, ``in_channels`` outputs); the other levels pass through.
+    Quantizing only the bottleneck leaves the skips unperturbed: add skip levels to ``vq_levels`` to
+    perturb them too.
+
+    Args:
+        in_channels: image channels.
+        num_classes: segmentation classes (incl. background).
+        features: encoder widths, shallow to deep (at least 2 levels).
+        dropout: encoder dropout per level (one float for all, or one per level); SSL4MIS uses
+            ``(0.05, 0.1, 0.2, 0.3, 0.5)``.
+        decoder_dropout: dropout in the decoder blocks.
+        act, norm: MONAI layer-factory specs.
+        upsample: decoder upsampling: ``"nontrainable"`` (default: 1 x 1 conv + bilinear x2, the SSL4MIS
+            ``bilinear=True`` block, 1.81 M parameters in total), ``"deconv"`` (transposed conv, 1.94 M) or
+            ``"pixelshuffle"``.
+        reconstruction: build the image-reconstruction decoder (dual branch).
+        recon_input: ``"all"``: the reconstruction decoder reads every level as the segmentation decoder
+            does; ``"quantized"``: non-quantized levels are zeroed for it, so the image must be rebuilt from
+            the post-VQ features alone.
+        vq_levels: levels to quantize: ``("bottleneck",)`` (default), indices such as ``(3, 4)``, or ``()``
+            for a plain U-Net (then only dropout-type perturbations are possible).
+        codebook_size: K, one int or one per quantized level (16384 in the paper).
+        commitment_beta: commitment loss weight.
+        usage_entropy_weight, usage_entropy_temperature: code-usage entropy loss (0 = off).
+        perturbation: ``"qpm"``, ``"none"``, ``"dropout"`` (UniMatch) or ``"complementary_dropout"``
+            (UniMatch V2; ``forward_train`` then expects the two strong views concatenated along the batch).
+        perturb_levels: levels perturbed; ``None`` = the quantized levels for QPM, every level for the
+            dropout baselines (as UniMatch does).
+        dropout_rate: rate of the dropout baselines.
+        complementary_keep_ratio: fraction of view pairs left unperturbed by complementary dropout.
+        qpm_mode, qpm_eps, qpm_temperature, qpm_distance, qpm_strategy: see
+            :class:`~vqseg_bundle.networks.qpm.QuantizedPerturbation`.
+        pfa_channels: channels of the foundation model for the PFA adapter; ``None`` = no adapter.
+        pfa_level: level the adapter reads (default: the deepest quantized level).
+        max_chunk_elements: memory bound of the nearest-code search.
+        codebook_seed: seed of the frozen base codebooks (level l uses ``seed + l``).
+
+    Input ``(B, in_channels, H, W)`` with ``H, W >= 2 ** (len(features) - 1)``; any such size works (odd sizes
+    are padded back after each upsampling).
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 4,
+        features: Sequence[int] = (16, 32, 64, 128, 256),
+        dropout: float | Sequence[float] = (0.05, 0.1, 0.2, 0.3, 0.5),
+        decoder_dropout: float = 0.0,
+        act: str | tuple = ("leakyrelu", {"negative_slope": 0.01, "inplace": True}),
+        norm: str | tuple = ("batch", {"affine": True}),
+        upsample: str = "nontrainable",
+        reconstruction: bool = True,
+        recon_input: str = "all",
+        vq_levels: int | str | Sequence[int | str] = ("bottleneck",),
+        codebook_size: int | Sequence[int] = 16384,
+        commitment_beta: float = 0.25,
+        usage_entropy_weight: float = 0.0,
+        usage_entropy_temperature: float = 1.0,
+        perturbation: str = "qpm",
+        perturb_levels: int | str | Sequence[int | str] | None = None,
+        dropout_rate: float = 0.5,
+        complementary_keep_ratio: float = 0.5,
+        qpm_mode: str = "kernel",
+        qpm_eps: float = 0.7,
+        qpm_temperature: float = 1.0,
+        qpm_distance: str = "sqeuclidean",
+        qpm_strategy: str = "auto",
+        pfa_channels: int | None = None,
+        pfa_level: int | str | None = None,
+        max_chunk_elements: int = 2**24,
+        codebook_seed: int | None = 0,
+    ) -> None:
+        super().__init__()
+        features = [int(f) for f in features]
+        if len(features) < 2 or min(features) < 1:
+            raise ValueError(f"VQSegUNet: features needs >= 2 positive widths, got {features}.")
+        if int(in_channels) < 1 or int(num_classes) < 1:
+            raise ValueError(f"VQSegUNet: in_channels and num_classes must be >= 1, got {in_channels}, {num_classes}.")
+        drops = [float(dropout)] * len(features) if isinstance(dropout, (int, float)) else [float(d) for d in dropout]
+        if len(drops) != len(features) or not all(0.0 <= d < 1.0 for d in drops):
+            raise ValueError(
+                f"VQSegUNet: dropout must be one float in [0, 1) or one per level ({len(features)}), got {dropout}."
+            )
+        self.in_channels = int(in_channels)
+        self.num_classes = int(num_classes)
+        self.features = tuple(features)
+        self.min_size = 2 ** (len(features) - 1)
+
+        self.encoder = nn.ModuleList([TwoConv(2, self.in_channels, features[0], act, norm, True, drops[0])])
+        for level in range(1, len(features)):
+            self.encoder.append(Down(2, features[level - 1], features[level], act, norm, True, drops[level]))
+        self.seg_decoder = UNetDecoder(features, self.num_classes, act, norm, True, decoder_dropout, upsample)
+        self.rec_decoder = (
+            UNetDecoder(features, self.in_channels, act, norm, True, decoder_dropout, upsample) if reconstruction else None
+        )
+        self._setup_vq(
+            features,
+            vq_levels,
+            codebook_size,
+            commitment_beta,
+            usage_entropy_weight,
+            usage_entropy_temperature,
+            perturbation,
+            perturb_levels,
+            dropout_rate,
+            complementary_keep_ratio,
+            qpm_mode,
+            qpm_eps,
+            qpm_temperature,
+            qpm_distance,
+            qpm_strategy,
+            reconstruction,
+            recon_input,
+            pfa_channels,
+            pfa_level,
+            max_chunk_elements,
+            codebook_seed,
+        )
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        super()._check_input(x)
+        if min(x.shape[-2:]) < self.min_size:
+            raise ValueError(
+                f"VQSegUNet: spatial size {tuple(x.shape[-2:])} is too small for {len(self.features) - 1} "
+                f"poolings; H and W must be >= {self.min_size}."
+            )
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """``[(B, features[l], H // 2^l, W // 2^l) for l in levels]``."""
+        out = []
+        for block in self.encoder:
+            x = block(x)
+            out.append(x)
+        return out
+
+    def decode_seg(self, features: list[torch.Tensor], out_size: Sequence[int]) -> torch.Tensor:
+        return self.seg_decoder(features)
+
+    def decode_rec(self, features: list[torch.Tensor], out_size: Sequence[int]) -> torch.Tensor:
+        return self.rec_decoder(features)
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """``{"backbone": encoder parameters, "head": everything else}`` (for per-group learning rates)."""
+        backbone = list(self.encoder.parameters())
+        ids = {id(p) for p in backbone}
+        return {"backbone": backbone, "head": [p for p in self.parameters() if id(p) not in ids]}
