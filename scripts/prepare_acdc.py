@@ -10,7 +10,11 @@ a seed. The HDF5 copy stores no voxel spacing, so every NIfTI gets the identity 
 Examples:
     python scripts/prepare_acdc.py --src ../shared/data/acdc --dst data_cache/acdc_nifti
     python scripts/prepare_acdc.py --src ../shared/data/acdc --dst data_cache/acdc_5p --labeled 5 --seed 0
-    python -m monai.bundle run training --config_file configs/train.yaml --dataset_dir data_cache/acdc_nifti
+    python -m monai.bundle run training --config_file configs/train.yaml \
+        --dataset_dir data_cache/acdc_nifti --labeled all
+
+"training" holds exactly the labeled patients, so train with --labeled all (a smaller N or
+"labeled_N_cases" would take the first N of them and move the rest to the unlabeled set).
 
 The output loads through vqseg_bundle.data.build_splits and gives arrays identical to the HDF5 reader.
 """
@@ -35,7 +39,8 @@ def main(
     Args:
         src: ACDC folder in the SSL4MIS layout (train_slices.list, val.list, data/...).
         dst: output folder.
-        labeled: "labeled_3_cases" / "labeled_7_cases" (the benchmark's lists), a number of patients, or "all".
+        labeled: "labeled_3_cases" / "labeled_7_cases" (the benchmark's lists), a number of patients,
+            or "all".
         seed: None takes patients in list order; an int draws them reproducibly with that seed.
         compress: write .nii.gz (True) or .nii (False, faster, larger).
         overwrite: replace an existing dataset.json in dst.

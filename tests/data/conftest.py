@@ -1,4 +1,4 @@
-"""Small generated datasets for the data tests: a tiny ACDC copy (SSL4MIS HDF5 layout) and tiny NIfTI datasets."""
+"""Small generated datasets for the data tests: a tiny ACDC copy (SSL4MIS HDF5 layout), tiny NIfTI sets."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ def make_tiny_acdc(
     shape: tuple[int, int] = (20, 24),
     seed: int = 0,
 ) -> Path:
-    """Write an SSL4MIS-layout ACDC copy: 2 frames per patient, ``slices`` slices per frame, min-max per volume.
+    """Write an SSL4MIS-layout ACDC copy: 2 frames per patient, ``slices`` slices per frame,
+    min-max normalised per volume.
 
     The training list holds the patients in the given (non-sorted) order with slices shuffled within
     each volume, like the real ``train_slices.list``; ``labeled_2_cases.list`` lists the first two
@@ -33,7 +34,7 @@ def make_tiny_acdc(
     names = []
     for i, pid in enumerate(train_patients):
         for frame in (1, 2):
-            h, w = (shape if i % 2 == 0 else shape[::-1])  # volumes of different in-plane shapes
+            h, w = shape if i % 2 == 0 else shape[::-1]  # volumes of different in-plane shapes
             volume = rng.normal(100.0 * (i + 1), 10.0, size=(slices, h, w)).astype(np.float32)
             volume = (volume - volume.min()) / (volume.max() - volume.min())
             labels = rng.integers(0, 4, size=(slices, h, w)).astype(np.uint8)
@@ -46,7 +47,9 @@ def make_tiny_acdc(
                 names.append(name)
     (root / "train_slices.list").write_text("\n".join(names) + "\n")
     first_two = {f"patient{p:03d}" for p in train_patients[:2]}
-    (root / "labeled_2_cases.list").write_text("\n".join(n for n in names if n.split("_")[0] in first_two) + "\n")
+    (root / "labeled_2_cases.list").write_text(
+        "\n".join(n for n in names if n.split("_")[0] in first_two) + "\n"
+    )
     val = []
     for pid in val_patients:
         for frame in (1, 2):
@@ -82,7 +85,11 @@ def make_nifti_dataset(
     rng = np.random.default_rng(seed)
     data: dict[str, list] = {"training": [], "unlabeled": [], "validation": [], "test": []}
     index = 0
-    for key, count, with_label in (("training", training, True), ("unlabeled", unlabeled, False), ("validation", validation, True)):
+    for key, count, with_label in (
+        ("training", training, True),
+        ("unlabeled", unlabeled, False),
+        ("validation", validation, True),
+    ):
         for _ in range(count):
             name = f"case{index:02d}_frame01.nii.gz"
             image = (rng.random(shape) * 500 + 50 * index).astype(np.float32)

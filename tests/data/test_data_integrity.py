@@ -54,7 +54,9 @@ def test_missing_image_file(nifti_dataset):
 
 def test_missing_label_file(nifti_dataset):
     (nifti_dataset / "labels_validation" / "case04_frame01.nii.gz").unlink()
-    with pytest.raises(DataIntegrityError, match=r"labels_validation/case04_frame01\.nii\.gz: missing validation label"):
+    with pytest.raises(
+        DataIntegrityError, match=r"labels_validation/case04_frame01\.nii\.gz: missing validation label"
+    ):
         load_nifti_splits(nifti_dataset)
 
 
@@ -82,14 +84,18 @@ def test_training_entry_without_label(nifti_dataset):
     data = _dataset_json(nifti_dataset)
     del data["training"][1]["label"]
     _write_json(nifti_dataset, data)
-    with pytest.raises(DataIntegrityError, match=r"'training'\[1\] \(images_training/case01_frame01\.nii\.gz\) has no 'label'"):
+    with pytest.raises(
+        DataIntegrityError,
+        match=r"'training'\[1\] \(images_training/case01_frame01\.nii\.gz\) has no 'label'",
+    ):
         load_nifti_splits(nifti_dataset)
 
 
 def test_shape_mismatch(nifti_dataset, nifti_saver):
     nifti_saver(nifti_dataset / "labels_training" / "case01_frame01.nii.gz", np.zeros((16, 12, 4), np.uint8))
     with pytest.raises(
-        DataIntegrityError, match=r"case01_frame01\.nii\.gz: label shape \(16, 12, 4\) does not match image shape \(16, 12, 5\)"
+        DataIntegrityError,
+        match=r"case01_frame01\.nii\.gz: label shape \(16, 12, 4\) does not match image shape \(16, 12, 5\)",
     ):
         load_nifti_splits(nifti_dataset)
 
@@ -98,7 +104,9 @@ def test_label_outside_range(nifti_dataset, nifti_saver):
     label = np.zeros((16, 12, 5), np.uint8)
     label[0, 0, 0] = 7
     nifti_saver(nifti_dataset / "labels_validation" / "case04_frame01.nii.gz", label)
-    with pytest.raises(DataIntegrityError, match=r"case04_frame01\.nii\.gz: label values \{7\} are outside 0\.\.3"):
+    with pytest.raises(
+        DataIntegrityError, match=r"case04_frame01\.nii\.gz: label values \{7\} are outside 0\.\.3"
+    ):
         load_nifti_splits(nifti_dataset, num_classes=4)
 
 
@@ -106,7 +114,9 @@ def test_negative_label(nifti_dataset, nifti_saver):
     label = np.zeros((16, 12, 5), np.int16)
     label[1, 1, 1] = -1
     nifti_saver(nifti_dataset / "labels_training" / "case00_frame01.nii.gz", label)
-    with pytest.raises(DataIntegrityError, match=r"case00_frame01\.nii\.gz: label values \{-1\} are outside 0\.\.3"):
+    with pytest.raises(
+        DataIntegrityError, match=r"case00_frame01\.nii\.gz: label values \{-1\} are outside 0\.\.3"
+    ):
         load_nifti_splits(nifti_dataset)
 
 
@@ -121,12 +131,16 @@ def test_non_integer_label(nifti_dataset, nifti_saver):
     label = np.zeros((16, 12, 5), np.float32)
     label[2, 2, 2] = 1.5
     nifti_saver(nifti_dataset / "labels_training" / "case01_frame01.nii.gz", label)
-    with pytest.raises(DataIntegrityError, match=r"case01_frame01\.nii\.gz: label has non-integer values \(e\.g\. 1\.5\)"):
+    with pytest.raises(
+        DataIntegrityError, match=r"case01_frame01\.nii\.gz: label has non-integer values \(e\.g\. 1\.5\)"
+    ):
         load_nifti_splits(nifti_dataset)
 
 
 def test_integral_float_label_is_accepted(nifti_dataset, nifti_saver):
-    nifti_saver(nifti_dataset / "labels_training" / "case01_frame01.nii.gz", np.full((16, 12, 5), 2.0, np.float32))
+    nifti_saver(
+        nifti_dataset / "labels_training" / "case01_frame01.nii.gz", np.full((16, 12, 5), 2.0, np.float32)
+    )
     raw = load_nifti_splits(nifti_dataset, labeled="all")
     assert {int(v) for s in raw.labeled_labels[5:] for v in np.unique(s)} == {2}
 
@@ -136,18 +150,26 @@ def test_non_finite_image(nifti_dataset, nifti_saver, bad, word):
     image = np.ones((16, 12, 5), np.float32)
     image[3, 3, 3] = bad
     nifti_saver(nifti_dataset / "images_unlabeled" / "case03_frame01.nii.gz", image)
-    with pytest.raises(DataIntegrityError, match=rf"case03_frame01\.nii\.gz: image has non-finite voxels \({word}\)"):
+    with pytest.raises(
+        DataIntegrityError, match=rf"case03_frame01\.nii\.gz: image has non-finite voxels \({word}\)"
+    ):
         load_nifti_splits(nifti_dataset)
 
 
 def test_4d_volume(nifti_dataset, nifti_saver):
-    nifti_saver(nifti_dataset / "images_training" / "case00_frame01.nii.gz", np.ones((16, 12, 5, 2), np.float32))
-    with pytest.raises(DataIntegrityError, match=r"case00_frame01\.nii\.gz: image is a 4D volume of shape \(16, 12, 5, 2\)"):
+    nifti_saver(
+        nifti_dataset / "images_training" / "case00_frame01.nii.gz", np.ones((16, 12, 5, 2), np.float32)
+    )
+    with pytest.raises(
+        DataIntegrityError, match=r"case00_frame01\.nii\.gz: image is a 4D volume of shape \(16, 12, 5, 2\)"
+    ):
         load_nifti_splits(nifti_dataset)
 
 
 def test_trailing_singleton_dimension_is_not_4d(nifti_dataset, nifti_saver):
-    nifti_saver(nifti_dataset / "images_training" / "case00_frame01.nii.gz", np.ones((16, 12, 5, 1), np.float32))
+    nifti_saver(
+        nifti_dataset / "images_training" / "case00_frame01.nii.gz", np.ones((16, 12, 5, 1), np.float32)
+    )
     raw = load_nifti_splits(nifti_dataset, labeled="all")
     assert raw.labeled_images[0].shape == (16, 12)
 
@@ -181,15 +203,23 @@ def test_empty_unlabeled_split(nifti_dataset):
 def test_patient_in_labeled_and_validation(nifti_dataset, nifti_saver):
     data = _dataset_json(nifti_dataset)
     # a second frame of the labeled patient case00 used for validation
-    nifti_saver(nifti_dataset / "images_validation" / "case00_frame02.nii.gz", np.ones((16, 12, 5), np.float32))
-    nifti_saver(nifti_dataset / "labels_validation" / "case00_frame02.nii.gz", np.zeros((16, 12, 5), np.uint8))
+    nifti_saver(
+        nifti_dataset / "images_validation" / "case00_frame02.nii.gz", np.ones((16, 12, 5), np.float32)
+    )
+    nifti_saver(
+        nifti_dataset / "labels_validation" / "case00_frame02.nii.gz", np.zeros((16, 12, 5), np.uint8)
+    )
     data["validation"].append(
-        {"image": "images_validation/case00_frame02.nii.gz", "label": "labels_validation/case00_frame02.nii.gz"}
+        {
+            "image": "images_validation/case00_frame02.nii.gz",
+            "label": "labels_validation/case00_frame02.nii.gz",
+        }
     )
     _write_json(nifti_dataset, data)
     with pytest.raises(
         DataIntegrityError,
-        match=r"case00_frame02\.nii\.gz: patient 'case00' is in both the labeled set .* and the validation set",
+        match=r"case00_frame02\.nii\.gz: patient 'case00' is in both the labeled set .* "
+        r"and the validation set",
     ):
         load_nifti_splits(nifti_dataset, labeled="all")
 
@@ -214,7 +244,9 @@ def test_unknown_layout(tmp_path):
 
 def test_acdc_missing_slice(tiny_acdc):
     (tiny_acdc / "data" / "slices" / "patient007_frame01_slice_2.h5").unlink()
-    with pytest.raises(DataIntegrityError, match=r"patient007_frame01_slice_2\.h5: missing training slice file"):
+    with pytest.raises(
+        DataIntegrityError, match=r"patient007_frame01_slice_2\.h5: missing training slice file"
+    ):
         load_acdc_splits(tiny_acdc, labeled="labeled_2_cases")
 
 
@@ -234,7 +266,10 @@ def test_acdc_missing_dataset_key(tiny_acdc):
     path = tiny_acdc / "data" / "slices" / "patient009_frame02_slice_1.h5"
     with h5py.File(path, "w") as f:
         f["img"] = np.zeros((20, 24), np.float32)
-    with pytest.raises(DataIntegrityError, match=r"patient009_frame02_slice_1\.h5: HDF5 file has no dataset\(s\) \['image', 'label'\]"):
+    with pytest.raises(
+        DataIntegrityError,
+        match=r"patient009_frame02_slice_1\.h5: HDF5 file has no dataset\(s\) \['image', 'label'\]",
+    ):
         load_acdc_splits(tiny_acdc, labeled=2)
 
 
@@ -261,7 +296,9 @@ def test_acdc_nan_slice(tiny_acdc):
         image[5, 5] = np.nan
         del f["image"]
         f["image"] = image
-    with pytest.raises(DataIntegrityError, match=r"patient001_frame02_slice_2\.h5: image has non-finite voxels \(1 NaN"):
+    with pytest.raises(
+        DataIntegrityError, match=r"patient001_frame02_slice_2\.h5: image has non-finite voxels \(1 NaN"
+    ):
         load_acdc_splits(tiny_acdc, labeled=2)
 
 
@@ -270,7 +307,10 @@ def test_acdc_3d_slice(tiny_acdc):
     with h5py.File(path, "r+") as f:
         del f["image"]
         f["image"] = np.zeros((2, 20, 24), np.float32)
-    with pytest.raises(DataIntegrityError, match=r"patient005_frame01_slice_1\.h5: image is a 3D array of shape \(2, 20, 24\), expected 2D"):
+    with pytest.raises(
+        DataIntegrityError,
+        match=r"patient005_frame01_slice_1\.h5: image is a 3D array of shape \(2, 20, 24\), expected 2D",
+    ):
         load_acdc_splits(tiny_acdc, labeled=2)
 
 
@@ -284,7 +324,9 @@ def test_acdc_4d_validation_volume(tiny_acdc):
 
 def test_acdc_patient_in_labeled_and_validation(tiny_acdc):
     (tiny_acdc / "val.list").write_text("patient020_frame01\npatient009_frame01\n")
-    with pytest.raises(DataIntegrityError, match=r"patient009_frame01: patient 'patient009' is in both the labeled set"):
+    with pytest.raises(
+        DataIntegrityError, match=r"patient009_frame01: patient 'patient009' is in both the labeled set"
+    ):
         load_acdc_splits(tiny_acdc, labeled=2)
 
 
@@ -300,6 +342,10 @@ def test_acdc_empty_unlabeled(tiny_acdc):
 
 
 def test_acdc_labeled_list_with_unknown_slice(tiny_acdc):
-    (tiny_acdc / "labeled_1_cases.list").write_text("patient009_frame01_slice_1\npatient999_frame01_slice_1\n")
-    with pytest.raises(DataIntegrityError, match=r"labeled_1_cases\.list: 1 slice\(s\) not in train_slices\.list"):
+    (tiny_acdc / "labeled_1_cases.list").write_text(
+        "patient009_frame01_slice_1\npatient999_frame01_slice_1\n"
+    )
+    with pytest.raises(
+        DataIntegrityError, match=r"labeled_1_cases\.list: 1 slice\(s\) not in train_slices\.list"
+    ):
         load_acdc_splits(tiny_acdc, labeled="labeled_1_cases")

@@ -29,7 +29,10 @@ def _by_volume_slice(names, arrays, one_based):
 
 
 def assert_identical(h5, nii):
-    for images, labels, names in (("labeled_images", "labeled_labels", "labeled_names"), ("unlabeled_images", None, "unlabeled_names")):
+    for images, labels, names in (
+        ("labeled_images", "labeled_labels", "labeled_names"),
+        ("unlabeled_images", None, "unlabeled_names"),
+    ):
         a = _by_volume_slice(getattr(h5, names), getattr(h5, images), True)
         b = _by_volume_slice(getattr(nii, names), getattr(nii, images), False)
         assert a.keys() == b.keys()
@@ -66,7 +69,10 @@ def test_tiny_conversion_layout(tiny_acdc, tmp_path):
     out = convert_acdc_to_nifti(tiny_acdc, tmp_path / "nii", labeled=3, compress=False)
     data = json.loads((out / "dataset.json").read_text())
     assert data["labeled_patients"] == ["patient009", "patient003", "patient007"]
-    assert [e["image"] for e in data["training"]][:2] == ["imagesTr/patient009_frame01.nii", "imagesTr/patient009_frame02.nii"]
+    assert [e["image"] for e in data["training"]][:2] == [
+        "imagesTr/patient009_frame01.nii",
+        "imagesTr/patient009_frame02.nii",
+    ]
     assert len(data["training"]) == 6 and len(data["unlabeled"]) == 4 and len(data["validation"]) == 4
     assert all(set(e) == {"image"} for e in data["unlabeled"]) and not any((out / "labelsUnl").glob("*"))
     img = nib.load(out / "imagesTr" / "patient009_frame01.nii")
@@ -80,7 +86,13 @@ def test_tiny_conversion_layout(tiny_acdc, tmp_path):
 def test_labeled_subset_by_patient_and_reproducible(tiny_acdc):
     names = read_list(tiny_acdc / "train_slices.list")
     assert choose_labeled_patients(tiny_acdc, names, "labeled_2_cases") == ["patient009", "patient003"]
-    assert choose_labeled_patients(tiny_acdc, names, "all") == ["patient009", "patient003", "patient007", "patient001", "patient005"]
+    assert choose_labeled_patients(tiny_acdc, names, "all") == [
+        "patient009",
+        "patient003",
+        "patient007",
+        "patient001",
+        "patient005",
+    ]
     drawn = choose_labeled_patients(tiny_acdc, names, 3, seed=7)
     assert drawn == choose_labeled_patients(tiny_acdc, names, 3, seed=7) and len(drawn) == 3
     draws = {tuple(choose_labeled_patients(tiny_acdc, names, 2, seed=s)) for s in range(10)}
@@ -112,7 +124,12 @@ def test_real_acdc_counts(acdc_dir):
     assert len(splits.labeled.patients()) == 3
     assert len(splits.validation) == 20
     assert set(torch.unique(splits.labeled.labels).tolist()) == {0, 1, 2, 3}
-    assert set(torch.unique(torch.cat([v["label"].flatten() for v in splits.validation])).tolist()) == {0, 1, 2, 3}
+    assert set(torch.unique(torch.cat([v["label"].flatten() for v in splits.validation])).tolist()) == {
+        0,
+        1,
+        2,
+        3,
+    }
     train = read_list(acdc_dir / "train_slices.list")
     seven, _ = select_acdc_labeled(acdc_dir, train, "labeled_7_cases")
     assert len(seven) == 136

@@ -26,7 +26,10 @@ def _patients(names):
         ("labeled_2_cases", ["patient009", "patient003"]),  # the list file
         (2, ["patient009", "patient003"]),  # first 2 patients in list order (not sorted)
         ("3", ["patient009", "patient003", "patient007"]),
-        ("labeled_4_cases", ["patient009", "patient003", "patient007", "patient001"]),  # no list file: first 4
+        (
+            "labeled_4_cases",
+            ["patient009", "patient003", "patient007", "patient001"],
+        ),  # no list file: first 4
     ],
 )
 def test_acdc_labeled_subset_by_patient(tiny_acdc, labeled, patients):
@@ -73,7 +76,9 @@ def test_acdc_arrays_and_validation_layout(tiny_acdc):
 
 def test_acdc_normalisation_is_per_volume(tiny_acdc):
     raw = load_acdc_splits(tiny_acdc, labeled=2, normalization="zscore")
-    volume = [im for n, im in zip(raw.unlabeled_names, raw.unlabeled_images) if n.startswith("patient001_frame01")]
+    volume = [
+        im for n, im in zip(raw.unlabeled_names, raw.unlabeled_images) if n.startswith("patient001_frame01")
+    ]
     stacked = np.stack(volume)
     assert len(volume) == 3
     assert abs(stacked.mean()) < 1e-5 and abs(stacked.std() - 1) < 1e-4
@@ -151,7 +156,9 @@ def test_nifti_two_frames_of_one_patient_stay_together(nifti_factory, tmp_path):
     # rename case01 -> case00_frame02: two volumes of one patient
     for sub in ("images_training", "labels_training"):
         (root / sub / "case01_frame01.nii.gz").rename(root / sub / "case00_frame02.nii.gz")
-    data["training"][1] = {k: v.replace("case01_frame01", "case00_frame02") for k, v in data["training"][1].items()}
+    data["training"][1] = {
+        k: v.replace("case01_frame01", "case00_frame02") for k, v in data["training"][1].items()
+    }
     (root / "dataset.json").write_text(json.dumps(data))
     raw = load_nifti_splits(root, labeled=1)
     assert len(raw.labeled_images) == 10  # both frames of case00

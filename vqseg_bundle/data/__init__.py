@@ -1,4 +1,5 @@
-"""Data: demo phantoms, ACDC HDF5 reader, Decathlon-style NIfTI reader, in-memory slice datasets, integrity checks.
+"""Data: demo phantoms, ACDC HDF5 reader, Decathlon-style NIfTI reader, in-memory slice datasets,
+integrity checks.
 
 The training configs use one entry point, :func:`build_splits`.
 """

@@ -86,7 +86,9 @@ def slice_index(slice_name: str) -> int:
     return int(tail)
 
 
-def select_acdc_labeled(dataset_dir: str | os.PathLike, train_names: Sequence[str], labeled: str | int) -> tuple[list[str], str]:
+def select_acdc_labeled(
+    dataset_dir: str | os.PathLike, train_names: Sequence[str], labeled: str | int
+) -> tuple[list[str], str]:
     """Labeled slice names of the ACDC training set.
 
     Args:
@@ -128,7 +130,9 @@ def select_acdc_labeled(dataset_dir: str | os.PathLike, train_names: Sequence[st
             )
         value = n_cases
     patients = set(first_patients(train_names, int(value), source))
-    return [n for n in train_names if patient_id_from_name(n) in patients], f"first {value} patient(s) in list order"
+    return [
+        n for n in train_names if patient_id_from_name(n) in patients
+    ], f"first {value} patient(s) in list order"
 
 
 def read_h5_arrays(path: str, keys: Sequence[str], report: IntegrityReport) -> dict[str, np.ndarray] | None:
@@ -221,7 +225,9 @@ def load_acdc_splits(
             continue
         if not check_label_array(arrays["label"], path, num_classes, arrays["image"].shape, path, report):
             continue
-        image = np.ascontiguousarray(np.transpose(normalize_intensity(arrays["image"], normalization), (1, 2, 0)))
+        image = np.ascontiguousarray(
+            np.transpose(normalize_intensity(arrays["image"], normalization), (1, 2, 0))
+        )
         label = np.ascontiguousarray(np.transpose(arrays["label"].astype(np.int64), (1, 2, 0)))
         validation.append(VolumeRecord(name=name, image=image, label=label))
     report.raise_if_any()

@@ -25,7 +25,7 @@ from vqseg_bundle.data.integrity import (
     check_split_not_empty,
     patient_id_from_name,
 )
-from vqseg_bundle.data.selection import ordered_patients, parse_labeled, cases_in_name
+from vqseg_bundle.data.selection import cases_in_name, ordered_patients, parse_labeled
 
 __all__ = ["choose_labeled_patients", "convert_acdc_to_nifti"]
 
@@ -57,10 +57,14 @@ def choose_labeled_patients(
             return [p for p in patients if p in chosen]
         value = cases_in_name(name)
         if value is None:
-            raise ValueError(f"labeled={name!r}: no list file {list_path} and not of the form 'labeled_<N>_cases'")
+            raise ValueError(
+                f"labeled={name!r}: no list file {list_path} and not of the form 'labeled_<N>_cases'"
+            )
     count = int(value)
     if count > len(patients):
-        raise ValueError(f"asked for {count} labeled patients but {dataset_dir} has {len(patients)} training patients")
+        raise ValueError(
+            f"asked for {count} labeled patients but {dataset_dir} has {len(patients)} training patients"
+        )
     if seed is None:
         return patients[:count]
     picked = set(np.random.default_rng(seed).permutation(len(patients))[:count].tolist())
@@ -85,7 +89,8 @@ def convert_acdc_to_nifti(
 
     Args:
         src: the ACDC folder in the SSL4MIS layout.
-        dst: output folder (``imagesTr``, ``labelsTr``, ``imagesUnl``, ``imagesVal``, ``labelsVal``, ``dataset.json``).
+        dst: output folder (``imagesTr``, ``labelsTr``, ``imagesUnl``, ``imagesVal``, ``labelsVal``,
+            ``dataset.json``).
         labeled: labeled subset by patient, see :func:`choose_labeled_patients`.
         seed: ``None`` for list order, or a seed to draw the labeled patients reproducibly.
         compress: ``.nii.gz`` (True) or ``.nii`` (False, faster).
@@ -126,12 +131,17 @@ def convert_acdc_to_nifti(
     for key, members in volumes.items():
         members = sorted(members, key=slice_index)
         is_labeled = patient_id_from_name(key) in labeled_set
-        arrays = [read_h5_arrays(slice_paths[n], ("image", "label") if is_labeled else ("image",), report) for n in members]
+        arrays = [
+            read_h5_arrays(slice_paths[n], ("image", "label") if is_labeled else ("image",), report)
+            for n in members
+        ]
         if any(a is None for a in arrays):
             continue
         shapes = {a["image"].shape for a in arrays}
         if len(shapes) != 1:
-            report.add(slice_paths[members[0]], f"slices of volume {key} have different shapes {sorted(shapes)}")
+            report.add(
+                slice_paths[members[0]], f"slices of volume {key} have different shapes {sorted(shapes)}"
+            )
             continue
         image = np.stack([a["image"] for a in arrays], axis=-1).astype(np.float32)
         if not check_image_array(image, slice_paths[members[0]], 3, report):
@@ -154,8 +164,9 @@ def convert_acdc_to_nifti(
 
     data = {
         "name": "ACDC (SSL4MIS preprocessing), converted to NIfTI",
-        "description": "Training slices regrouped into 3D volumes (slice order), min-max normalised per volume by "
-        "SSL4MIS. The HDF5 source stores no voxel spacing: every affine is the identity (spacing 1, voxel units).",
+        "description": "Training slices regrouped into 3D volumes (slice order), min-max normalised per "
+        "volume by SSL4MIS. The HDF5 source stores no voxel spacing: every affine is the identity "
+        "(spacing 1, voxel units).",
         "reference": "Bernard et al., IEEE TMI 37(11), 2018; research and education use only",
         "tensorImageSize": "3D",
         "modality": {"0": "cine-MRI"},

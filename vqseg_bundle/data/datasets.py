@@ -90,7 +90,9 @@ class InMemorySliceDataset(torch.utils.data.Dataset):
             raise ValueError(f"images must have shape (N, 1, H, W), got {tuple(images.shape)}")
         if labels is not None:
             if labels.shape != images.shape:
-                raise ValueError(f"labels shape {tuple(labels.shape)} must equal images shape {tuple(images.shape)}")
+                raise ValueError(
+                    f"labels shape {tuple(labels.shape)} must equal images shape {tuple(images.shape)}"
+                )
             if labels.is_floating_point():
                 raise ValueError(f"labels must be an integer tensor, got {labels.dtype}")
         if names is not None and len(names) != images.shape[0]:
@@ -132,5 +134,6 @@ class InMemorySliceDataset(torch.utils.data.Dataset):
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(n={len(self)}, size={tuple(self.images.shape[2:])}, "
-            f"labeled={self.has_labels}, transform={type(self.transform).__name__ if self.transform else None})"
+            f"labeled={self.has_labels}, "
+            f"transform={type(self.transform).__name__ if self.transform else None})"
         )

@@ -232,7 +232,9 @@ def check_split_not_empty(name: str, items: Sized, source: str) -> None:
         source: where the split comes from (a list file or ``dataset.json`` path), quoted in the message.
     """
     if len(items) == 0:
-        raise DataIntegrityError(f"{source}: the {name} split is empty; semi-supervised training needs at least one item")
+        raise DataIntegrityError(
+            f"{source}: the {name} split is empty; semi-supervised training needs at least one item"
+        )
 
 
 def check_patient_overlap(

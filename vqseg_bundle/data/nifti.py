@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+
 import nibabel as nib
 import numpy as np
 
@@ -55,7 +56,9 @@ def resolve_dataset_json(dataset: str | os.PathLike) -> str:
     if os.path.isdir(path):
         path = os.path.join(path, DATASET_JSON)
     if not os.path.isfile(path):
-        raise DataIntegrityError(f"{path}: missing dataset description (expected a Decathlon-style {DATASET_JSON})")
+        raise DataIntegrityError(
+            f"{path}: missing dataset description (expected a Decathlon-style {DATASET_JSON})"
+        )
     return path
 
 
@@ -71,7 +74,9 @@ def _entries(data: dict, key: str, json_path: str, need_label: bool) -> list[dic
         if isinstance(entry, str):
             entry = {"image": entry}
         if not isinstance(entry, dict) or not isinstance(entry.get("image"), str):
-            raise DataIntegrityError(f"{json_path}: '{key}'[{i}] must be a path string or a dict with an 'image' path")
+            raise DataIntegrityError(
+                f"{json_path}: '{key}'[{i}] must be a path string or a dict with an 'image' path"
+            )
         if need_label and not isinstance(entry.get("label"), str):
             raise DataIntegrityError(f"{json_path}: '{key}'[{i}] ({entry['image']}) has no 'label' path")
         item = {"image": os.path.normpath(os.path.join(base, entry["image"]))}
@@ -148,12 +153,18 @@ def to_slices_last(volume: np.ndarray, slice_axis: int) -> np.ndarray:
 
 
 def _check_slice_axis(slice_axis: int) -> int:
-    if isinstance(slice_axis, bool) or not isinstance(slice_axis, (int, np.integer)) or not -3 <= slice_axis <= 2:
+    if (
+        isinstance(slice_axis, bool)
+        or not isinstance(slice_axis, (int, np.integer))
+        or not -3 <= slice_axis <= 2
+    ):
         raise ValueError(f"slice_axis must be an int in -3..2 (an axis of a 3D volume), got {slice_axis!r}")
     return int(slice_axis)
 
 
-def _select_labeled(training: list[dict[str, str]], labeled: str | int, json_path: str) -> tuple[set[str], str]:
+def _select_labeled(
+    training: list[dict[str, str]], labeled: str | int, json_path: str
+) -> tuple[set[str], str]:
     names = [e["image"] for e in training]
     kind, value = parse_labeled(labeled)
     if kind == "all":
@@ -167,7 +178,9 @@ def _select_labeled(training: list[dict[str, str]], labeled: str | int, json_pat
             )
         value = n_cases
     patients = set(first_patients(names, int(value), f"{json_path} 'training'"))
-    return {n for n in names if patient_id_from_name(n) in patients}, f"first {value} patient(s) of 'training'"
+    return {
+        n for n in names if patient_id_from_name(n) in patients
+    }, f"first {value} patient(s) of 'training'"
 
 
 def load_nifti_splits(
@@ -270,7 +283,9 @@ def load_nifti_splits(
         if loaded is None:
             continue
         image, label = loaded
-        raw.validation.append(VolumeRecord(name=_stem(entry["image"]), image=image, label=label.astype(np.int64)))
+        raw.validation.append(
+            VolumeRecord(name=_stem(entry["image"]), image=image, label=label.astype(np.int64))
+        )
     report.raise_if_any()
     return raw
 

@@ -88,7 +88,8 @@ class SemiSupervisedSplits:
 
 
 def detect_format(dataset_dir: str | os.PathLike) -> str:
-    """``"acdc_h5"`` for a folder with ``train_slices.list``, ``"nifti"`` for a ``dataset.json`` (folder or file).
+    """``"acdc_h5"`` for a folder with ``train_slices.list``, ``"nifti"`` for a ``dataset.json``
+    (folder or file).
 
     Raises:
         DataIntegrityError: when ``dataset_dir`` does not exist or matches neither layout.
@@ -171,7 +172,9 @@ def build_splits(
     start = time.perf_counter()
     if dataset_format not in DATASET_FORMATS:
         raise ValueError(f"dataset_format must be one of {DATASET_FORMATS}, got {dataset_format!r}")
-    size = tuple(int(s) for s in (image_size if isinstance(image_size, Sequence) else (image_size, image_size)))
+    size = tuple(
+        int(s) for s in (image_size if isinstance(image_size, Sequence) else (image_size, image_size))
+    )
     if len(size) != 2 or min(size) < 1:
         raise ValueError(f"image_size must be two positive integers, got {image_size!r}")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:

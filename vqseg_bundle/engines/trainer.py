@@ -285,7 +285,8 @@ class SemiSupervisedTrainer(SupervisedTrainer):
     def _start_unlabeled(self, engine: Engine) -> None:
         # resumed runs re-seed the device generator with the step count, so a resume does not
         # replay the random draws of the first steps
-        self.generator.manual_seed(self.seed + int(engine.state.iteration))
+        # and each DDP rank gets its own stream
+        self.generator.manual_seed(self.seed + int(engine.state.iteration) + 1_000_003 * int(engine.state.rank))
         self._unlabeled_iter = iter(self.unlabeled_loader)
 
     def _to_device(self, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:

@@ -6,6 +6,7 @@ from vqseg_bundle.metrics.case_metrics import (
     STATUSES,
     CaseClassMetrics,
     compute_case_metrics,
+    resolve_class_names,
 )
 from vqseg_bundle.metrics.handler import CaseMetricsHandler, spacing_from_meta
 from vqseg_bundle.metrics.report import (
@@ -25,6 +26,7 @@ __all__ = [
     "STATUSES",
     "compute_case_metrics",
     "format_summary_table",
+    "resolve_class_names",
     "spacing_from_meta",
     "summarize",
     "write_case_csv",

@@ -37,7 +37,7 @@ import torch
 from monai.data import MetaTensor
 from monai.metrics import DiceMetric, HausdorffDistanceMetric, MeanIoU, SurfaceDistanceMetric
 
-__all__ = ["CaseClassMetrics", "compute_case_metrics", "METRIC_NAMES", "STATUSES", "EMPTY_DISTANCE_MODES"]
+__all__ = ["CaseClassMetrics", "compute_case_metrics", "resolve_class_names", "METRIC_NAMES", "STATUSES", "EMPTY_DISTANCE_MODES"]
 
 METRIC_NAMES = ("dice", "jaccard", "hd95_vox", "asd_vox", "hd95_mm", "asd_mm")
 STATUSES = ("ok", "both_empty", "pred_empty", "gt_empty")
@@ -93,6 +93,21 @@ def _to_label_map(x: torch.Tensor | np.ndarray, num_classes: int, what: str) -> 
     return t
 
 
+def resolve_class_names(class_names: Sequence[str] | None, num_classes: int) -> list[str]:
+    """``num_classes`` names: given ones (``K``, or ``K - 1`` without the background, which is then
+    named ``"background"``), or ``class_<i>``."""
+    if class_names is None:
+        return [f"class_{i}" for i in range(num_classes)]
+    names = [str(n) for n in class_names]
+    if len(names) == num_classes - 1:
+        return ["background"] + names
+    if len(names) != num_classes:
+        raise ValueError(
+            f"class_names must have {num_classes} entries (or {num_classes - 1} without the background), got {names}."
+        )
+    return names
+
+
 def _diagonal(shape: Sequence[int], spacing: Sequence[float] | None) -> float:
     sp = spacing if spacing is not None else [1.0] * len(shape)
     return float(math.sqrt(sum((n * s) ** 2 for n, s in zip(shape, sp))))
@@ -117,7 +132,7 @@ def compute_case_metrics(
         label: ground truth, same layouts and spatial shape as ``pred``.
         num_classes: ``K``, background included.
         case: case name written in the records.
-        class_names: ``K`` names (background included); default ``"class_<i>"``.
+        class_names: ``K`` names, or ``K - 1`` names without the background; default ``"class_<i>"``.
         include_background: also score class 0.
         spacing: voxel size per spatial axis (mm), ``None`` when unknown (mm metrics NaN).
         empty_distance: ``"nan"`` or ``"penalty"``, the distance for ``pred_empty`` / ``gt_empty``
@@ -136,9 +151,7 @@ def compute_case_metrics(
         raise ValueError(f"empty_distance must be one of {EMPTY_DISTANCE_MODES}, got {empty_distance!r}.")
     if not (penalty == "diagonal" or (isinstance(penalty, (int, float)) and float(penalty) >= 0)):
         raise ValueError(f"penalty must be 'diagonal' or a non-negative number, got {penalty!r}.")
-    if class_names is not None and len(class_names) != num_classes:
-        raise ValueError(f"class_names must have {num_classes} entries (background included), got {list(class_names)}.")
-    names = list(class_names) if class_names is not None else [f"class_{i}" for i in range(num_classes)]
+    names = resolve_class_names(class_names, num_classes)
     p = _to_label_map(pred, num_classes, "pred")
     g = _to_label_map(label, num_classes, "label")
     if p.shape != g.shape:

@@ -20,7 +20,12 @@ import torch.distributed as dist
 from ignite.engine import Engine, Events
 from monai.data import MetaTensor, decollate_batch
 
-from vqseg_bundle.metrics.case_metrics import METRIC_NAMES, CaseClassMetrics, compute_case_metrics
+from vqseg_bundle.metrics.case_metrics import (
+    METRIC_NAMES,
+    CaseClassMetrics,
+    compute_case_metrics,
+    resolve_class_names,
+)
 from vqseg_bundle.metrics.report import OVERALL, format_summary_table, summarize, write_case_csv, write_summary_csv
 
 __all__ = ["CaseMetricsHandler", "spacing_from_meta"]
@@ -64,7 +69,7 @@ class CaseMetricsHandler:
     Args:
         num_classes: ``K``, background included.
         output_dir: folder of the CSV files; ``None`` writes nothing.
-        class_names: ``K`` names, background included.
+        class_names: ``K`` names, or ``K - 1`` without the background.
         include_background: also score class 0.
         empty_distance, penalty: the empty-mask policy, see :mod:`vqseg_bundle.metrics.case_metrics`.
         pred_key, label_key: keys of the output items.
@@ -97,11 +102,9 @@ class CaseMetricsHandler:
     ) -> None:
         if int(num_classes) < 2:
             raise ValueError(f"num_classes must be >= 2 (background included), got {num_classes}.")
-        if class_names is not None and len(class_names) != int(num_classes):
-            raise ValueError(f"class_names must have {num_classes} entries, got {list(class_names)}.")
         self.num_classes = int(num_classes)
         self.output_dir = Path(output_dir) if output_dir else None
-        self.class_names = list(class_names) if class_names is not None else None
+        self.class_names = resolve_class_names(class_names, self.num_classes)
         self.include_background = include_background
         self.empty_distance = empty_distance
         self.penalty = penalty
@@ -170,10 +173,11 @@ class CaseMetricsHandler:
         if len(batch) != len(outputs):
             batch = [{}] * len(outputs)
         for out, item in zip(outputs, batch):
-            if self.label_key not in out or self.pred_key not in out:
+            if not isinstance(out, Mapping) or out.get(self.label_key) is None or out.get(self.pred_key) is None:
+                found = sorted(k for k, v in out.items() if v is not None) if isinstance(out, Mapping) else type(out)
                 raise ValueError(
                     f"CaseMetricsHandler needs '{self.pred_key}' and '{self.label_key}' in the evaluator output, "
-                    f"got keys {sorted(out)}."
+                    f"got {found} (does the dataset provide labels?)."
                 )
             pred, label = out[self.pred_key], out[self.label_key]
             merged = {**item, **{k: v for k, v in out.items() if k not in item}}

@@ -1,0 +1,64 @@
+"""Dropout baselines: UniMatch feature dropout and UniMatch V2 complementary dropout."""
+
+import pytest
+import torch
+
+from vqseg_bundle.networks.perturbations import ComplementaryDropout, FeatureDropout
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_feature_dropout_is_channelwise_with_rate_p():
+    x = torch.ones(64, 32, 3, 5)
+    (y,) = FeatureDropout(0.3)([x], _gen())
+    per_channel = y[:, :, 0, 0]
+    assert torch.equal(y, per_channel[:, :, None, None].expand_as(y))  # same value over a channel's pixels
+    nonzero = per_channel[per_channel != 0]
+    torch.testing.assert_close(nonzero, torch.full_like(nonzero, 1 / 0.7))
+    dropped = (per_channel == 0).float().mean().item()
+    assert abs(dropped - 0.3) < 5 * (0.3 * 0.7 / per_channel.numel()) ** 0.5
+
+
+def test_feature_dropout_zero_rate_is_identity():
+    x = torch.randn(2, 3, 4, 4)
+    assert torch.equal(FeatureDropout(0.0)([x])[0], x)
+
+
+def test_complementary_masks_sum_to_two_and_kept_pairs_are_untouched():
+    half, c = 10, 16
+    x = torch.ones(2 * half, c, 2, 2)
+    y1, y2 = ComplementaryDropout(0.5, keep_pair_ratio=0.3)([x, 2 * x], _gen(1))
+    for y, scale in ((y1, 1.0), (y2, 2.0)):
+        first, second = y[:half, :, 0, 0] / scale, y[half:, :, 0, 0] / scale
+        kept = (first == 1).all(1) & (second == 1).all(1)
+        assert kept.sum().item() == int(0.3 * half)
+        perturbed = ~kept
+        assert set(first[perturbed].unique().tolist()) <= {0.0, 2.0}
+        torch.testing.assert_close(first[perturbed] + second[perturbed], torch.full_like(first[perturbed], 2.0))
+    # the same pairs are kept at every level
+    kept1 = (y1[:half, :, 0, 0] == 1).all(1) & (y1[half:, :, 0, 0] == 1).all(1)
+    kept2 = (y2[:half, :, 0, 0] == 2).all(1) & (y2[half:, :, 0, 0] == 2).all(1)
+    assert torch.equal(kept1, kept2)
+
+
+def test_complementary_general_rate_scales_each_view_by_its_keep_probability():
+    x = torch.ones(4, 8, 1, 1)
+    (y,) = ComplementaryDropout(0.25, keep_pair_ratio=0.0)([x], _gen(2))
+    first, second = y[:2, :, 0, 0], y[2:, :, 0, 0]
+    torch.testing.assert_close(first[first != 0], torch.full_like(first[first != 0], 1 / 0.75))
+    assert set(second.unique().tolist()) <= {0.0, 4.0}
+    assert torch.equal(first > 0, second == 0)
+
+
+def test_complementary_needs_an_even_batch():
+    with pytest.raises(ValueError, match="even"):
+        ComplementaryDropout()([torch.ones(3, 2, 2, 2)])
+
+
+@pytest.mark.parametrize("cls,kwargs", [(FeatureDropout, dict(p=1.0)), (ComplementaryDropout, dict(p=0.0)),
+                                        (ComplementaryDropout, dict(keep_pair_ratio=2.0))])
+def test_invalid_arguments(cls, kwargs):
+    with pytest.raises(ValueError):
+        cls(**kwargs)
