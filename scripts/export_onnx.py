@@ -57,14 +57,19 @@ def main(
     network = network.cpu().eval()
     in_channels = int(parser.get_parsed_content("in_channels"))
     image_size = parser.get_parsed_content("image_size")
-    path = export_onnx(network, output, in_channels=in_channels, image_size=image_size, opset=opset, dynamo=dynamo)
+    path = export_onnx(
+        network, output, in_channels=in_channels, image_size=image_size, opset=opset, dynamo=dynamo
+    )
     diff, scale = compare_onnx(network, path, in_channels=in_channels, image_size=image_size)
     print(
-        f"exported {path} (weights {ckpt}); max abs diff ONNX Runtime vs PyTorch on a random batch: {diff:.3g} "
+        f"exported {path} (weights {ckpt}); max abs diff ONNX Runtime vs PyTorch "
+        f"on a random batch: {diff:.3g} "
         f"(max |logit| {scale:.3g})"
     )
     if not diff <= atol + rtol * scale:
-        print(f"error: difference {diff:.3g} exceeds atol {atol} + rtol {rtol} * {scale:.3g}", file=sys.stderr)
+        print(
+            f"error: difference {diff:.3g} exceeds atol {atol} + rtol {rtol} * {scale:.3g}", file=sys.stderr
+        )
         raise SystemExit(1)
     return diff
 

@@ -1,4 +1,5 @@
-"""configs/inference.yaml end to end through ``monai.bundle run``: geometry, names, dtype, perfect prediction."""
+"""configs/inference.yaml end to end through ``monai.bundle run``: geometry, names, dtype, perfect
+prediction."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import BUNDLE_ROOT, INFERENCE_CONFIG, NUM_CLASSES, ORACLE_DEF
+from inference_helpers import BUNDLE_ROOT, INFERENCE_CONFIG, NUM_CLASSES, ORACLE_DEF
 from monai.bundle import ConfigWorkflow, run
 
 from vqseg_bundle.metrics import compute_case_metrics
@@ -36,7 +37,9 @@ def check_output(path: Path, label: np.ndarray, affine: np.ndarray) -> np.ndarra
     assert img.get_data_dtype() == np.uint8
     assert data.shape == label.shape
     np.testing.assert_allclose(img.affine, affine, atol=1e-4)
-    np.testing.assert_allclose(img.header.get_zooms()[: label.ndim], np.linalg.norm(affine[:3, : label.ndim], axis=0), atol=1e-4)
+    np.testing.assert_allclose(
+        img.header.get_zooms()[: label.ndim], np.linalg.norm(affine[:3, : label.ndim], axis=0), atol=1e-4
+    )
     return data
 
 
@@ -46,8 +49,12 @@ def test_perfect_prediction_keeps_geometry_and_scores_perfectly(scans, tmp_path)
     data_dir.mkdir()
     os.symlink(scans["nifti_dir"] / "oblique.nii.gz", data_dir / "oblique.nii.gz")
     label, affine = scans["labels"]["oblique"], scans["affines"]["oblique"]
-    run_inference(data_dir, tmp_path / "out", scans["oracle_ckpt"], inferer={
-        "_target_": "vqseg_bundle.inferers.ResizedSliceInferer", "roi_size": list(label.shape[:2])})
+    run_inference(
+        data_dir,
+        tmp_path / "out",
+        scans["oracle_ckpt"],
+        inferer={"_target_": "vqseg_bundle.inferers.ResizedSliceInferer", "roi_size": list(label.shape[:2])},
+    )
     pred = check_output(tmp_path / "out" / "oblique_seg.nii.gz", label, affine)
     np.testing.assert_array_equal(pred, label)
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
@@ -75,7 +82,11 @@ def test_metaimage_input_through_itk(scans, tmp_path):
         scans["oracle_ckpt"],
         input_glob=str(scans["mha_dir"] / "*.mha"),
         image_size=19,
-        inferer={"_target_": "vqseg_bundle.inferers.ResizedSliceInferer", "roi_size": [19, 27], "sw_batch_size": 2},
+        inferer={
+            "_target_": "vqseg_bundle.inferers.ResizedSliceInferer",
+            "roi_size": [19, 27],
+            "sw_batch_size": 2,
+        },
     )
     label = scans["labels"]["lps"]
     # the affine expected is derived by hand from ITK's spacing / origin / direction (LPS -> RAS)
@@ -85,7 +96,9 @@ def test_metaimage_input_through_itk(scans, tmp_path):
 
 def test_datalist_input(scans, tmp_path):
     (tmp_path / "list.json").write_text('{"test": ["%s"]}' % (scans["nifti_dir"] / "flat2d.nii.gz"))
-    run_inference(tmp_path, tmp_path / "out", scans["oracle_ckpt"], datalist=str(tmp_path / "list.json"), image_size=16)
+    run_inference(
+        tmp_path, tmp_path / "out", scans["oracle_ckpt"], datalist=str(tmp_path / "list.json"), image_size=16
+    )
     assert os.listdir(tmp_path / "out") == ["flat2d_seg.nii.gz"]
 
 
@@ -102,11 +115,15 @@ def test_missing_weights_and_inputs_are_clear_errors(scans, tmp_path):
     torch.save(torch.nn.Conv2d(1, 3, 1).state_dict(), wrong)
     with pytest.raises(Exception) as err:
         run_inference(scans["nifti_dir"], tmp_path / "out", wrong)
-    assert "k3.pt" in repr(err.value.__cause__ or err.value) and "shape" in repr(err.value.__cause__ or err.value)
+    assert "k3.pt" in repr(err.value.__cause__ or err.value) and "shape" in repr(
+        err.value.__cause__ or err.value
+    )
 
 
 def test_check_properties_is_empty():
-    wf = ConfigWorkflow(config_file=str(INFERENCE_CONFIG), workflow_type="infer", bundle_root=str(BUNDLE_ROOT))
+    wf = ConfigWorkflow(
+        config_file=str(INFERENCE_CONFIG), workflow_type="infer", bundle_root=str(BUNDLE_ROOT)
+    )
     wf.initialize()
     assert wf.check_properties() == []
 
@@ -115,12 +132,54 @@ def test_check_properties_is_empty():
 def test_command_line(scans, tmp_path):
     """The documented command, as a subprocess from the bundle root."""
     cmd = [
-        sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.yaml",
-        "--dataset_dir", str(scans["nifti_dir"]), "--output_dir", str(tmp_path / "out"),
-        "--ckpt_path", str(scans["oracle_ckpt"]), "--network_def", repr(ORACLE_DEF),
-        "--image_size", "24", "--num_workers", "0",
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        "configs/inference.yaml",
+        "--dataset_dir",
+        str(scans["nifti_dir"]),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--ckpt_path",
+        str(scans["oracle_ckpt"]),
+        "--network_def",
+        repr(ORACLE_DEF),
+        "--image_size",
+        "24",
+        "--num_workers",
+        "0",
     ]
     res = subprocess.run(cmd, cwd=BUNDLE_ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert sorted(os.listdir(tmp_path / "out")) == ["flat2d_seg.nii.gz", "oblique_seg.nii.gz"]
-    check_output(tmp_path / "out" / "oblique_seg.nii.gz", scans["labels"]["oblique"], scans["affines"]["oblique"])
+    check_output(
+        tmp_path / "out" / "oblique_seg.nii.gz", scans["labels"]["oblique"], scans["affines"]["oblique"]
+    )
+
+
+def test_real_network_config_unchanged(scans, tmp_path):
+    """configs/inference.yaml's own network_def (VQSegUNet, random weights, small codebook and slice size)."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(INFERENCE_CONFIG))
+    parser.update({"codebook_size": 16})
+    torch.save(parser.get_parsed_content("network_def").state_dict(), tmp_path / "vq.pt")
+    run(
+        config_file=str(INFERENCE_CONFIG),
+        bundle_root=str(BUNDLE_ROOT),
+        dataset_dir=str(scans["nifti_dir"]),
+        output_dir=str(tmp_path / "out"),
+        ckpt_path=str(tmp_path / "vq.pt"),
+        codebook_size=16,
+        image_size=32,
+        num_workers=0,
+    )
+    for name in ("oblique", "flat2d"):
+        pred = check_output(
+            tmp_path / "out" / f"{name}_seg.nii.gz", scans["labels"][name], scans["affines"][name]
+        )
+        assert pred.max() < NUM_CLASSES

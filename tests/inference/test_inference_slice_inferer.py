@@ -49,7 +49,9 @@ def test_slices_are_not_mixed():
     for bi in range(b):
         for di in range(d):
             expected = wgt * (10.0 * bi + di) + bias
-            torch.testing.assert_close(out[bi, :, :, :, di], expected.view(2, 1, 1).expand(2, h, w), atol=1e-5, rtol=0)
+            torch.testing.assert_close(
+                out[bi, :, :, :, di], expected.view(2, 1, 1).expand(2, h, w), atol=1e-5, rtol=0
+            )
 
 
 def test_resize_protocol_matches_manual_interpolation():
@@ -99,7 +101,11 @@ def test_flip_tta_average(average):
     for di in range(2):
         s = x[..., di]
         views.append(
-            [net(s), torch.flip(net(torch.flip(s, (-1,))), (-1,)), torch.flip(net(torch.flip(s, (-2,))), (-2,))]
+            [
+                net(s),
+                torch.flip(net(torch.flip(s, (-1,))), (-1,)),
+                torch.flip(net(torch.flip(s, (-2,))), (-2,)),
+            ]
         )
     for di in range(2):
         v = torch.stack(views[di])

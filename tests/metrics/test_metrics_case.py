@@ -60,7 +60,9 @@ def test_hd95_percentile_and_asd_on_thin_structures():
     r = by_class(compute_case_metrics(pr, gt, 2))[1]
     d_pred_to_gt = [0.0] * 20 + [10.0, 10.0]
     d_gt_to_pred = [0.0] * 20
-    expected_hd95 = max(np.percentile(d_pred_to_gt, 95), np.percentile(d_gt_to_pred, 95))  # MONAI's definition
+    expected_hd95 = max(
+        np.percentile(d_pred_to_gt, 95), np.percentile(d_gt_to_pred, 95)
+    )  # MONAI's definition
     assert expected_hd95 == pytest.approx(9.5)
     assert r.hd95_vox == pytest.approx(expected_hd95, abs=1e-4)
     assert r.asd_vox == pytest.approx(sum(d_pred_to_gt + d_gt_to_pred) / (22 + 20), rel=1e-5)
@@ -86,7 +88,9 @@ def test_empty_mask_policy_penalty(penalty):
     gt = torch.zeros(1, 6, 8, 3, dtype=torch.long)
     gt[0, 1:3, 1:3, 1] = 1
     pr = torch.zeros_like(gt)
-    recs = by_class(compute_case_metrics(pr, gt, 2, spacing=(1.5, 1.5, 8.0), empty_distance="penalty", penalty=penalty))
+    recs = by_class(
+        compute_case_metrics(pr, gt, 2, spacing=(1.5, 1.5, 8.0), empty_distance="penalty", penalty=penalty)
+    )
     r = recs[1]
     assert r.status == "pred_empty" and r.dice == 0.0
     if penalty == "diagonal":
@@ -102,7 +106,14 @@ def test_perfect_prediction_random_blobs():
     recs = compute_case_metrics(lab, lab.copy(), 4, spacing=(1.4, 1.4, 10.0))
     assert [r.class_index for r in recs] == [1, 2, 3]
     for r in recs:
-        assert (r.dice, r.jaccard, r.hd95_vox, r.asd_vox, r.hd95_mm, r.asd_mm) == (1.0, 1.0, 0.0, 0.0, 0.0, 0.0)
+        assert (r.dice, r.jaccard, r.hd95_vox, r.asd_vox, r.hd95_mm, r.asd_mm) == (
+            1.0,
+            1.0,
+            0.0,
+            0.0,
+            0.0,
+            0.0,
+        )
 
 
 def test_one_hot_and_scores_equal_label_maps():
@@ -135,7 +146,10 @@ def test_names():
         (dict(pred=torch.full((1, 4, 4), 0.5), label=torch.zeros(1, 4, 4)), "non-integer"),
         (dict(pred=torch.zeros(1, 4, 4), label=torch.zeros(1, 4, 4), spacing=(1.0,)), "spacing"),
         (dict(pred=torch.zeros(1, 4, 4), label=torch.zeros(1, 4, 4), spacing=(1.0, 0.0)), "spacing"),
-        (dict(pred=torch.zeros(1, 4, 4), label=torch.zeros(1, 4, 4), empty_distance="zero"), "empty_distance"),
+        (
+            dict(pred=torch.zeros(1, 4, 4), label=torch.zeros(1, 4, 4), empty_distance="zero"),
+            "empty_distance",
+        ),
         (dict(pred=torch.zeros(1, 4, 4), label=torch.zeros(1, 4, 4), penalty=-1.0), "penalty"),
         (dict(pred=torch.zeros(1, 4, 4), label=torch.zeros(1, 4, 4), class_names=["a"]), "class_names"),
     ],

@@ -54,8 +54,17 @@ def minimal_train_yaml(root: Path, items: list[dict], roi: list[int]) -> Path:
                     {"_target_": "ScaleIntensityd", "keys": "image", "minv": 0.0, "maxv": 1.0},
                 ],
             },
-            "dataset": {"_target_": "Dataset", "data": "@splits#validation", "transform": "@validate#preprocessing"},
-            "dataloader": {"_target_": "DataLoader", "dataset": "@validate#dataset", "batch_size": 1, "num_workers": 0},
+            "dataset": {
+                "_target_": "Dataset",
+                "data": "@splits#validation",
+                "transform": "@validate#preprocessing",
+            },
+            "dataloader": {
+                "_target_": "DataLoader",
+                "dataset": "@validate#dataset",
+                "batch_size": 1,
+                "num_workers": 0,
+            },
             "inferer": {"_target_": "vqseg_bundle.inferers.ResizedSliceInferer", "roi_size": roi},
             "postprocessing": {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
             "key_metric": {
@@ -67,8 +76,13 @@ def minimal_train_yaml(root: Path, items: list[dict], roi: list[int]) -> Path:
                 }
             },
             "handlers": [
-                {"_target_": "CheckpointSaver", "save_dir": "@ckpt_dir", "save_dict": {"model": "@network"},
-                 "save_key_metric": True, "key_metric_filename": "model.pt"}
+                {
+                    "_target_": "CheckpointSaver",
+                    "save_dir": "@ckpt_dir",
+                    "save_dict": {"model": "@network"},
+                    "save_key_metric": True,
+                    "key_metric_filename": "model.pt",
+                }
             ],
             "evaluator": {
                 "_target_": "SupervisedEvaluator",
@@ -106,9 +120,17 @@ def nifti_cases(tmp_path):
     lab = phantom((33, 27, 4))
     items = []
     for name, truth in (("exact", lab), ("shifted", np.roll(lab, 1, axis=0))):
-        nib.save(nib.Nifti1Image(100 + 500 * lab.astype(np.float32) / 3, affine), tmp_path / f"{name}_img.nii.gz")
+        nib.save(
+            nib.Nifti1Image(100 + 500 * lab.astype(np.float32) / 3, affine), tmp_path / f"{name}_img.nii.gz"
+        )
         nib.save(nib.Nifti1Image(truth, affine), tmp_path / f"{name}_lab.nii.gz")
-        items.append({"image": str(tmp_path / f"{name}_img.nii.gz"), "label": str(tmp_path / f"{name}_lab.nii.gz"), "name": name})
+        items.append(
+            {
+                "image": str(tmp_path / f"{name}_img.nii.gz"),
+                "label": str(tmp_path / f"{name}_lab.nii.gz"),
+                "name": name,
+            }
+        )
     return items
 
 
@@ -125,7 +147,9 @@ def test_evaluate_on_minimal_contract_train_yaml(tmp_path, nifti_cases):
     wf = run_workflow([train, EVALUATE], ckpt_path=str(ckpt))
     assert not (tmp_path / "models" / "model.pt").exists()  # train's CheckpointSaver was replaced
     rows = list(csv.DictReader(open(tmp_path / "out" / "eval" / "metrics_per_case.csv")))
-    assert [(r["case"], r["class_name"]) for r in rows] == [(n, c) for n in ("exact", "shifted") for c in ("RV", "Myo", "LV")]
+    assert [(r["case"], r["class_name"]) for r in rows] == [
+        (n, c) for n in ("exact", "shifted") for c in ("RV", "Myo", "LV")
+    ]
     for r in rows:
         assert r["status"] == "ok" and r["spacing"] == "1.4x1.4x10"  # spacing from the NIfTI affine
         if r["case"] == "exact":
@@ -135,7 +159,9 @@ def test_evaluate_on_minimal_contract_train_yaml(tmp_path, nifti_cases):
             # a shift along the 1.4 mm axis only: millimetres are 1.4 x voxels
             assert float(r["hd95_mm"]) == pytest.approx(1.4 * float(r["hd95_vox"]), rel=1e-4)
             assert float(r["asd_mm"]) == pytest.approx(1.4 * float(r["asd_vox"]), rel=1e-4)
-    summary = {r["class_name"]: r for r in csv.DictReader(open(tmp_path / "out" / "eval" / "metrics_summary.csv"))}
+    summary = {
+        r["class_name"]: r for r in csv.DictReader(open(tmp_path / "out" / "eval" / "metrics_summary.csv"))
+    }
     assert list(summary) == ["RV", "Myo", "LV", "mean"]
     # our overall Dice equals MONAI's MeanDice key metric on the same predictions
     metrics = wf.parser.get_parsed_content("validate#evaluator").state.metrics
@@ -157,8 +183,14 @@ def test_evaluate_missing_or_wrong_checkpoint(tmp_path, nifti_cases):
 @pytest.mark.skipif(not TRAIN.exists(), reason="configs/train.yaml not written yet")
 def test_evaluate_on_real_train_yaml_demo_data(tmp_path):
     """The real train.yaml (synthetic demo data), small settings, random weights: the pipeline runs."""
-    override = {"image_size": 32, "codebook_size": 16, "data_cache_dir": str(tmp_path / "demo"),
-                "output_dir": str(tmp_path / "out"), "ckpt_dir": str(tmp_path / "models"), "num_threads": 0}
+    override = {
+        "image_size": 32,
+        "codebook_size": 16,
+        "data_cache_dir": str(tmp_path / "demo"),
+        "output_dir": str(tmp_path / "out"),
+        "ckpt_dir": str(tmp_path / "models"),
+        "num_threads": 0,
+    }
     parser = ConfigParser()
     parser.read_config(str(TRAIN))
     parser.update(override)

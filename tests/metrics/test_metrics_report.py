@@ -42,9 +42,15 @@ def test_summary_by_hand():
     assert rows["c1"]["dice_mean"] == pytest.approx(0.75) and rows["c1"]["dice_std"] == pytest.approx(0.25)
     assert rows["c1"]["hd95_vox_mean"] == pytest.approx(3.0) and rows["c1"]["hd95_vox_n"] == 2
     # the missed structure is counted, and its NaN distance is excluded from the mean with n saying so
-    assert rows["c2"]["n_pred_empty"] == 1 and rows["c2"]["hd95_vox_n"] == 1 and rows["c2"]["hd95_vox_mean"] == 0.0
+    assert (
+        rows["c2"]["n_pred_empty"] == 1
+        and rows["c2"]["hd95_vox_n"] == 1
+        and rows["c2"]["hd95_vox_mean"] == 0.0
+    )
     # overall: per-case class means (a: 0.75, b: 0.5), then mean / std over cases
-    assert rows["mean"]["dice_mean"] == pytest.approx(0.625) and rows["mean"]["dice_std"] == pytest.approx(0.125)
+    assert rows["mean"]["dice_mean"] == pytest.approx(0.625) and rows["mean"]["dice_std"] == pytest.approx(
+        0.125
+    )
     assert rows["mean"]["hd95_vox_n"] == 1 and rows["mean"]["hd95_vox_mean"] == pytest.approx(1.0)
     assert rows["mean"]["n_pred_empty"] == 1 and rows["mean"]["n_cases"] == 2
     assert rows["mean"]["hd95_mm_n"] == 0 and math.isnan(rows["mean"]["hd95_mm_mean"])
@@ -86,20 +92,33 @@ def make_items():
 
 
 def test_handler_in_evaluator(tmp_path, capsys):
-    handler = CaseMetricsHandler(num_classes=3, output_dir=tmp_path / "eval", class_names=["bg", "one", "two"])
+    handler = CaseMetricsHandler(
+        num_classes=3, output_dir=tmp_path / "eval", class_names=["bg", "one", "two"]
+    )
     evaluator = SupervisedEvaluator(
         device=torch.device("cpu"),
         val_data_loader=DataLoader(Dataset(make_items()), batch_size=1),  # items differ in keys
         network=OracleNet(),
         inferer=SimpleInferer(),
-        postprocessing=Compose([AsDiscreted(keys="pred", argmax=True, to_onehot=3), AsDiscreted(keys="label", to_onehot=3)]),
+        postprocessing=Compose(
+            [AsDiscreted(keys="pred", argmax=True, to_onehot=3), AsDiscreted(keys="label", to_onehot=3)]
+        ),
         val_handlers=[handler],
     )
     evaluator.run()
     rows = list(csv.DictReader(open(tmp_path / "eval" / "metrics_per_case.csv")))
-    assert [(r["case"], r["class_name"]) for r in rows] == [("case0", "one"), ("case0", "two"), ("case1", "one"), ("case1", "two")]
+    assert [(r["case"], r["class_name"]) for r in rows] == [
+        ("case0", "one"),
+        ("case0", "two"),
+        ("case1", "one"),
+        ("case1", "two"),
+    ]
     r0 = {r["class_name"]: r for r in rows if r["case"] == "case0"}
-    assert float(r0["one"]["dice"]) == 1.0 and float(r0["one"]["hd95_mm"]) == 0.0 and r0["one"]["spacing"] == "1x2x5"
+    assert (
+        float(r0["one"]["dice"]) == 1.0
+        and float(r0["one"]["hd95_mm"]) == 0.0
+        and r0["one"]["spacing"] == "1x2x5"
+    )
     r1 = {r["class_name"]: r for r in rows if r["case"] == "case1"}
     assert float(r1["one"]["hd95_vox"]) == pytest.approx(1.0)  # shifted by one row
     assert r1["one"]["hd95_mm"] == "nan"  # no spacing known for case1
@@ -109,6 +128,31 @@ def test_handler_in_evaluator(tmp_path, capsys):
     # a second run resets the records
     evaluator.run()
     assert len(handler.records) == 4
+
+
+def test_handler_batched_and_penalty(tmp_path):
+    """Batches of two (the handler decollates), names from the source file when items have none."""
+    items = make_items()
+    for it in items:
+        it["spacing"] = torch.tensor([1.0, 1.0, 3.0])
+        it.pop("name")
+    items[1]["image"] = torch.zeros_like(items[1]["image"])  # case 1 predicts nothing: both classes missed
+    handler = CaseMetricsHandler(num_classes=3, output_dir=tmp_path, empty_distance="penalty", penalty=99.0)
+    evaluator = SupervisedEvaluator(
+        device=torch.device("cpu"),
+        val_data_loader=DataLoader(Dataset(items), batch_size=2),
+        network=OracleNet(),
+        postprocessing=AsDiscreted(keys="pred", argmax=True),
+        val_handlers=[handler],
+    )
+    evaluator.run()
+    rows = list(csv.DictReader(open(tmp_path / "metrics_per_case.csv")))
+    assert [r["case"] for r in rows] == ["case_0000", "case_0000", "case_0001", "case_0001"]
+    assert [r["status"] for r in rows] == ["ok", "ok", "pred_empty", "pred_empty"]
+    assert all(float(r["hd95_mm"]) == 99.0 for r in rows[2:])
+    summary = {r["class_name"]: r for r in handler.summary}
+    assert summary["mean"]["n_pred_empty"] == 2 and summary["mean"]["hd95_vox_n"] == 2
+    assert summary["mean"]["hd95_vox_mean"] == pytest.approx(99.0 / 2)
 
 
 def test_handler_missing_label_and_bad_args():

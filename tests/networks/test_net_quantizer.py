@@ -71,6 +71,10 @@ def test_distances_are_float32_under_autocast():
         out = q(z)
     assert torch.equal(out.indices, expected)
     assert out.loss.dtype == torch.float32
+    assert out.codebook.dtype == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = q(z.bfloat16())
+    assert out.quantized.dtype == torch.bfloat16 and out.codebook.dtype == torch.float32
 
 
 def test_usage_statistics_count_only_in_training_and_reset():

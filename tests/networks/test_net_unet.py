@@ -181,3 +181,14 @@ def test_torchscript_trace_matches_pytorch():
         loaded = torch.jit.load(buf)
         y = torch.randn(2, 1, 32, 32)
         torch.testing.assert_close(loaded(y), net(y))
+
+
+def test_bf16_autocast_keeps_vq_in_float32():
+    net = _net(pfa_channels=2).train()
+    x = torch.randn(2, 1, 16, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net.forward_train(x, perturb=True, generator=_gen(), align_size=(2, 2))
+    assert out.vq_loss.dtype == torch.float32 and torch.isfinite(out.vq_loss)
+    assert torch.isfinite(out.seg_logits.float()).all()
+    (out.seg_logits.float().mean() + out.vq_loss).backward()
+    assert net.quantizers["3"].codebook_mapping.weight.grad.dtype == torch.float32

@@ -20,7 +20,8 @@ def _example(in_channels: int, image_size: int | tuple[int, int], batch: int, se
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     if len(size) != 2 or any(int(s) < 1 for s in size) or int(in_channels) < 1 or int(batch) < 1:
         raise ValueError(
-            f"expected in_channels >= 1, batch >= 1 and image_size an int or (H, W), got {in_channels}, {batch}, {image_size}."
+            "expected in_channels >= 1, batch >= 1 and image_size an int or (H, W), "
+            f"got {in_channels}, {batch}, {image_size}."
         )
     g = torch.Generator().manual_seed(int(seed))
     return torch.rand((int(batch), int(in_channels), int(size[0]), int(size[1])), generator=g)

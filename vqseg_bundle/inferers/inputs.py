@@ -53,7 +53,9 @@ def list_inference_inputs(
             if image_key not in item:
                 raise ValueError(f"datalist '{path}' entry {item!r} has no '{image_key}' key.")
             if not os.path.exists(item[image_key]):
-                raise FileNotFoundError(f"image '{item[image_key]}' listed in datalist '{path}' does not exist.")
+                raise FileNotFoundError(
+                    f"image '{item[image_key]}' listed in datalist '{path}' does not exist."
+                )
         if not items and not allow_empty:
             raise FileNotFoundError(f"datalist '{path}' lists no images under '{data_list_key}'.")
         return [dict(item) for item in items]
@@ -68,7 +70,9 @@ def list_inference_inputs(
     return [{image_key: m} for m in matches]
 
 
-def require_inputs(items: Sized, input_glob: str | None = None, datalist: str | os.PathLike | None = None) -> int:
+def require_inputs(
+    items: Sized, input_glob: str | None = None, datalist: str | os.PathLike | None = None
+) -> int:
     """Raise a clear error when an inference run has nothing to read; return the number of items.
 
     Args:
@@ -82,7 +86,8 @@ def require_inputs(items: Sized, input_glob: str | None = None, datalist: str | 
     if n == 0:
         source = f"datalist '{datalist}'" if datalist else f"pattern '{input_glob}'"
         raise FileNotFoundError(
-            f"No input image found for {source}. Set --dataset_dir to the folder of the scans, --input_glob to a "
+            f"No input image found for {source}. Set --dataset_dir to the folder of the scans, "
+            "--input_glob to a "
             "pattern (e.g. '/data/*.nii.gz') or --datalist to a JSON file."
         )
     return n

@@ -81,7 +81,9 @@ class ResizedSliceInferer(Inferer):
         if mode not in _RESIZE_MODES:
             raise ValueError(f"mode must be one of {_RESIZE_MODES}, got {mode!r}.")
         if isinstance(slice_axis, bool) or not isinstance(slice_axis, int) or not -3 <= slice_axis <= 2:
-            raise ValueError(f"slice_axis must be an int in -3..2 (a spatial axis of a 3D volume), got {slice_axis!r}.")
+            raise ValueError(
+                f"slice_axis must be an int in -3..2 (a spatial axis of a 3D volume), got {slice_axis!r}."
+            )
         self.slice_axis = slice_axis % 3
         self.roi_size: tuple[int, int] = roi  # type: ignore[assignment]
         self.sw_batch_size = int(sw_batch_size)
@@ -95,18 +97,23 @@ class ResizedSliceInferer(Inferer):
         align = None if self.mode in ("nearest", "area") else False
         return F.interpolate(x, size=size, mode=self.mode, align_corners=align)
 
-    def _predict(self, slices: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> torch.Tensor:
+    def _predict(
+        self, slices: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
         """Network logits of ``slices (N, C, S_h, S_w)``, checked to be ``(N, K, h, w)``."""
         out = network(slices, *args, **kwargs)
         if not isinstance(out, torch.Tensor) or out.ndim != 4 or out.shape[0] != slices.shape[0]:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(
-                f"ResizedSliceInferer expects the network to return logits (N, K, h, w) for {slices.shape[0]} "
+                "ResizedSliceInferer expects the network to return logits (N, K, h, w) "
+                f"for {slices.shape[0]} "
                 f"slices, got {got}."
             )
         return out
 
-    def _predict_tta(self, slices: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> torch.Tensor:
+    def _predict_tta(
+        self, slices: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
         if not self.flip_tta:
             return self._predict(slices, network, *args, **kwargs)
         views = []

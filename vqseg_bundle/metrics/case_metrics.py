@@ -29,6 +29,7 @@ pooled; the two can differ slightly on the same masks.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -37,7 +38,14 @@ import torch
 from monai.data import MetaTensor
 from monai.metrics import DiceMetric, HausdorffDistanceMetric, MeanIoU, SurfaceDistanceMetric
 
-__all__ = ["CaseClassMetrics", "compute_case_metrics", "resolve_class_names", "METRIC_NAMES", "STATUSES", "EMPTY_DISTANCE_MODES"]
+__all__ = [
+    "CaseClassMetrics",
+    "compute_case_metrics",
+    "resolve_class_names",
+    "METRIC_NAMES",
+    "STATUSES",
+    "EMPTY_DISTANCE_MODES",
+]
 
 METRIC_NAMES = ("dice", "jaccard", "hd95_vox", "asd_vox", "hd95_mm", "asd_mm")
 STATUSES = ("ok", "both_empty", "pred_empty", "gt_empty")
@@ -103,7 +111,8 @@ def resolve_class_names(class_names: Sequence[str] | None, num_classes: int) -> 
         return ["background"] + names
     if len(names) != num_classes:
         raise ValueError(
-            f"class_names must have {num_classes} entries (or {num_classes - 1} without the background), got {names}."
+            f"class_names must have {num_classes} entries (or {num_classes - 1} without the background), "
+            f"got {names}."
         )
     return names
 
@@ -160,7 +169,9 @@ def compute_case_metrics(
     if spacing is not None:
         spacing = [float(s) for s in spacing]
         if len(spacing) != len(shape) or any(not s > 0 for s in spacing):
-            raise ValueError(f"spacing must have {len(shape)} positive values for shape {shape}, got {spacing}.")
+            raise ValueError(
+                f"spacing must have {len(shape)} positive values for shape {shape}, got {spacing}."
+            )
 
     # one-hot (1, K, *S) as MONAI's metrics expect
     p1 = torch.nn.functional.one_hot(p, num_classes).movedim(-1, 0).unsqueeze(0).float()
@@ -193,8 +204,11 @@ def compute_case_metrics(
         sd = SurfaceDistanceMetric(include_background=True, symmetric=True, reduction="none")
         units = [("vox", None)] + ([("mm", spacing)] if spacing is not None else [])
         for unit, sp in units:
-            hd_v = hd(po, go, spacing=sp)[0].tolist()
-            sd_v = sd(po, go, spacing=sp)[0].tolist()
+            with warnings.catch_warnings():
+                # MONAI 1.5-1.6 passes its own deprecated `always_return_as_numpy` internally: not ours to fix
+                warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*")
+                hd_v = hd(po, go, spacing=sp)[0].tolist()
+                sd_v = sd(po, go, spacing=sp)[0].tolist()
             for j, c in enumerate(ok):
                 dist[f"hd95_{unit}"][c] = float(hd_v[j])
                 dist[f"asd_{unit}"][c] = float(sd_v[j])

@@ -26,7 +26,13 @@ from vqseg_bundle.metrics.case_metrics import (
     compute_case_metrics,
     resolve_class_names,
 )
-from vqseg_bundle.metrics.report import OVERALL, format_summary_table, summarize, write_case_csv, write_summary_csv
+from vqseg_bundle.metrics.report import (
+    OVERALL,
+    format_summary_table,
+    summarize,
+    write_case_csv,
+    write_summary_csv,
+)
 
 __all__ = ["CaseMetricsHandler", "spacing_from_meta"]
 
@@ -159,7 +165,11 @@ class CaseMetricsHandler:
         return str(name)
 
     def _spacing(self, item: Mapping[str, Any], label: Any, pred: Any) -> list[float] | None:
-        if self.spacing_key is not None and isinstance(item, Mapping) and item.get(self.spacing_key) is not None:
+        if (
+            self.spacing_key is not None
+            and isinstance(item, Mapping)
+            and item.get(self.spacing_key) is not None
+        ):
             sp = item[self.spacing_key]
             sp = sp.tolist() if isinstance(sp, (torch.Tensor, np.ndarray)) else list(sp)
             return [float(s) for s in sp]
@@ -173,10 +183,19 @@ class CaseMetricsHandler:
         if len(batch) != len(outputs):
             batch = [{}] * len(outputs)
         for out, item in zip(outputs, batch):
-            if not isinstance(out, Mapping) or out.get(self.label_key) is None or out.get(self.pred_key) is None:
-                found = sorted(k for k, v in out.items() if v is not None) if isinstance(out, Mapping) else type(out)
+            if (
+                not isinstance(out, Mapping)
+                or out.get(self.label_key) is None
+                or out.get(self.pred_key) is None
+            ):
+                found = (
+                    sorted(k for k, v in out.items() if v is not None)
+                    if isinstance(out, Mapping)
+                    else type(out)
+                )
                 raise ValueError(
-                    f"CaseMetricsHandler needs '{self.pred_key}' and '{self.label_key}' in the evaluator output, "
+                    f"CaseMetricsHandler needs '{self.pred_key}' and '{self.label_key}' in the evaluator "
+                    "output, "
                     f"got {found} (does the dataset provide labels?)."
                 )
             pred, label = out[self.pred_key], out[self.label_key]
@@ -228,4 +247,7 @@ class CaseMetricsHandler:
             summary_path = write_summary_csv(self.summary, self.output_dir / self.summary_csv)
             logger.info("per-case metrics written to %s, summary to %s", case_path, summary_path)
         if self.print_table:
-            print(f"Per-class metrics over {len({r.case for r in self.records})} cases:\n" + format_summary_table(self.summary))
+            print(
+                f"Per-class metrics over {len({r.case for r in self.records})} cases:\n"
+                + format_summary_table(self.summary)
+            )

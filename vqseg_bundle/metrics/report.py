@@ -66,7 +66,8 @@ def summarize(
         for s in STATUSES[1:]:
             row[f"n_{s}"] = sum(r["status"] == s for r in sel)
         for m in metrics:
-            row[f"{m}_mean"], row[f"{m}_std"], row[f"{m}_n"] = _stats([float(r[m]) for r in sel])  # type: ignore[arg-type]
+            values = [float(r[m]) for r in sel]  # type: ignore[arg-type]
+            row[f"{m}_mean"], row[f"{m}_std"], row[f"{m}_n"] = _stats(values)
         out.append(row)
     overall: dict[str, object] = {"class_name": OVERALL, "class_index": -1, "n_cases": len(cases)}
     for s in STATUSES[1:]:
@@ -89,11 +90,15 @@ def _write_csv(rows: list[dict[str, object]], path: str | os.PathLike) -> Path:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         for r in rows:
-            writer.writerow({k: ("nan" if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()})
+            writer.writerow(
+                {k: ("nan" if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
+            )
     return path
 
 
-def write_case_csv(records: Iterable[CaseClassMetrics | Mapping[str, object]], path: str | os.PathLike) -> Path:
+def write_case_csv(
+    records: Iterable[CaseClassMetrics | Mapping[str, object]], path: str | os.PathLike
+) -> Path:
     """Write one row per case and class (columns of :class:`CaseClassMetrics`); returns the path."""
     return _write_csv(_records(records), path)
 
@@ -104,7 +109,8 @@ def write_summary_csv(summary: list[dict[str, object]], path: str | os.PathLike)
 
 
 def format_summary_table(
-    summary: list[dict[str, object]], metrics: Sequence[str] = ("dice", "jaccard", "hd95_vox", "asd_vox", "hd95_mm", "asd_mm")
+    summary: list[dict[str, object]],
+    metrics: Sequence[str] = ("dice", "jaccard", "hd95_vox", "asd_vox", "hd95_mm", "asd_mm"),
 ) -> str:
     """A fixed-width text table: one line per class and ``mean``, ``mean ± std`` per metric, with
     the per-status counts and, when some values were NaN (empty masks), ``[n=<valid>]``.
@@ -113,7 +119,8 @@ def format_summary_table(
     """
     if not summary:
         return "(no cases)"
-    shown = [m for m in metrics if any(int(r.get(f"{m}_n", 0)) > 0 for r in summary)]  # type: ignore[call-overload]
+    # metrics with no valid value at all (e.g. millimetres without spacing) are left out
+    shown = [m for m in metrics if any(int(r.get(f"{m}_n", 0)) > 0 for r in summary)]  # type: ignore
     header = ["class", "cases", "missed", "spurious", "both_empty"] + list(shown)
     lines = []
     for r in summary:

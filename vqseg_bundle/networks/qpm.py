@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .distances import DISTANCES, no_autocast, pairwise_distance
+from .distances import DISTANCES, no_autocast
 
 __all__ = ["QuantizedPerturbation", "QPM_MODES", "QPM_STRATEGIES"]
 
@@ -32,8 +32,8 @@ class QuantizedPerturbation(nn.Module):
         ``"kernel"`` (the paper's equations): each token independently keeps its index ``i`` with probability
         ``1 - eps``; otherwise it takes ``j != i`` drawn with probability
         ``exp(-d(c_i, c_j) / T) / sum_{k != i} exp(-d(c_i, c_k) / T)``. So the expected fraction of changed
-        tokens is exactly ``eps`` and ``j == i`` never occurs. Only the ``(tokens, K)`` distance rows of the
-        tokens that are drawn are computed (chunked, float32): the ``K x K`` matrix (1 GiB for K = 16384) is
+        tokens is exactly ``eps`` and ``j == i`` never occurs. Only the ``(rows, K)`` logits of the codes
+        that are drawn from are computed (chunked, float32): the ``K x K`` matrix (1 GiB for K = 16384) is
         never formed. Sampling is by inverse CDF (one uniform per token and a ``searchsorted``), cheaper than
         Gumbel-max which needs K random numbers per token.
 
@@ -48,10 +48,11 @@ class QuantizedPerturbation(nn.Module):
         eps: perturbation strength in [0, 1] (paper best 0.7; released code 0.1).
         temperature: T > 0 of the kernel (released code: 1).
         distance: ``"sqeuclidean"`` (released code) or ``"cosine"`` between mapped codewords.
-        strategy: kernel mode only. ``"sparse"`` computes rows only for the tokens that change (cost grows
-            with eps; needs one device-to-host synchronisation for the count), ``"dense"`` computes a
-            candidate for every token and selects (cost independent of eps, no synchronisation: best on
-            GPUs), ``"auto"`` = dense on CUDA, sparse elsewhere. Both sample the same distribution.
+        strategy: kernel mode only. ``"sparse"`` computes one row per distinct code among the tokens that
+            change (cost grows with eps, at most like the nearest-code search of those tokens; needs
+            device-to-host synchronisations), ``"dense"`` draws a candidate for every token and selects
+            (cost independent of eps, no synchronisation: best on GPUs), ``"auto"`` = dense on CUDA, sparse
+            elsewhere. Both sample the same distribution.
         max_chunk_elements: bound on one float32 ``(tokens, K)`` block.
     """
 
@@ -153,43 +154,73 @@ class QuantizedPerturbation(nn.Module):
         strategy = self.strategy
         if strategy == "auto":
             strategy = "dense" if flat.is_cuda else "sparse"
-        if strategy == "dense":
-            u = torch.rand(flat.shape, generator=generator, device=flat.device)
-            drawn = self._sample_neighbours(flat, codebook, u)
-            out = torch.where(change, drawn, flat)
-        else:
-            pos = change.nonzero().squeeze(1)
-            u = torch.rand(pos.shape, generator=generator, device=flat.device)
-            out = flat.clone()
-            out[pos] = self._sample_neighbours(flat[pos], codebook, u)
+        with torch.no_grad(), no_autocast(codebook.device):
+            c32 = codebook.float()
+            if strategy == "dense":
+                u = torch.rand(flat.shape, generator=generator, device=flat.device)
+                out = torch.where(change, self._sample_per_token(flat, c32, u), flat)
+            else:
+                pos = change.nonzero().squeeze(1)
+                u = torch.rand(pos.shape, generator=generator, device=flat.device)
+                out = flat.clone()
+                out[pos] = self._sample_per_code(flat[pos], c32, u)
         return out.reshape(indices.shape)
 
-    @torch.no_grad()
-    def _sample_neighbours(self, src: torch.Tensor, codebook: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """For each source code ``src[n]`` draw ``j != src[n]`` with p_j ~ exp(-d(c_src, c_j) / T).
+    def _row_cdf(self, src: torch.Tensor, c32: torch.Tensor, c_aux: torch.Tensor) -> torch.Tensor:
+        """Normalised CDF ``(R, K)`` over j of ``p_j ~ exp(-d(c_src, c_j) / T)`` with ``p_src = 0``.
 
-        Inverse-CDF sampling over chunks of rows: logits ``-d / T`` with the source column at ``-inf``,
-        max-subtracted ``exp``, cumulative sum, then ``searchsorted(cdf, u * total, right=True)``: a zero
-        probability entry (the source) has ``cdf_j == cdf_{j-1}`` and can never be returned.
+        Terms of ``-d / T`` that are constant along a row cancel in the softmax, so the logits are one GEMM:
+        ``(2 c_i.c_j - ||c_j||^2) / T`` (squared L2) or ``cos(c_i, c_j) / T`` (cosine). The last entry is
+        exactly 1, and a zero-probability entry repeats the previous value.
         """
-        k = codebook.shape[0]
+        inv_t = 1.0 / self.temperature
+        if self.distance == "sqeuclidean":
+            logits = torch.addmm(c_aux[None, :], c32[src], c32.t(), beta=-inv_t, alpha=2.0 * inv_t)
+        else:
+            logits = torch.mm(c_aux[src], c_aux.t()).mul_(inv_t)
+        logits.scatter_(1, src[:, None], float("-inf"))
+        cdf = torch.softmax(logits, dim=1).cumsum_(dim=1)
+        return cdf.div_(cdf[:, -1:].clone())
+
+    def _aux(self, c32: torch.Tensor) -> torch.Tensor:
+        if self.distance == "sqeuclidean":
+            return (c32 * c32).sum(1)
+        return torch.nn.functional.normalize(c32, dim=1)
+
+    def _sample_per_token(self, src: torch.Tensor, c32: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """One draw ``j != src[n]`` per token by inverse CDF over chunks of rows (no synchronisation)."""
+        k = c32.shape[0]
+        out = torch.empty_like(src)
+        rows = max(1, self.max_chunk_elements // k)
+        aux = self._aux(c32)
+        for start in range(0, src.shape[0], rows):
+            cdf = self._row_cdf(src[start : start + rows], c32, aux)
+            # u < 1 = cdf[:, -1] so the result stays in the row; right=True skips zero-probability entries
+            j = torch.searchsorted(cdf, u[start : start + rows, None].contiguous(), right=True)
+            out[start : start + rows] = j[:, 0]
+        return out
+
+    def _sample_per_code(self, src: torch.Tensor, c32: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """Like :meth:`_sample_per_token`, but one CDF row per *distinct* source code (tokens sharing a code
+        share its row): cost ``O(unique codes x K x D)`` for the GEMM, plus a row gather per token for the
+        batched ``searchsorted`` (done over token chunks too, so memory stays bounded).
+        """
+        k = c32.shape[0]
         out = torch.empty_like(src)
         if src.numel() == 0:
             return out
+        codes, inverse = torch.unique(src, return_inverse=True)
+        order = torch.argsort(inverse, stable=True)  # tokens grouped by code
+        ends = torch.bincount(inverse, minlength=codes.shape[0]).cumsum(0).tolist()
         rows = max(1, self.max_chunk_elements // k)
-        with no_autocast(codebook.device):
-            c32 = codebook.float()
-            c_sq = (c32 * c32).sum(1) if self.distance == "sqeuclidean" else None
-            for start in range(0, src.shape[0], rows):
-                s = src[start : start + rows]
-                logits = pairwise_distance(c32[s], c32, self.distance, b_sqnorm=c_sq).mul_(-1.0 / self.temperature)
-                logits.scatter_(1, s[:, None], float("-inf"))
-                logits.sub_(logits.max(dim=1, keepdim=True).values)
-                cdf = logits.exp_().cumsum_(dim=1)
-                total = cdf[:, -1:].contiguous()
-                target = u[start : start + rows, None].float() * total
-                j = torch.searchsorted(cdf, target, right=True)
-                # float rounding can give target == total (j == K): fall back to the last positive entry
-                last = torch.searchsorted(cdf, total, right=False)
-                out[start : start + rows] = torch.minimum(j, last)[:, 0]
+        aux = self._aux(c32)
+        for r0 in range(0, codes.shape[0], rows):
+            r1 = min(codes.shape[0], r0 + rows)
+            cdf = self._row_cdf(codes[r0:r1], c32, aux)
+            tokens = order[(ends[r0 - 1] if r0 else 0) : ends[r1 - 1]]
+            local = inverse[tokens] - r0
+            for t0 in range(0, tokens.shape[0], rows):
+                tk = tokens[t0 : t0 + rows]
+                j = torch.searchsorted(cdf[local[t0 : t0 + rows]], u[tk, None].contiguous(), right=True)
+                out[tk] = j[:, 0]
         return out

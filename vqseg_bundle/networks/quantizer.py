@@ -115,8 +115,11 @@ class VectorQuantizer(nn.Module):
 
     # ------------------------------------------------------------------ codebook
     def mapped_codebook(self) -> torch.Tensor:
-        """The effective codebook ``(K, D)`` = ``codebook_mapping(base_codebook)`` (differentiable)."""
-        return self.codebook_mapping(self.base_codebook)
+        """The effective codebook ``(K, D)`` = ``codebook_mapping(base_codebook)`` (differentiable), float32
+        even under autocast (a bf16 codebook would blur the nearest-code search and QPM's distances)."""
+        with no_autocast(self.base_codebook.device):
+            return F.linear(self.base_codebook.float(), self.codebook_mapping.weight.float(),
+                            self.codebook_mapping.bias.float())
 
     def lookup(self, indices: torch.Tensor, codebook: torch.Tensor | None = None) -> torch.Tensor:
         """Codewords of ``indices (B, *spatial)`` as a channel-first map ``(B, D, *spatial)``."""

@@ -13,6 +13,8 @@ from .decoders import UNetDecoder
 
 __all__ = ["VQSegUNet"]
 
+SSL4MIS_DROPOUT = (0.05, 0.1, 0.2, 0.3, 0.5)
+
 
 class VQSegUNet(VQSegNetworkBase):
     """VQ-Seg with a 2D U-Net trained from scratch.
@@ -29,8 +31,8 @@ class VQSegUNet(VQSegNetworkBase):
         in_channels: image channels.
         num_classes: segmentation classes (incl. background).
         features: encoder widths, shallow to deep (at least 2 levels).
-        dropout: encoder dropout per level (one float for all, or one per level); SSL4MIS uses
-            ``(0.05, 0.1, 0.2, 0.3, 0.5)``.
+        dropout: encoder dropout per level (one float for all, or one per level); ``None``: SSL4MIS's
+            ``(0.05, 0.1, 0.2, 0.3, 0.5)`` for five levels, else linearly spaced from 0.05 to 0.5.
         decoder_dropout: dropout in the decoder blocks.
         act, norm: MONAI layer-factory specs.
         upsample: decoder upsampling: ``"nontrainable"`` (default: 1 x 1 conv + bilinear x2, the SSL4MIS
@@ -67,7 +69,7 @@ class VQSegUNet(VQSegNetworkBase):
         in_channels: int = 1,
         num_classes: int = 4,
         features: Sequence[int] = (16, 32, 64, 128, 256),
-        dropout: float | Sequence[float] = (0.05, 0.1, 0.2, 0.3, 0.5),
+        dropout: float | Sequence[float] | None = None,
         decoder_dropout: float = 0.0,
         act: str | tuple = ("leakyrelu", {"negative_slope": 0.01, "inplace": True}),
         norm: str | tuple = ("batch", {"affine": True}),
@@ -99,6 +101,9 @@ class VQSegUNet(VQSegNetworkBase):
             raise ValueError(f"VQSegUNet: features needs >= 2 positive widths, got {features}.")
         if int(in_channels) < 1 or int(num_classes) < 1:
             raise ValueError(f"VQSegUNet: in_channels and num_classes must be >= 1, got {in_channels}, {num_classes}.")
+        if dropout is None:
+            n = len(features)
+            dropout = SSL4MIS_DROPOUT if n == 5 else [0.05 + (0.5 - 0.05) * i / (n - 1) for i in range(n)]
         drops = [float(dropout)] * len(features) if isinstance(dropout, (int, float)) else [float(d) for d in dropout]
         if len(drops) != len(features) or not all(0.0 <= d < 1.0 for d in drops):
             raise ValueError(

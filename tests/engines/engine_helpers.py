@@ -1,0 +1,47 @@
+"""Tiny networks and in-memory loaders for the trainer tests (32 px, a few images)."""
+
+from __future__ import annotations
+
+import torch
+from monai.data import DataLoader
+
+from vqseg_bundle.data import InMemorySliceDataset
+from vqseg_bundle.engines import EMATeacher, SemiSupervisedTrainer, make_teacher
+from vqseg_bundle.networks import VQSegUNet
+from vqseg_bundle.transforms import BatchCutMix, labeled_transforms, unlabeled_transforms
+
+SIZE = 32
+
+
+def tiny_unet(**kwargs) -> VQSegUNet:
+    args = dict(features=(4, 8, 16, 32, 32), dropout=0.0, codebook_size=16, pfa_channels=None)
+    args.update(kwargs)
+    return VQSegUNet(**args)
+
+
+def tiny_loaders(batch: int = 2, n_labeled: int = 4, n_unlabeled: int = 6, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(n_labeled, 1, SIZE, SIZE, generator=g)
+    labels = (images > 0.5).long() + (images > 0.8).long()
+    lab = InMemorySliceDataset(images, labels, transform=labeled_transforms())
+    unl = InMemorySliceDataset(torch.rand(n_unlabeled, 1, SIZE, SIZE, generator=g), transform=unlabeled_transforms())
+    return (
+        DataLoader(lab, batch_size=batch, shuffle=True, drop_last=True, num_workers=0),
+        DataLoader(unl, batch_size=batch, shuffle=True, drop_last=True, num_workers=0),
+    )
+
+
+def make_trainer(net=None, epochs: int = 1, epoch_length: int = 2, handlers=None, ema: bool = True, **kwargs):
+    net = net if net is not None else tiny_unet()
+    teacher = make_teacher(net)
+    lab, unl = tiny_loaders()
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    hs = list(handlers or [])
+    if ema:
+        hs.insert(0, EMATeacher(teacher, net, decay=0.99))
+    kwargs.setdefault("cutmix", BatchCutMix())
+    kwargs.setdefault("align_weight", 0.0)
+    trainer = SemiSupervisedTrainer(
+        "cpu", epochs, lab, unl, net, teacher, opt, epoch_length=epoch_length, train_handlers=hs, **kwargs
+    )
+    return trainer, net, teacher, opt
