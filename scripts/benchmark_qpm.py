@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import platform
 import statistics
-import time
-
 import sys
+import time
 from pathlib import Path
 
 import fire
@@ -100,10 +99,19 @@ def main(
         indices = quantizer(z).indices
         search_ms = _time_ms(lambda: quantizer(z), dev, repeats, warmup)
 
-    print(f"# QPM micro-benchmark  torch {torch.__version__}  device {dev}"
-          + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else f" ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"))
-    print(f"# tokens B x N = {cfg['batch']} x {cfg['grid']}x{cfg['grid']}, K = {codebook_size}, D = {cfg['dim']}, "
-          f"mode = {mode}, strategy = {strategy}, T = {temperature}, distance = {distance}, median of {repeats}")
+    print(
+        f"# QPM micro-benchmark  torch {torch.__version__}  device {dev}"
+        + (
+            f" ({torch.cuda.get_device_name(dev)})"
+            if dev.type == "cuda"
+            else f" ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+        )
+    )
+    print(
+        f"# tokens B x N = {cfg['batch']} x {cfg['grid']}x{cfg['grid']}, K = {codebook_size}, "
+        f"D = {cfg['dim']}, "
+        f"mode = {mode}, strategy = {strategy}, T = {temperature}, distance = {distance}, median of {repeats}"
+    )
     print(f"# reference: quantizer forward (mapping + nearest-code search + loss) = {search_ms:.2f} ms")
     print(f"{'eps':>6} | {'QPM ms':>9} | {'changed':>8} | {'ms per changed token (us)':>26}")
     print(f"{'-' * 6}-+-{'-' * 9}-+-{'-' * 8}-+-{'-' * 26}")

@@ -64,7 +64,7 @@ def _workflow(tmp: Path, demo_dir: str, files=(TRAIN,), **extra) -> ConfigWorkfl
 
 def _record_lr(trainer, lrs: dict):
     trainer.add_event_handler(
-        Events.ITERATION_COMPLETED, lambda e: lrs.update({e.state.iteration: float(e.state.output["lr"])})
+        Events.ITERATION_COMPLETED, lambda e: lrs.update({e.state.iteration: float(e.state.output[0]["lr"])})
     )
 
 

@@ -33,7 +33,7 @@ def test_output_has_every_term_and_events_fire_in_order():
         trainer.add_event_handler(ev, lambda e, ev=ev: order.append(ev))
     CodebookUsageHandler(net, interval=1).attach(trainer)
     trainer.run()
-    out = trainer.state.output
+    out = trainer.state.output[0]
     assert order[:4] == [
         IterationEvents.FORWARD_COMPLETED,
         IterationEvents.LOSS_COMPLETED,
@@ -142,7 +142,7 @@ def test_nan_loss_skips_step_and_keeps_training():
     )
     trainer.run()
     assert trainer.state.iteration == 3
-    assert int(trainer.state.output["skipped_steps"]) == 1
+    assert int(trainer.state.output[0]["skipped_steps"]) == 1
     params_after_second = {k: snapshots[1][k] for k in before_second}
     for k, v in before_second.items():
         assert torch.equal(v, params_after_second[k]), f"parameter {k} changed in the skipped step"
@@ -160,8 +160,8 @@ def test_foundation_model_alignment_term():
     net = tiny_unet(pfa_channels=fm.out_channels)
     trainer, *_ = make_trainer(net=net, epoch_length=1, foundation_model=fm, align_weight=5.0)
     trainer.run()
-    assert "loss_align" in trainer.state.output
-    assert float(trainer.state.output["loss_align"]) > 0
+    assert "loss_align" in trainer.state.output[0]
+    assert float(trainer.state.output[0]["loss_align"]) > 0
 
 
 def test_missing_adapter_is_a_clear_error():

@@ -5,7 +5,11 @@ import math
 import pytest
 import torch
 
-from vqseg_bundle.losses import ConfidenceMaskedCrossEntropy, confidence_masked_cross_entropy, pseudo_labels_from_logits
+from vqseg_bundle.losses import (
+    ConfidenceMaskedCrossEntropy,
+    confidence_masked_cross_entropy,
+    pseudo_labels_from_logits,
+)
 
 # one image, 2 classes, 1 x 3 pixels; logits chosen so that softmax probabilities are easy to write down
 LOGITS = torch.tensor([[[[0.0, math.log(3.0), 0.0]], [[0.0, 0.0, math.log(4.0)]]]])  # (1, 2, 1, 3)
@@ -61,7 +65,9 @@ def test_pseudo_labels_from_logits():
 
 def test_module_form_and_validation():
     loss = ConfidenceMaskedCrossEntropy(threshold=0.7)
-    assert loss(LOGITS, LABELS, torch.tensor([[[0.6, 0.8, 0.9]]])).loss.item() == pytest.approx(CE[1:].mean().item())
+    assert loss(LOGITS, LABELS, torch.tensor([[[0.6, 0.8, 0.9]]])).loss.item() == pytest.approx(
+        CE[1:].mean().item()
+    )
     with pytest.raises(ValueError, match="shape"):
         confidence_masked_cross_entropy(LOGITS, LABELS[..., :2], torch.ones(1, 1, 3))
     with pytest.raises(ValueError, match="threshold"):

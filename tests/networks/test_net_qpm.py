@@ -53,13 +53,17 @@ def test_kernel_never_returns_the_source_index(strategy):
 
 
 @pytest.mark.parametrize("strategy", ["sparse", "dense"])
-@pytest.mark.parametrize("distance,temperature", [("sqeuclidean", 0.7), ("cosine", 0.2), ("sqeuclidean", 5.0)])
+@pytest.mark.parametrize(
+    "distance,temperature", [("sqeuclidean", 0.7), ("cosine", 0.2), ("sqeuclidean", 5.0)]
+)
 def test_kernel_draws_follow_the_neighbour_distribution(strategy, distance, temperature):
     torch.manual_seed(3)
     k, draws, source = 6, 30000, 2
     codebook = torch.randn(k, 3)
     idx = torch.full((3, draws // 3), source)
-    q = QuantizedPerturbation("kernel", eps=1.0, temperature=temperature, distance=distance, strategy=strategy)
+    q = QuantizedPerturbation(
+        "kernel", eps=1.0, temperature=temperature, distance=distance, strategy=strategy
+    )
     out = q(idx, codebook, _gen(4))
     counts = np.bincount(out.flatten().numpy(), minlength=k)
     assert counts[source] == 0
@@ -111,7 +115,15 @@ def test_shuffle_keeps_indices_inside_their_image():
 
 
 @pytest.mark.parametrize(
-    "kwargs", [dict(mode="swap"), dict(eps=1.5), dict(eps=-0.1), dict(temperature=0.0), dict(distance="l1"), dict(strategy="x")]
+    "kwargs",
+    [
+        dict(mode="swap"),
+        dict(eps=1.5),
+        dict(eps=-0.1),
+        dict(temperature=0.0),
+        dict(distance="l1"),
+        dict(strategy="x"),
+    ],
 )
 def test_invalid_arguments(kwargs):
     with pytest.raises(ValueError):

@@ -139,6 +139,7 @@ def test_codebook_usage_aggregates_quantizers():
         (dict(perturb_levels=(1,)), "not in vq_levels"),
         (dict(perturbation="mixup"), "perturbation"),
         (dict(recon_input="skip"), "recon_input"),
+        (dict(recon_input="quantized", vq_levels=(), perturbation="none"), "recon_input"),
         (dict(codebook_size=(8, 8)), "codebook_size"),
         (dict(dropout=(0.1, 0.2)), "dropout"),
     ],
@@ -162,8 +163,13 @@ def test_onnx_export_matches_pytorch():
     x = torch.randn(1, 1, 32, 32)
     buf = io.BytesIO()
     torch.onnx.export(
-        net, (x,), buf, input_names=["image"], output_names=["pred"],
-        dynamic_axes={"image": {0: "batch"}, "pred": {0: "batch"}}, dynamo=False,
+        net,
+        (x,),
+        buf,
+        input_names=["image"],
+        output_names=["pred"],
+        dynamic_axes={"image": {0: "batch"}, "pred": {0: "batch"}},
+        dynamo=False,
     )
     y = torch.randn(3, 1, 32, 32)
     (onnx_out,) = ort.InferenceSession(buf.getvalue()).run(None, {"image": y.numpy()})

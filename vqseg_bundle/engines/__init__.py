@@ -11,6 +11,7 @@ from vqseg_bundle.engines.handlers import (
     CodebookUsageHandler,
     NaNSkipLogger,
     TerminateOnNonFinite,
+    output_dict,
     ProgressBarHandler,
     per_class_dice_metrics,
     scalar_output,
@@ -38,4 +39,5 @@ __all__ = [
     "per_class_dice_metrics",
     "resume_path",
     "scalar_output",
+    "output_dict",
 ]

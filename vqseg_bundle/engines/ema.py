@@ -152,5 +152,7 @@ class EMATeacher:
 
     def __call__(self, engine: Engine) -> None:
         decay = self.update(engine.state.iteration)
-        if isinstance(engine.state.output, dict):
-            engine.state.output["ema_decay"] = decay
+        out = engine.state.output
+        out = out[0] if isinstance(out, list) and out and isinstance(out[0], dict) else out
+        if isinstance(out, dict):
+            out["ema_decay"] = decay

@@ -20,6 +20,7 @@ from monai.handlers import MeanDice, from_engine
 from vqseg_bundle.engines.ema import _unwrap
 
 __all__ = [
+    "output_dict",
     "scalar_output",
     "CodebookUsageHandler",
     "NaNSkipLogger",
@@ -31,6 +32,16 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
+def output_dict(output: Any) -> dict | None:
+    """The trainer's output dict from ``engine.state.output``: the dict itself, or the first item of a
+    decollated list of dicts (MONAI's convention, which :class:`SemiSupervisedTrainer` follows); else ``None``."""
+    if isinstance(output, dict):
+        return output
+    if isinstance(output, (list, tuple)) and output and isinstance(output[0], dict):
+        return output[0]
+    return None
+
+
 def scalar_output(output: Any) -> dict[str, Any]:
     """Output transform for ``StatsHandler`` / ``TensorBoardStatsHandler``: every scalar entry of a dict output.
 
@@ -40,7 +51,8 @@ def scalar_output(output: Any) -> dict[str, Any]:
     Returns:
         ``{name: 0-d tensor or number}``; tensors with more than one element are left out.
     """
-    if not isinstance(output, dict):
+    output = output_dict(output)
+    if output is None:
         return {}
     return {
         k: v
@@ -81,8 +93,9 @@ class CodebookUsageHandler:
     def __call__(self, engine: Engine) -> None:
         usage = self.network.codebook_usage()
         self.last = {f"{self.prefix}{k}": float(v) for k, v in usage.items()}
-        if isinstance(engine.state.output, dict):
-            engine.state.output.update(self.last)
+        out = output_dict(engine.state.output)
+        if out is not None:
+            out.update(self.last)
         engine.state.metrics.update(self.last)
         if self.reset and callable(getattr(self.network, "reset_codebook_usage", None)):
             self.network.reset_codebook_usage()
@@ -102,8 +115,8 @@ class NaNSkipLogger:
         engine.add_event_handler(Events.COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-        out = engine.state.output
-        if not isinstance(out, dict) or self.key not in out:
+        out = output_dict(engine.state.output)
+        if out is None or self.key not in out:
             return
         count = int(out[self.key])
         if count > self.seen:
@@ -126,7 +139,7 @@ class TerminateOnNonFinite:
         self.interval, self.key = int(interval), key
 
     def attach(self, engine: Engine) -> None:
-        handler = TerminateOnNan(output_transform=lambda out: out[self.key] if isinstance(out, dict) else out)
+        handler = TerminateOnNan(output_transform=lambda out: output_dict(out)[self.key])
         engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.interval), handler)
 
 
@@ -145,7 +158,8 @@ class ProgressBarHandler:
         self.interval, self.keys, self.persist = int(interval), tuple(keys), bool(persist)
 
     def _transform(self, output: Any) -> dict[str, float]:
-        if not isinstance(output, dict):
+        output = output_dict(output)
+        if output is None:
             return {}
         return {k: float(output[k]) for k in self.keys if k in output}
 

@@ -16,9 +16,11 @@ MONAI has no semi-supervised trainer, so ``_iteration`` is written here; everyth
 6. backward, optional gradient clipping, optimizer step guarded against non-finite values.
 
 Events fire in MONAI's order: ``FORWARD_COMPLETED``, ``LOSS_COMPLETED``, ``BACKWARD_COMPLETED``,
-``MODEL_COMPLETED``. ``engine.state.output`` holds detached scalar tensors only (``"loss"`` and every
-term, ``"mask_ratio"``, ``"grad_norm"``, ``"skipped_steps"``, ``"lr"``): nothing in the iteration reads
-a value back to the host, so logging handlers decide how often to synchronise (``iteration_log``).
+``MODEL_COMPLETED``. ``engine.state.output`` is ``[dict]``, MONAI's decollated form (so that the stock
+``from_engine(["loss"], first=True)`` of ``StatsHandler`` / ``MLFlowHandler`` works); the dict holds
+detached scalar tensors only (``"loss"`` and every term, ``"mask_ratio"``, ``"grad_norm"``,
+``"skipped_steps"``, ``"lr"``): nothing in the iteration reads a value back to the host, so logging
+handlers decide how often to synchronise (``iteration_log``).
 """
 
 from __future__ import annotations
@@ -361,8 +363,8 @@ class SemiSupervisedTrainer(SupervisedTrainer):
             return self.foundation_model(images).float()
 
     # ------------------------------------------------------------------ iteration
-    def _iteration(self, engine: Engine, batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
-        """One semi-supervised step; returns ``engine.state.output`` (detached scalar tensors)."""
+    def _iteration(self, engine: Engine, batchdata: dict[str, torch.Tensor]) -> list[dict]:  # type: ignore[override]
+        """One semi-supervised step; returns ``engine.state.output``: ``[{name: detached scalar}]``."""
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
         if self._unlabeled_iter is None:
@@ -408,7 +410,8 @@ class SemiSupervisedTrainer(SupervisedTrainer):
             fm_u = self._foundation_features(x_u)
             align_size = tuple(fm_l.shape[-2:])
 
-        engine.state.output = {}
+        out: dict[str, Any] = {}
+        engine.state.output = [out]
         self.student_step.train()
         self.optimizer.zero_grad(set_to_none=self.optim_set_to_none)
         with self._autocast():
@@ -447,7 +450,7 @@ class SemiSupervisedTrainer(SupervisedTrainer):
             for name in out_l.vq_loss_terms.keys() & out_u.vq_loss_terms.keys():
                 if "/" not in name:  # per-level terms stay out of the logs
                     vq_terms[f"vq_{name}"] = 0.5 * (out_l.vq_loss_terms[name] + out_u.vq_loss_terms[name])
-        engine.state.output["loss"] = total
+        out["loss"] = total
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
 
         if self.grad_scaler is not None:
@@ -457,7 +460,6 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
         grad_norm = self._guarded_step(total)
 
-        out = engine.state.output
         out["loss"] = total.detach()
         for k, v in {**terms, **vq_terms}.items():
             out[k] = v.detach()
@@ -466,4 +468,4 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         out["skipped_steps"] = self._skipped.clone()
         out["lr"] = float(self.optimizer.param_groups[0]["lr"])
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
-        return out
+        return engine.state.output

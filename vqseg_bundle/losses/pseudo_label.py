@@ -48,7 +48,9 @@ def pseudo_labels_from_logits(logits: torch.Tensor) -> tuple[torch.Tensor, torch
         probability, computed in float32 without gradient.
     """
     if logits.ndim < 2:
-        raise ValueError(f"pseudo_labels_from_logits: expected logits (B, C, ...), got {tuple(logits.shape)}.")
+        raise ValueError(
+            f"pseudo_labels_from_logits: expected logits (B, C, ...), got {tuple(logits.shape)}."
+        )
     with torch.no_grad():
         conf, labels = torch.softmax(logits.float(), dim=1).max(dim=1)
     return labels, conf
@@ -90,7 +92,8 @@ def confidence_masked_cross_entropy(
     check_reduction(reduction, "confidence_masked_cross_entropy")
     if denominator not in DENOMINATORS:
         raise ValueError(
-            f"confidence_masked_cross_entropy: denominator must be one of {DENOMINATORS}, got {denominator!r}."
+            f"confidence_masked_cross_entropy: denominator must be one of {DENOMINATORS}, "
+            f"got {denominator!r}."
         )
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"confidence_masked_cross_entropy: threshold must be in [0, 1], got {threshold}.")
@@ -145,7 +148,8 @@ class ConfidenceMaskedCrossEntropy(nn.Module):
         check_reduction(reduction, "ConfidenceMaskedCrossEntropy")
         if denominator not in DENOMINATORS:
             raise ValueError(
-                f"ConfidenceMaskedCrossEntropy: denominator must be one of {DENOMINATORS}, got {denominator!r}."
+                f"ConfidenceMaskedCrossEntropy: denominator must be one of {DENOMINATORS}, "
+                f"got {denominator!r}."
             )
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"ConfidenceMaskedCrossEntropy: threshold must be in [0, 1], got {threshold}.")

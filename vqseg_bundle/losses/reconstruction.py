@@ -54,7 +54,8 @@ def reconstruction_l1_loss(
 
 
 class ReconstructionL1Loss(nn.Module):
-    """Stateless module form of :func:`reconstruction_l1_loss`: ``forward(reconstruction, target, mask=None)``."""
+    """Stateless module form of :func:`reconstruction_l1_loss`:
+    ``forward(reconstruction, target, mask=None)``."""
 
     def __init__(self, reduction: str = "mean") -> None:
         super().__init__()

@@ -23,7 +23,8 @@ def parse_levels(spec: int | str | Sequence[int | str] | None, num_levels: int, 
     """Normalise a level specification to sorted unique indices in ``[0, num_levels)``.
 
     Accepts ints (negative counts from the deepest), numeric strings, ``"bottleneck"`` / ``"deepest"`` /
-    ``"last"`` (= ``num_levels - 1``), ``"all"``, a single value or a sequence; ``None`` or ``()`` gives ``()``.
+    ``"last"`` (= ``num_levels - 1``), ``"all"``, a single value or a sequence; ``None`` or ``()``
+    gives ``()``.
 
     Raises:
         ValueError: unknown name or index out of range (the message names ``name``).
@@ -58,7 +59,8 @@ def parse_levels(spec: int | str | Sequence[int | str] | None, num_levels: int, 
 
 
 class VQSegNetworkBase(nn.Module):
-    """Shared logic of :class:`~vqseg_bundle.networks.unet.VQSegUNet` and :class:`~vqseg_bundle.networks.vit.VQSegViT`.
+    """Shared logic of :class:`~vqseg_bundle.networks.unet.VQSegUNet` and
+    :class:`~vqseg_bundle.networks.vit.VQSegViT`.
 
     Subclasses build their encoder and decoders, then call :meth:`_setup_vq`, and implement
 
@@ -130,17 +132,27 @@ class VQSegNetworkBase(nn.Module):
         self.feature_perturbation: nn.Module | None = None
         if perturbation == "qpm":
             if not self.vq_levels:
-                raise ValueError(f"{cls}: perturbation='qpm' needs at least one quantized level (vq_levels is empty).")
-            levels = self.vq_levels if perturb_levels is None else parse_levels(
-                perturb_levels, num_levels, f"{cls}.perturb_levels"
+                raise ValueError(
+                    f"{cls}: perturbation='qpm' needs at least one quantized level (vq_levels is empty)."
+                )
+            levels = (
+                self.vq_levels
+                if perturb_levels is None
+                else parse_levels(perturb_levels, num_levels, f"{cls}.perturb_levels")
             )
             missing = sorted(set(levels) - set(self.vq_levels))
             if missing:
-                raise ValueError(f"{cls}: QPM can only perturb quantized levels; levels {missing} are not in vq_levels.")
-            self.qpm = QuantizedPerturbation(qpm_mode, qpm_eps, qpm_temperature, qpm_distance, qpm_strategy)
+                raise ValueError(
+                    f"{cls}: QPM can only perturb quantized levels; levels {missing} are not in vq_levels."
+                )
+            self.qpm = QuantizedPerturbation(
+                qpm_mode, qpm_eps, qpm_temperature, qpm_distance, qpm_strategy, max_chunk_elements
+            )
         else:
-            levels = tuple(range(num_levels)) if perturb_levels is None else parse_levels(
-                perturb_levels, num_levels, f"{cls}.perturb_levels"
+            levels = (
+                tuple(range(num_levels))
+                if perturb_levels is None
+                else parse_levels(perturb_levels, num_levels, f"{cls}.perturb_levels")
             )
             if perturbation == "dropout":
                 self.feature_perturbation = FeatureDropout(dropout_rate)
@@ -152,6 +164,8 @@ class VQSegNetworkBase(nn.Module):
 
         if recon_input not in RECON_INPUTS:
             raise ValueError(f"{cls}: recon_input must be one of {RECON_INPUTS}, got {recon_input!r}.")
+        if recon_input == "quantized" and reconstruction and not self.vq_levels:
+            raise ValueError(f"{cls}: recon_input='quantized' needs at least one quantized level.")
         self.reconstruction = bool(reconstruction)
         self.recon_input = recon_input
 
@@ -168,10 +182,14 @@ class VQSegNetworkBase(nn.Module):
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def decode_seg(self, features: list[torch.Tensor], out_size: Sequence[int]) -> torch.Tensor:  # pragma: no cover
+    def decode_seg(
+        self, features: list[torch.Tensor], out_size: Sequence[int]
+    ) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
-    def decode_rec(self, features: list[torch.Tensor], out_size: Sequence[int]) -> torch.Tensor:  # pragma: no cover
+    def decode_rec(
+        self, features: list[torch.Tensor], out_size: Sequence[int]
+    ) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
     def _check_input(self, x: torch.Tensor) -> None:
@@ -245,7 +263,9 @@ class VQSegNetworkBase(nn.Module):
                 idx, codebook = codebooks[level]
                 if level in self.perturb_levels:
                     new_idx = self.qpm(idx, codebook.detach(), generator)
-                    seg_input[level] = quantizer.straight_through(features[level], quantizer.lookup(new_idx, codebook))
+                    seg_input[level] = quantizer.straight_through(
+                        features[level], quantizer.lookup(new_idx, codebook)
+                    )
                 else:
                     new_idx = idx
                 perturbed_indices.append(new_idx)

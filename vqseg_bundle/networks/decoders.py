@@ -22,8 +22,8 @@ class UNetDecoder(nn.Module):
         out_channels: output channels (classes for segmentation, image channels for reconstruction).
         act, norm, bias: MONAI layer factories' arguments.
         dropout: dropout inside the decoder blocks (SSL4MIS: 0).
-        upsample: ``"nontrainable"`` (1 x 1 conv + bilinear, SSL4MIS's default block), ``"deconv"`` (transposed
-            conv) or ``"pixelshuffle"``.
+        upsample: ``"nontrainable"`` (1 x 1 conv + bilinear, SSL4MIS's default block), ``"deconv"``
+            (transposed conv) or ``"pixelshuffle"``.
         head_kernel_size: kernel of the final conv (3 as in SSL4MIS).
 
     ``forward(features: list[(B, features[l], H / 2^l, W / 2^l)]) -> (B, out_channels, H, W)``.
@@ -45,7 +45,9 @@ class UNetDecoder(nn.Module):
         if len(features) < 2:
             raise ValueError(f"UNetDecoder: needs at least 2 levels, got features={features}.")
         self.ups = nn.ModuleList(
-            UpCat(2, features[l], features[l - 1], features[l - 1], act, norm, bias, dropout, upsample=upsample)
+            UpCat(
+                2, features[l], features[l - 1], features[l - 1], act, norm, bias, dropout, upsample=upsample
+            )
             for l in range(len(features) - 1, 0, -1)
         )
         self.head = nn.Conv2d(features[0], int(out_channels), head_kernel_size, padding=head_kernel_size // 2)

@@ -31,7 +31,8 @@ def pairwise_distance(
         a: ``(M, D)``; cast to float32.
         b: ``(K, D)``; cast to float32.
         distance: ``"sqeuclidean"`` or ``"cosine"``.
-        b_sqnorm: optional precomputed ``(K,)`` squared norms of ``b`` (sqeuclidean only), to reuse over chunks.
+        b_sqnorm: optional precomputed ``(K,)`` squared norms of ``b`` (sqeuclidean only), reused over
+            chunks.
     """
     a = a.float()
     b = b.float()

@@ -79,7 +79,9 @@ class DPTHead(nn.Module):
         if len(level_channels) != 4:
             raise ValueError(f"DPTHead: level_channels must have 4 entries, got {level_channels}.")
         if int(features) < 1 or int(in_channels) < 1:
-            raise ValueError(f"DPTHead: in_channels and features must be >= 1, got {in_channels}, {features}.")
+            raise ValueError(
+                f"DPTHead: in_channels and features must be >= 1, got {in_channels}, {features}."
+            )
         self.project = nn.ModuleList(nn.Conv2d(in_channels, c, 1) for c in level_channels)
         self.resample = nn.ModuleList(
             [
@@ -89,10 +91,14 @@ class DPTHead(nn.Module):
                 nn.Conv2d(level_channels[3], level_channels[3], 3, stride=2, padding=1),
             ]
         )
-        self.to_features = nn.ModuleList(nn.Conv2d(c, features, 3, padding=1, bias=False) for c in level_channels)
+        self.to_features = nn.ModuleList(
+            nn.Conv2d(c, features, 3, padding=1, bias=False) for c in level_channels
+        )
         self.fusion = nn.ModuleList(_FusionBlock(features, has_lateral=i < 3) for i in range(4))
         self.head = nn.Sequential(
-            nn.Conv2d(features, features, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(features, out_channels, 1)
+            nn.Conv2d(features, features, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(features, out_channels, 1),
         )
 
     def forward(self, levels: Sequence[torch.Tensor], out_size: Sequence[int]) -> torch.Tensor:

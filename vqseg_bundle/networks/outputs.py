@@ -26,8 +26,8 @@ class VQSegOutput:
         vq_loss: scalar tensor, the sum over levels of codebook + beta * commitment (+ usage-entropy term).
         vq_loss_terms: per-term scalars for logging, e.g. ``{"codebook": .., "commitment": .., ...}``
             (summed over levels) and per level ``"<level>/codebook"`` etc.
-        aligned: ``(B, C_fm, h, w)`` PFA adapter output resized to ``align_size``, or ``None`` when the network
-            was built without ``pfa_channels`` or called without ``align_size``.
+        aligned: ``(B, C_fm, h, w)`` PFA adapter output resized to ``align_size``, or ``None`` when the
+            network was built without ``pfa_channels`` or called without ``align_size``.
     """
 
     seg_logits: torch.Tensor

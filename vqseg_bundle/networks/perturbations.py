@@ -70,7 +70,9 @@ class ComplementaryDropout(nn.Module):
         if not 0.0 < float(p) < 1.0:
             raise ValueError(f"ComplementaryDropout: p must be in (0, 1), got {p}.")
         if not 0.0 <= float(keep_pair_ratio) <= 1.0:
-            raise ValueError(f"ComplementaryDropout: keep_pair_ratio must be in [0, 1], got {keep_pair_ratio}.")
+            raise ValueError(
+                f"ComplementaryDropout: keep_pair_ratio must be in [0, 1], got {keep_pair_ratio}."
+            )
         self.p = float(p)
         self.keep_pair_ratio = float(keep_pair_ratio)
 

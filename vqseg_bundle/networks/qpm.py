@@ -37,8 +37,8 @@ class QuantizedPerturbation(nn.Module):
         never formed. Sampling is by inverse CDF (one uniform per token and a ``searchsorted``), cheaper than
         Gumbel-max which needs K random numbers per token.
 
-        ``"shuffle"`` (the abstract's wording): in each image, ``round(eps * N)`` positions chosen uniformly at
-        random exchange their indices along a uniformly random cycle, so every chosen position receives the
+        ``"shuffle"`` (the abstract's wording): in each image, ``round(eps * N)`` positions chosen uniformly
+        at random exchange their indices along a uniformly random cycle, so every chosen position receives the
         index of another chosen position and each image keeps its multiset of indices.
 
     ``eps = 0`` returns the input indices unchanged (no random number is drawn).
@@ -75,9 +75,13 @@ class QuantizedPerturbation(nn.Module):
         if distance not in DISTANCES:
             raise ValueError(f"QuantizedPerturbation: distance must be one of {DISTANCES}, got {distance!r}.")
         if strategy not in QPM_STRATEGIES:
-            raise ValueError(f"QuantizedPerturbation: strategy must be one of {QPM_STRATEGIES}, got {strategy!r}.")
+            raise ValueError(
+                f"QuantizedPerturbation: strategy must be one of {QPM_STRATEGIES}, got {strategy!r}."
+            )
         if int(max_chunk_elements) < 1:
-            raise ValueError(f"QuantizedPerturbation: max_chunk_elements must be >= 1, got {max_chunk_elements}.")
+            raise ValueError(
+                f"QuantizedPerturbation: max_chunk_elements must be >= 1, got {max_chunk_elements}."
+            )
         self.mode = mode
         self.eps = float(eps)
         self.temperature = float(temperature)
@@ -86,7 +90,9 @@ class QuantizedPerturbation(nn.Module):
         self.max_chunk_elements = int(max_chunk_elements)
 
     def extra_repr(self) -> str:
-        return f"mode={self.mode!r}, eps={self.eps}, temperature={self.temperature}, distance={self.distance!r}"
+        return (
+            f"mode={self.mode!r}, eps={self.eps}, temperature={self.temperature}, distance={self.distance!r}"
+        )
 
     def forward(
         self,
@@ -143,12 +149,16 @@ class QuantizedPerturbation(nn.Module):
         return out.reshape(indices.shape)
 
     # ------------------------------------------------------------------ kernel
-    def _kernel(self, indices: torch.Tensor, codebook: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    def _kernel(
+        self, indices: torch.Tensor, codebook: torch.Tensor, generator: torch.Generator | None
+    ) -> torch.Tensor:
         k = codebook.shape[0]
         if not indices.is_cuda:  # range check reads values: skipped on GPUs to avoid a synchronisation
             lo, hi = int(indices.min()), int(indices.max())
             if lo < 0 or hi >= k:
-                raise ValueError(f"QuantizedPerturbation: indices must be in [0, {k}), got values in [{lo}, {hi}].")
+                raise ValueError(
+                    f"QuantizedPerturbation: indices must be in [0, {k}), got values in [{lo}, {hi}]."
+                )
         flat = indices.reshape(-1)
         change = torch.rand(flat.shape, generator=generator, device=flat.device) < self.eps
         strategy = self.strategy

@@ -57,7 +57,8 @@ class VQSegUNet(VQSegNetworkBase):
             :class:`~vqseg_bundle.networks.qpm.QuantizedPerturbation`.
         pfa_channels: channels of the foundation model for the PFA adapter; ``None`` = no adapter.
         pfa_level: level the adapter reads (default: the deepest quantized level).
-        max_chunk_elements: memory bound of the nearest-code search.
+        max_chunk_elements: memory bound (float32 elements) of one ``(tokens, K)`` block in the nearest-code
+            search and in QPM.
         codebook_seed: seed of the frozen base codebooks (level l uses ``seed + l``).
 
     Input ``(B, in_channels, H, W)`` with ``H, W >= 2 ** (len(features) - 1)``; any such size works (odd sizes
@@ -100,14 +101,21 @@ class VQSegUNet(VQSegNetworkBase):
         if len(features) < 2 or min(features) < 1:
             raise ValueError(f"VQSegUNet: features needs >= 2 positive widths, got {features}.")
         if int(in_channels) < 1 or int(num_classes) < 1:
-            raise ValueError(f"VQSegUNet: in_channels and num_classes must be >= 1, got {in_channels}, {num_classes}.")
+            raise ValueError(
+                f"VQSegUNet: in_channels and num_classes must be >= 1, got {in_channels}, {num_classes}."
+            )
         if dropout is None:
             n = len(features)
             dropout = SSL4MIS_DROPOUT if n == 5 else [0.05 + (0.5 - 0.05) * i / (n - 1) for i in range(n)]
-        drops = [float(dropout)] * len(features) if isinstance(dropout, (int, float)) else [float(d) for d in dropout]
+        drops = (
+            [float(dropout)] * len(features)
+            if isinstance(dropout, (int, float))
+            else [float(d) for d in dropout]
+        )
         if len(drops) != len(features) or not all(0.0 <= d < 1.0 for d in drops):
             raise ValueError(
-                f"VQSegUNet: dropout must be one float in [0, 1) or one per level ({len(features)}), got {dropout}."
+                f"VQSegUNet: dropout must be one float in [0, 1) or one per level ({len(features)}), "
+                f"got {dropout}."
             )
         self.in_channels = int(in_channels)
         self.num_classes = int(num_classes)
@@ -119,7 +127,9 @@ class VQSegUNet(VQSegNetworkBase):
             self.encoder.append(Down(2, features[level - 1], features[level], act, norm, True, drops[level]))
         self.seg_decoder = UNetDecoder(features, self.num_classes, act, norm, True, decoder_dropout, upsample)
         self.rec_decoder = (
-            UNetDecoder(features, self.in_channels, act, norm, True, decoder_dropout, upsample) if reconstruction else None
+            UNetDecoder(features, self.in_channels, act, norm, True, decoder_dropout, upsample)
+            if reconstruction
+            else None
         )
         self._setup_vq(
             features,

@@ -29,11 +29,16 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # DINOv2 / Depth Anything / UniMatch V2 block indices fed to the DPT head
-DEFAULT_LAYERS = {"small": (2, 5, 8, 11), "base": (2, 5, 8, 11), "large": (4, 11, 17, 23), "giant": (9, 19, 29, 39)}
+DEFAULT_LAYERS = {
+    "small": (2, 5, 8, 11),
+    "base": (2, 5, 8, 11),
+    "large": (4, 11, 17, 23),
+    "giant": (9, 19, 29, 39),
+}
 
 
 def dinov2_size(model_name: str) -> str:
-    """``"small" | "base" | "large" | "giant"`` from a timm model name such as ``vit_small_patch14_dinov2``."""
+    """``"small" | "base" | "large" | "giant"`` from a timm name such as ``vit_small_patch14_dinov2``."""
     for size in ("small", "base", "large", "giant"):
         if f"_{size}_" in model_name:
             return size
@@ -130,9 +135,9 @@ def create_dinov2_backbone(
     """
     if weights_path is None and pretrained:
         raise ValueError(
-            f"{model_name}: pretrained=True but weights_path is None. No weights are downloaded: pass the local "
-            "file (e.g. dinov2_vits14_pretrain.pth from Meta, or a timm state dict), or set pretrained=False to "
-            "train from a random initialisation on purpose."
+            f"{model_name}: pretrained=True but weights_path is None. No weights are downloaded: pass "
+            "the local file (e.g. dinov2_vits14_pretrain.pth from Meta, or a timm state dict), or set "
+            "pretrained=False to train from a random initialisation on purpose."
         )
     if weights_path is not None and not Path(weights_path).expanduser().is_file():
         raise FileNotFoundError(f"{model_name}: weights file not found: {weights_path}")
@@ -219,7 +224,9 @@ class VQSegViT(VQSegNetworkBase):
     ) -> None:
         super().__init__()
         if int(in_channels) not in (1, 3):
-            raise ValueError(f"VQSegViT: in_channels must be 1 (grayscale, repeated) or 3, got {in_channels}.")
+            raise ValueError(
+                f"VQSegViT: in_channels must be 1 (grayscale, repeated) or 3, got {in_channels}."
+            )
         if int(num_classes) < 1:
             raise ValueError(f"VQSegViT: num_classes must be >= 1, got {num_classes}.")
         self.in_channels = int(in_channels)
@@ -242,7 +249,9 @@ class VQSegViT(VQSegNetworkBase):
                 intermediate_layers = tuple(round((i + 1) * depth / 4) - 1 for i in range(4))
         layers = tuple(int(i) for i in intermediate_layers)
         if len(layers) != 4 or not all(0 <= i < depth for i in layers):
-            raise ValueError(f"VQSegViT: intermediate_layers must be 4 block indices in [0, {depth}), got {layers}.")
+            raise ValueError(
+                f"VQSegViT: intermediate_layers must be 4 block indices in [0, {depth}), got {layers}."
+            )
         self.intermediate_layers = layers
         default_features, default_channels = DPT_DEFAULTS[size]
         features = int(dpt_features) if dpt_features is not None else default_features
