@@ -1,0 +1,80 @@
+"""Small engine helpers: output selection, per-class Dice, checkpoint lookup, parameter groups."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+import torch
+from ignite.engine import Engine
+from monai.handlers import from_engine
+
+from vqseg_bundle.engines import (
+    backbone_param_groups,
+    latest_checkpoint,
+    output_dict,
+    per_class_dice_metrics,
+    resume_path,
+    scalar_output,
+)
+
+
+def test_scalar_output_and_monai_from_engine():
+    out = [{"loss": torch.tensor(1.5), "lr": 0.01, "vec": torch.ones(3), "flag": True}]
+    assert output_dict(out) is out[0]
+    assert set(scalar_output(out)) == {"loss", "lr"}
+    # MONAI's stock output transform (used by --tracking mlflow) reads the loss of the decollated form
+    assert float(from_engine(["loss"], first=True)(out)) == 1.5
+    assert scalar_output(None) == {}
+
+
+def test_per_class_dice_reads_one_channel_each():
+    metrics = per_class_dice_metrics(3, ["a", "b"])
+    assert set(metrics) == {"val_dice_a", "val_dice_b"}
+    pred = torch.zeros(3, 4, 4)
+    pred[1, :2] = 1  # class a predicted on the top half
+    pred[0, 2:] = 1
+    label = torch.zeros(3, 4, 4)
+    label[1, :2] = 1
+    label[2, 2:] = 1  # class b only in the label
+    output = [{"pred": pred, "label": label}]
+    engine = Engine(lambda e, batch: output)
+    for name, metric in metrics.items():
+        metric.attach(engine, name)
+    engine.run([0])
+    assert engine.state.metrics["val_dice_a"] == pytest.approx(1.0)
+    assert engine.state.metrics["val_dice_b"] == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="foreground"):
+        per_class_dice_metrics(4, ["a"])
+
+
+def test_latest_checkpoint_and_resume_path(tmp_path):
+    assert latest_checkpoint(tmp_path) is None
+    assert resume_path(False, tmp_path) is None
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        resume_path(True, tmp_path)
+    a, b = tmp_path / "checkpoint_epoch=1.pt", tmp_path / "checkpoint_epoch=2.pt"
+    a.write_bytes(b"x")
+    b.write_bytes(b"x")
+    old = time.time() - 100
+    os.utime(b, (old, old))
+    assert latest_checkpoint(tmp_path) == str(a)  # most recent file wins
+    assert resume_path(True, tmp_path) == str(a)
+    assert resume_path(str(b), tmp_path) == str(b)
+    with pytest.raises(FileNotFoundError):
+        resume_path(str(tmp_path / "nope.pt"), tmp_path)
+
+
+def test_backbone_param_groups():
+    net = torch.nn.Module()
+    net.backbone = torch.nn.Linear(2, 2)
+    net.head = torch.nn.Linear(2, 2)
+    groups = backbone_param_groups(net, lr=1e-3, backbone_lr=1e-5)
+    by_name = {g["name"]: g for g in groups}
+    assert by_name["backbone"]["lr"] == 1e-5 and by_name["head"]["lr"] == 1e-3
+    assert len(by_name["backbone"]["params"]) == 2 and len(by_name["head"]["params"]) == 2
+    opt = torch.optim.AdamW(groups, lr=1e-3)
+    assert [g["lr"] for g in opt.param_groups] == [1e-5, 1e-3]
+    with pytest.raises(ValueError, match="starts with"):
+        backbone_param_groups(net, 1e-3, 1e-5, backbone_prefixes=("encoder.",))

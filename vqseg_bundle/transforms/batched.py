@@ -1,0 +1,338 @@
+"""Batched, on-device weak / strong augmentation: the distribution of :mod:`vqseg_bundle.transforms.augment`,
+applied to a whole ``(B, C, H, W)`` batch at once with per-sample random parameters.
+
+Why written here: MONAI's random transforms work on one item at a time and draw from NumPy, so they
+run in DataLoader worker processes on the CPU (on a 2-core machine the workers compete with the
+training step; on a GPU they make the step wait for the host). Here every random parameter is drawn
+for the whole batch from an explicit ``torch.Generator`` on the batch's device, and each stage is one
+batched kernel: no Python loop over samples, no host-device synchronisation.
+
+Same transforms, same order, same parameter distributions as the MONAI pipelines
+(``weak_transforms`` / ``strong_intensity_transforms``; the equality of the resulting statistics is
+tested in ``tests/speed``):
+
+* weak (geometric), applied identically to an image and its label: rotation ``U(-a, a)`` with
+  probability ``rotate_prob``, a flip of each in-plane axis with probability ``flip_prob`` each, a
+  zoom ``U(zoom_range)`` with probability ``zoom_prob``; zero padding, bilinear for images and
+  nearest for labels. All three are affine maps about the image centre, so they are composed into
+  one matrix and resampled once (``affine_grid`` + ``grid_sample``); MONAI resamples after the
+  rotation and again after the zoom, so its images are very slightly smoother (two bilinear
+  interpolations instead of one) and its zoom crop / pad can be off by half a pixel.
+* strong (intensity only), drawn independently per sample and per view: gamma contrast with
+  retained mean / std (``RandAdjustContrastd(retain_stats=True)``), intensity scaling ``x (1 + u)``,
+  shift ``x + u`` (each with ``contrast_prob``), Gaussian blur with ``sigma_h, sigma_w ~ U(blur_sigma)``
+  (MONAI's "erf" kernel truncated at 4 sigma, zero padding) with ``blur_prob``, additive Gaussian
+  noise of standard deviation ``U(0, noise_std)`` with ``noise_prob``.
+
+Shapes: images ``(B, C, H, W)`` float, labels ``(B, 1, H, W)`` or ``(B, H, W)`` integer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from vqseg_bundle.transforms.augment import STRONG_KEYS
+
+__all__ = [
+    "BatchedWeakAugment",
+    "BatchedStrongAugment",
+    "BatchedLabeledAugment",
+    "BatchedUnlabeledAugment",
+    "gaussian_erf_kernels",
+]
+
+#: MONAI's GaussianFilter truncation, in standard deviations
+_TRUNCATED = 4.0
+
+
+def _prob(name: str, value: float) -> float:
+    if not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"{name} must be a probability in [0, 1], got {value}")
+    return float(value)
+
+
+def _pair(name: str, value: Sequence[float], positive: bool = False) -> tuple[float, float]:
+    if isinstance(value, (int, float)) or len(value) != 2 or float(value[0]) > float(value[1]):
+        raise ValueError(f"{name} must be a (low, high) pair with low <= high, got {value}")
+    if positive and float(value[0]) <= 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+    return float(value[0]), float(value[1])
+
+
+def _check_image(image: torch.Tensor) -> None:
+    if not torch.is_tensor(image) or image.ndim != 4 or not image.is_floating_point():
+        raise ValueError(
+            f"image must be a float tensor (B, C, H, W), got "
+            f"{tuple(image.shape) if torch.is_tensor(image) else type(image).__name__}"
+            f"{' ' + str(image.dtype) if torch.is_tensor(image) else ''}"
+        )
+
+
+def _uniform(n: int, low: float, high: float, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    return low + (high - low) * torch.rand(n, device=like.device, generator=generator, dtype=torch.float32)
+
+
+def _bernoulli(n: int, p: float, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    return torch.rand(n, device=like.device, generator=generator) < p
+
+
+def gaussian_erf_kernels(sigma: torch.Tensor, tail: int) -> torch.Tensor:
+    """MONAI's "erf" discrete Gaussian kernels for a batch of sigmas, zero-padded to one common length.
+
+    ``k[x] = (erf((x + 1/2) / (sqrt 2 sigma)) - erf((x - 1/2) / (sqrt 2 sigma))) / 2`` for
+    ``|x| <= int(max(4 sigma, 0.5) + 0.5)`` (MONAI's own truncation, not renormalised), 0 beyond, so a
+    convolution with zero padding ``tail`` gives exactly MONAI's per-sample filter.
+
+    Args:
+        sigma: ``(B,)`` positive standard deviations.
+        tail: half-length of the returned kernels (at least the largest per-sample tail).
+
+    Returns:
+        ``(B, 2 * tail + 1)`` float32 kernels.
+    """
+    sigma = sigma.float().reshape(-1, 1)
+    x = torch.arange(-tail, tail + 1, device=sigma.device, dtype=torch.float32).reshape(1, -1)
+    t = 0.70710678 / sigma.abs()
+    k = 0.5 * (torch.erf(t * (x + 0.5)) - torch.erf(t * (x - 0.5)))
+    own_tail = torch.floor(torch.clamp(sigma * _TRUNCATED, min=0.5) + 0.5)
+    return torch.where(x.abs() <= own_tail, k, torch.zeros_like(k))
+
+
+class BatchedWeakAugment:
+    """Random rotation, flips and zoom of a batch, one affine resampling per sample (see module doc).
+
+    Example::
+
+        weak = BatchedWeakAugment(rotate_degrees=20.0)
+        image, label = weak(image, label, generator=g)   # (B, 1, H, W), (B, 1, H, W)
+    """
+
+    def __init__(
+        self,
+        rotate_degrees: float = 20.0,
+        rotate_prob: float = 0.5,
+        flip_prob: float = 0.5,
+        zoom_range: Sequence[float] = (0.9, 1.1),
+        zoom_prob: float = 0.5,
+    ) -> None:
+        """Arguments as :func:`vqseg_bundle.transforms.weak_transforms` (same meaning, same defaults)."""
+        if float(rotate_degrees) < 0:
+            raise ValueError(f"rotate_degrees must be >= 0, got {rotate_degrees}")
+        self.rotate = math.radians(float(rotate_degrees))
+        self.rotate_prob = _prob("rotate_prob", rotate_prob)
+        self.flip_prob = _prob("flip_prob", flip_prob)
+        self.zoom_range = _pair("zoom_range", zoom_range, positive=True)
+        self.zoom_prob = _prob("zoom_prob", zoom_prob)
+
+    def sample_matrices(
+        self, batch_size: int, spatial_size: Sequence[int], device: torch.device, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        """Draw the per-sample parameters; return ``affine_grid`` matrices ``(B, 2, 3)`` (output -> input,
+        normalised coordinates, ``align_corners=False``)."""
+        h, w = int(spatial_size[0]), int(spatial_size[1])
+        u = torch.rand(7, batch_size, device=device, generator=generator)
+        angle = torch.where(u[0] < self.rotate_prob, (2.0 * u[1] - 1.0) * self.rotate, torch.zeros_like(u[1]))
+        flip_h = torch.where(u[2] < self.flip_prob, -1.0, 1.0)  # MONAI spatial_axis=0: the first (H) axis
+        flip_w = torch.where(u[3] < self.flip_prob, -1.0, 1.0)
+        lo, hi = self.zoom_range
+        zoom = torch.where(u[4] < self.zoom_prob, lo + (hi - lo) * u[5], torch.ones_like(u[5]))
+        # forward map in centred pixel coordinates (x along W, y along H): A = Zoom . Flip . Rot; the grid
+        # needs its inverse A^-1 = Rot(-angle) . Flip . Zoom^-1
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        inv_z = 1.0 / zoom
+        m00 = cos * flip_w * inv_z
+        m01 = sin * flip_h * inv_z
+        m10 = -sin * flip_w * inv_z
+        m11 = cos * flip_h * inv_z
+        # pixel -> normalised coordinates: x_n = x / (W / 2), y_n = y / (H / 2)
+        theta = torch.zeros(batch_size, 2, 3, device=device)
+        theta[:, 0, 0] = m00
+        theta[:, 0, 1] = m01 * (h / w)
+        theta[:, 1, 0] = m10 * (w / h)
+        theta[:, 1, 1] = m11
+        return theta
+
+    def __call__(
+        self,
+        image: torch.Tensor,
+        label: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """
+        Args:
+            image: ``(B, C, H, W)`` float.
+            label: ``(B, 1, H, W)`` or ``(B, H, W)`` integer labels moved with the image, or ``None``.
+            generator: random generator on ``image.device``.
+
+        Returns:
+            ``(image (B, C, H, W), label int64 of the label's shape or None)``.
+        """
+        _check_image(image)
+        b, _, h, w = image.shape
+        if label is not None:
+            if label.shape[0] != b or tuple(label.shape[-2:]) != (h, w) or label.ndim not in (3, 4):
+                raise ValueError(f"label must be (B, 1, H, W) or (B, H, W) matching image, got {tuple(label.shape)}")
+        theta = self.sample_matrices(b, (h, w), image.device, generator)
+        grid = F.affine_grid(theta.to(image.dtype), [b, 1, h, w], align_corners=False)
+        out = F.grid_sample(image, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        if label is None:
+            return out, None
+        lab = label if label.ndim == 4 else label.unsqueeze(1)
+        # nearest resampling of class indices: exact in float32 for any realistic number of classes
+        lab = F.grid_sample(lab.to(image.dtype), grid, mode="nearest", padding_mode="zeros", align_corners=False)
+        lab = lab.round().long()
+        return out, (lab if label.ndim == 4 else lab[:, 0])
+
+
+class BatchedStrongAugment:
+    """Intensity-only strong augmentation of a batch (see module doc); geometry untouched.
+
+    Example::
+
+        strong = BatchedStrongAugment()
+        view = strong(weak_image, generator=g)   # (B, C, H, W)
+    """
+
+    def __init__(
+        self,
+        contrast_prob: float = 0.8,
+        gamma_range: Sequence[float] = (0.7, 1.5),
+        scale_range: float = 0.25,
+        shift_range: float = 0.1,
+        blur_prob: float = 0.5,
+        blur_sigma: Sequence[float] = (0.1, 1.5),
+        noise_prob: float = 0.5,
+        noise_std: float = 0.05,
+    ) -> None:
+        """Arguments as :func:`vqseg_bundle.transforms.strong_intensity_transforms` (same meaning and defaults)."""
+        self.contrast_prob = _prob("contrast_prob", contrast_prob)
+        self.blur_prob = _prob("blur_prob", blur_prob)
+        self.noise_prob = _prob("noise_prob", noise_prob)
+        self.gamma_range = _pair("gamma_range", gamma_range, positive=True)
+        self.blur_sigma = _pair("blur_sigma", blur_sigma, positive=True)
+        if float(scale_range) < 0 or float(shift_range) < 0 or float(noise_std) < 0:
+            raise ValueError(
+                f"scale_range, shift_range and noise_std must be >= 0, got {scale_range}, {shift_range}, {noise_std}"
+            )
+        self.scale_range = float(scale_range)
+        self.shift_range = float(shift_range)
+        self.noise_std = float(noise_std)
+        self.blur_tail = int(max(self.blur_sigma[1] * _TRUNCATED, 0.5) + 0.5)
+
+    # -------------------------------------------------------------- stages
+    def _gamma(self, x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
+        b = x.shape[0]
+        apply = _bernoulli(b, self.contrast_prob, x, g)
+        gamma = _uniform(b, *self.gamma_range, x, g).view(b, 1, 1, 1)
+        flat = x.reshape(b, -1)
+        mean, std = flat.mean(1).view(b, 1, 1, 1), flat.std(1).view(b, 1, 1, 1)  # unbiased, as torch / MONAI
+        lo, hi = flat.amin(1).view(b, 1, 1, 1), flat.amax(1).view(b, 1, 1, 1)
+        rng = hi - lo
+        ret = ((x - lo) / (rng + 1e-7)).clamp_min(0.0) ** gamma * rng + lo
+        rflat = ret.reshape(b, -1)
+        ret = (ret - rflat.mean(1).view(b, 1, 1, 1)) / (rflat.std(1).view(b, 1, 1, 1) + 1e-8) * std + mean
+        return torch.where(apply.view(b, 1, 1, 1), ret, x)
+
+    def _scale_shift(self, x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
+        b = x.shape[0]
+        do_scale = _bernoulli(b, self.contrast_prob, x, g)
+        factor = _uniform(b, -self.scale_range, self.scale_range, x, g)
+        do_shift = _bernoulli(b, self.contrast_prob, x, g)
+        offset = _uniform(b, -self.shift_range, self.shift_range, x, g)
+        scale = torch.where(do_scale, 1.0 + factor, torch.ones_like(factor)).view(b, 1, 1, 1)
+        shift = torch.where(do_shift, offset, torch.zeros_like(offset)).view(b, 1, 1, 1)
+        # the order of MONAI's pipeline: scale first, then shift
+        return x * scale.to(x.dtype) + shift.to(x.dtype)
+
+    def _blur(self, x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
+        b, c, h, w = x.shape
+        apply = _bernoulli(b, self.blur_prob, x, g)
+        sig_h = _uniform(b, *self.blur_sigma, x, g)
+        sig_w = _uniform(b, *self.blur_sigma, x, g)
+        t = self.blur_tail
+        k_h, k_w = gaussian_erf_kernels(sig_h, t), gaussian_erf_kernels(sig_w, t)
+        # samples without blur get a unit impulse: an exact identity, no branch on the host
+        delta = torch.zeros(2 * t + 1, device=x.device)
+        delta[t] = 1.0
+        k_h = torch.where(apply[:, None], k_h, delta).to(x.dtype)
+        k_w = torch.where(apply[:, None], k_w, delta).to(x.dtype)
+        # separable depthwise convolution over (1, B*C, H, W), zero padding (MONAI's default)
+        y = x.reshape(1, b * c, h, w)
+        y = F.conv2d(y, k_h.repeat_interleave(c, 0).view(b * c, 1, 2 * t + 1, 1), padding=(t, 0), groups=b * c)
+        y = F.conv2d(y, k_w.repeat_interleave(c, 0).view(b * c, 1, 1, 2 * t + 1), padding=(0, t), groups=b * c)
+        return y.view(b, c, h, w)
+
+    def _noise(self, x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
+        b = x.shape[0]
+        apply = _bernoulli(b, self.noise_prob, x, g)
+        std = torch.where(apply, _uniform(b, 0.0, self.noise_std, x, g), torch.zeros(b, device=x.device))
+        noise = torch.randn(x.shape, device=x.device, generator=g, dtype=x.dtype)
+        return x + noise * std.view(b, 1, 1, 1).to(x.dtype)
+
+    def __call__(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """
+        Args:
+            image: ``(B, C, H, W)`` float (a weak view).
+            generator: random generator on ``image.device``.
+
+        Returns:
+            ``(B, C, H, W)`` strong view, same dtype.
+        """
+        _check_image(image)
+        x = self._gamma(image, generator)
+        x = self._scale_shift(x, generator)
+        x = self._blur(x, generator)
+        return self._noise(x, generator)
+
+
+class BatchedLabeledAugment:
+    """Labeled batches: weak augmentation of image and label together.
+
+    ``{"image": (B, 1, H, W) float, "label": (B, 1, H, W) int}`` -> same keys, float32 / int64.
+    """
+
+    def __init__(self, **weak_kwargs) -> None:
+        """
+        Args:
+            weak_kwargs: arguments of :class:`BatchedWeakAugment` (as ``weak_transforms``).
+        """
+        self.weak = BatchedWeakAugment(**weak_kwargs)
+
+    def __call__(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> dict:
+        if "image" not in batch or "label" not in batch:
+            raise ValueError(f"labeled batch needs 'image' and 'label', got keys {sorted(batch)}")
+        image, label = self.weak(batch["image"].float(), batch["label"], generator)
+        return {"image": image, "label": label}
+
+
+class BatchedUnlabeledAugment:
+    """Unlabeled batches: a weak view and two independent strong views of it.
+
+    ``{"image": (B, 1, H, W)}`` -> ``{"image": weak, "image_s1": strong, "image_s2": strong}``, float32.
+    """
+
+    def __init__(self, weak: dict | None = None, strong: dict | None = None) -> None:
+        """
+        Args:
+            weak: arguments of :class:`BatchedWeakAugment` (the config's ``weak_aug``).
+            strong: arguments of :class:`BatchedStrongAugment` (the config's ``strong_aug``).
+        """
+        weak, strong = dict(weak or {}), dict(strong or {})
+        for name, kw, fixed in (("weak", weak, "keys"), ("strong", strong, "key")):
+            if fixed in kw:
+                raise ValueError(f"{name} must not set {fixed!r}: the batched pipeline has no keys")
+        self.weak = BatchedWeakAugment(**weak)
+        self.strong = BatchedStrongAugment(**strong)
+
+    def __call__(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> dict:
+        if "image" not in batch:
+            raise ValueError(f"unlabeled batch needs 'image', got keys {sorted(batch)}")
+        weak, _ = self.weak(batch["image"].float(), None, generator)
+        out = {"image": weak}
+        for key in STRONG_KEYS:  # independent draws per view, as the MONAI pipeline's separate transforms
+            out[key] = self.strong(weak, generator)
+        return out
