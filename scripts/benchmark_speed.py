@@ -164,7 +164,7 @@ def _set_data_backend(parser, backend: str) -> None:
     }
     parser["train#dataloader"] = {
         **common,
-        "dataset": "@splits#labeled",
+        "dataset": "$@splits.labeled",
         "batch_size": "@batch_size_labeled",
         "augmentation": {
             "_target_": "vqseg_bundle.transforms.batched.BatchedLabeledAugment",
@@ -177,7 +177,7 @@ def _set_data_backend(parser, backend: str) -> None:
     }
     parser["train#unlabeled_dataloader"] = {
         **common,
-        "dataset": "@splits#unlabeled",
+        "dataset": "$@splits.unlabeled",
         "batch_size": "@batch_size_unlabeled",
         "augmentation": {
             "_target_": "vqseg_bundle.transforms.batched.BatchedUnlabeledAugment",
@@ -348,7 +348,7 @@ def environment(device: str) -> dict:
 def format_table(results: list[dict]) -> str:
     head = "| backbone | batch | px | eps | variant | data | ms/it | peak MiB | " + " | ".join(
         f"{p} %" for p in PARTS
-    ) + " | val ms |"
+    ) + " | val ms (amortised) |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
         if "error" in r:
@@ -356,7 +356,9 @@ def format_table(results: list[dict]) -> str:
             continue
         sh = r["shares"]
         cells = " | ".join(f"{sh[p]:.1f}" if p in sh else "-" for p in PARTS)
-        val = f"{r['val_ms']:.0f}" if r.get("val_ms") is not None else "-"
+        val = "-"
+        if r.get("val_ms") is not None:
+            val = f"{r['val_ms']:.0f} ({r['val_ms'] / max(1, r['val_every']):.2f}/it)"
         lines.append(
             f"| {r['backbone']} | {r['batch']} | {r['image_size']} | {r['eps']} | {r['variant']} | {r['data']} | "
             f"{r['ms_per_it']:.1f} | {r['peak_mib']:.0f} | {cells} | {val} |"
@@ -430,8 +432,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
             proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
             if proc.returncode != 0 or not lines:
-                tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-                r = {"backbone": b, "eps": e, "variant": v, "data": args.data, "error": tail[0][:200]}
+                err_lines = (proc.stderr or proc.stdout).strip().splitlines() or ["no output"]
+                named = [ln for ln in err_lines if "Error" in ln or "error" in ln]
+                r = {"backbone": b, "eps": e, "variant": v, "data": args.data, "error": (named or err_lines)[-1][:200]}
                 print(proc.stderr[-3000:], file=sys.stderr)
             else:
                 r = json.loads(lines[-1][len("RESULT "):])

@@ -128,32 +128,68 @@ class BatchedWeakAugment:
         self.zoom_range = _pair("zoom_range", zoom_range, positive=True)
         self.zoom_prob = _prob("zoom_prob", zoom_prob)
 
-    def sample_matrices(
+    def sample_params(
         self, batch_size: int, spatial_size: Sequence[int], device: torch.device, generator: torch.Generator | None
-    ) -> torch.Tensor:
-        """Draw the per-sample parameters; return ``affine_grid`` matrices ``(B, 2, 3)`` (output -> input,
-        normalised coordinates, ``align_corners=False``)."""
-        h, w = int(spatial_size[0]), int(spatial_size[1])
-        u = torch.rand(7, batch_size, device=device, generator=generator)
-        angle = torch.where(u[0] < self.rotate_prob, (2.0 * u[1] - 1.0) * self.rotate, torch.zeros_like(u[1]))
+    ) -> dict[str, torch.Tensor]:
+        """Draw the per-sample parameters of a batch: ``angle`` (radians), ``flip_h`` / ``flip_w`` (``-1``:
+        flipped), ``zoom`` (1 when not applied), each ``(B,)``; and ``zoomed`` / ``rotated`` flags (bool)."""
+        u = torch.rand(6, batch_size, device=device, generator=generator)
+        rotated = u[0] < self.rotate_prob
+        angle = torch.where(rotated, (2.0 * u[1] - 1.0) * self.rotate, torch.zeros_like(u[1]))
         flip_h = torch.where(u[2] < self.flip_prob, -1.0, 1.0)  # MONAI spatial_axis=0: the first (H) axis
         flip_w = torch.where(u[3] < self.flip_prob, -1.0, 1.0)
         lo, hi = self.zoom_range
-        zoom = torch.where(u[4] < self.zoom_prob, lo + (hi - lo) * u[5], torch.ones_like(u[5]))
-        # forward map in centred pixel coordinates (x along W, y along H): A = Zoom . Flip . Rot; the grid
-        # needs its inverse A^-1 = Rot(-angle) . Flip . Zoom^-1
+        zoomed = u[4] < self.zoom_prob
+        zoom = torch.where(zoomed, lo + (hi - lo) * u[5], torch.ones_like(u[5]))
+        return {"angle": angle, "flip_h": flip_h, "flip_w": flip_w, "zoom": zoom, "zoomed": zoomed, "rotated": rotated}
+
+    @staticmethod
+    def zoom_geometry(zoom: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """MONAI's ``Zoom(keep_size=True)`` along one axis of ``size`` pixels as an affine map.
+
+        MONAI resizes to ``s = floor(size * zoom)`` pixels (``interpolate``, ``align_corners=False``) and
+        then pads symmetrically (``(size - s) // 2`` zeros first) or centre-crops (from ``s // 2 - size // 2``).
+        Returns ``(effective zoom s / size, shift of the source in normalised coordinates, first and
+        one-past-last output pixel holding image content)``, each ``(B,)``.
+        """
+        s = torch.floor(size * zoom.double()).clamp_min(1.0)
+        before = torch.where(s <= size, torch.div(size - s, 2, rounding_mode="floor"), -(torch.div(s, 2, rounding_mode="floor") - size // 2))
+        shift = (size - s - 2.0 * before) / s
+        start = before.clamp_min(0.0)
+        stop = torch.clamp(before + s, max=float(size))
+        return (s / size).float(), shift.float(), start.float(), stop.float()
+
+    @staticmethod
+    def matrices(
+        angle: torch.Tensor,
+        flip_h: torch.Tensor,
+        flip_w: torch.Tensor,
+        zoom_h: torch.Tensor,
+        zoom_w: torch.Tensor,
+        shift_h: torch.Tensor,
+        shift_w: torch.Tensor,
+        spatial_size: Sequence[int],
+    ) -> torch.Tensor:
+        """``affine_grid`` matrices ``(B, 2, 3)`` (output -> input, normalised, ``align_corners=False``).
+
+        The forward map is rotation by ``angle`` (radians) about the centre, then flips (``flip_h`` /
+        ``flip_w``: ``-1`` flips that axis), then a zoom by ``zoom_h`` / ``zoom_w`` whose source is shifted by
+        ``shift_h`` / ``shift_w`` (normalised units; see :meth:`zoom_geometry`), the MONAI pipeline's order.
+        All arguments are ``(B,)`` tensors.
+        """
+        h, w = int(spatial_size[0]), int(spatial_size[1])
+        # inverse: source = Rot(-angle) . Flip . (Zoom^-1 . out + shift); Rot in normalised coordinates
+        # carries the aspect ratio (x_n = x / (W / 2), y_n = y / (H / 2))
         cos, sin = torch.cos(angle), torch.sin(angle)
-        inv_z = 1.0 / zoom
-        m00 = cos * flip_w * inv_z
-        m01 = sin * flip_h * inv_z
-        m10 = -sin * flip_w * inv_z
-        m11 = cos * flip_h * inv_z
-        # pixel -> normalised coordinates: x_n = x / (W / 2), y_n = y / (H / 2)
-        theta = torch.zeros(batch_size, 2, 3, device=device)
-        theta[:, 0, 0] = m00
-        theta[:, 0, 1] = m01 * (h / w)
-        theta[:, 1, 0] = m10 * (w / h)
-        theta[:, 1, 1] = m11
+        r00, r01 = cos * flip_w, sin * flip_h * (h / w)
+        r10, r11 = -sin * flip_w * (w / h), cos * flip_h
+        theta = torch.zeros(angle.shape[0], 2, 3, device=angle.device)
+        theta[:, 0, 0] = r00 / zoom_w
+        theta[:, 0, 1] = r01 / zoom_h
+        theta[:, 1, 0] = r10 / zoom_w
+        theta[:, 1, 1] = r11 / zoom_h
+        theta[:, 0, 2] = r00 * shift_w + r01 * shift_h
+        theta[:, 1, 2] = r10 * shift_w + r11 * shift_h
         return theta
 
     def __call__(
@@ -176,15 +212,29 @@ class BatchedWeakAugment:
         if label is not None:
             if label.shape[0] != b or tuple(label.shape[-2:]) != (h, w) or label.ndim not in (3, 4):
                 raise ValueError(f"label must be (B, 1, H, W) or (B, H, W) matching image, got {tuple(label.shape)}")
-        theta = self.sample_matrices(b, (h, w), image.device, generator)
+        prm = self.sample_params(b, (h, w), image.device, generator)
+        zh, sh, h0, h1 = self.zoom_geometry(prm["zoom"], h)
+        zw, sw, w0, w1 = self.zoom_geometry(prm["zoom"], w)
+        theta = self.matrices(prm["angle"], prm["flip_h"], prm["flip_w"], zh, zw, sh, sw, (h, w))
         grid = F.affine_grid(theta.to(image.dtype), [b, 1, h, w], align_corners=False)
+        # MONAI pads a zoomed-out image with exact zeros outside the resized image ...
+        rows = torch.arange(h, device=image.device, dtype=torch.float32).view(1, h, 1)
+        cols = torch.arange(w, device=image.device, dtype=torch.float32).view(1, 1, w)
+        inside = (rows >= h0.view(-1, 1, 1)) & (rows < h1.view(-1, 1, 1)) & (cols >= w0.view(-1, 1, 1)) & (cols < w1.view(-1, 1, 1))
+        inside = inside.unsqueeze(1)
         out = F.grid_sample(image, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        # ... and its zoom interpolation clamps at the image border (a zero-padded rotation does not): for
+        # zoomed samples without rotation resample with border clamping, selected per sample on the device
+        border = F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        use_border = (prm["zoomed"] & ~prm["rotated"]).view(b, 1, 1, 1)
+        out = torch.where(use_border, border, out) * inside.to(out.dtype)
         if label is None:
             return out, None
-        lab = label if label.ndim == 4 else label.unsqueeze(1)
+        lab = (label if label.ndim == 4 else label.unsqueeze(1)).to(image.dtype)
         # nearest resampling of class indices: exact in float32 for any realistic number of classes
-        lab = F.grid_sample(lab.to(image.dtype), grid, mode="nearest", padding_mode="zeros", align_corners=False)
-        lab = lab.round().long()
+        lab_z = F.grid_sample(lab, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+        lab_b = F.grid_sample(lab, grid, mode="nearest", padding_mode="border", align_corners=False)
+        lab = (torch.where(use_border, lab_b, lab_z) * inside.to(lab.dtype)).round().long()
         return out, (lab if label.ndim == 4 else lab[:, 0])
 
 

@@ -1,0 +1,789 @@
+"""ACDC benchmark: VQ-Seg against its baselines, trained and evaluated with the bundle's own configs.
+
+Each (variant, labeled-patient count) is one ``python -m monai.bundle run training`` subprocess on
+``configs/train.yaml`` (so every run is isolated and its exact command line is logged), followed by
+one evaluation subprocess (``configs/train.yaml`` + ``configs/evaluate.yaml``) of the best EMA-teacher
+``model.pt`` on the validation volumes. The script then collects Dice / Jaccard / HD95 / ASD per class,
+the learning curves (validation Dice against iteration, read from the TensorBoard event files the
+trainer writes) and training diagnostics (pseudo-label mask ratio, codebook usage, loss terms), and
+rewrites the section of ``docs/results.md`` between ``<!-- acdc-benchmark:start -->`` and
+``<!-- acdc-benchmark:end -->``.
+
+Examples (from the bundle root):
+    python scripts/benchmark_acdc.py variants                        # the variants and their overrides
+    python scripts/benchmark_acdc.py run --protocol cpu --labeled "[3]" \\
+        --variants "['labeled_only','dropout_mt','vqseg_full']"
+    python scripts/benchmark_acdc.py run --protocol gpu --labeled "[3,7]" --variants "['dropout_mt','vqseg_full']"
+    python scripts/benchmark_acdc.py run --protocol gpu_vit --extra "{'dinov2_weights': '/w/dinov2_vits14_pretrain.pth'}"
+    python scripts/benchmark_acdc.py run --protocol cpu --dry_run true    # print the commands only
+    python scripts/benchmark_acdc.py report                          # rebuild docs/results.md from results/
+
+Layout: checkpoints, TensorBoard files and evaluation outputs under ``--work_dir`` (default
+``outputs/benchmark``, git-ignored); small artefacts (``run.json`` with the commands, environment and
+wall times, the evaluation CSVs, ``curve.csv``, ``train_scalars.csv``, log tails) under
+``<results_dir>/acdc_<protocol>/labeled<N>/<variant>/``; plots ``docs/acdc_curves_<protocol>_<N>.png``.
+A finished run (its ``run.json`` says ``"status": "ok"``) is skipped unless ``--force true``.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import fire
+
+REPO = Path(__file__).resolve().parents[1]
+MARK_START = "<!-- acdc-benchmark:start -->"
+MARK_END = "<!-- acdc-benchmark:end -->"
+CLASS_NAMES = ("RV", "Myo", "LV")
+LOG_TAIL_BYTES = 60_000
+
+
+# ---------------------------------------------------------------------------------------------- protocols
+@dataclass(frozen=True)
+class Protocol:
+    """One training schedule, identical for every variant run under it.
+
+    Attributes:
+        name: protocol key.
+        description: one line for the report.
+        config_files: training configs layered in this order (evaluate.yaml is appended for evaluation).
+        image_size: network input size S (slices resized to S x S).
+        iterations: total training iterations (one labeled + one unlabeled batch each).
+        val_every: iterations between validations on the validation volumes (divides ``iterations``).
+        batch_labeled, batch_unlabeled: batch sizes.
+        fm_name: foundation model of the PFA variants under this protocol.
+        overrides: further config overrides shared by every variant.
+    """
+
+    name: str
+    description: str
+    config_files: tuple[str, ...]
+    image_size: int
+    iterations: int
+    val_every: int
+    batch_labeled: int
+    batch_unlabeled: int
+    fm_name: str = "efficientnet_lite0"
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def schedule_overrides(self) -> dict[str, Any]:
+        """The config overrides that set this protocol's schedule (``epochs`` x ``iterations_per_epoch``)."""
+        if self.iterations % self.val_every:
+            raise ValueError(
+                f"protocol {self.name!r}: iterations ({self.iterations}) must be a multiple of val_every "
+                f"({self.val_every})"
+            )
+        return {
+            "image_size": self.image_size,
+            "epochs": self.iterations // self.val_every,
+            "iterations_per_epoch": self.val_every,
+            "val_interval": 1,
+            "batch_size_labeled": self.batch_labeled,
+            "batch_size_unlabeled": self.batch_unlabeled,
+            **self.overrides,
+        }
+
+
+PROTOCOLS: dict[str, Protocol] = {
+    # Fits the 2-core development CPU while other jobs share it: 96 px slices, a half-width U-Net
+    # (16..256 -> 8..128 channels, about 4x fewer FLOPs), batch 4 + 4, 600 iterations, validation
+    # every 100 iterations on the 20 volumes. Every variant gets exactly this schedule.
+    "cpu": Protocol(
+        name="cpu",
+        description="96 px, U-Net widths 8-128, batch 4 + 4, 600 iterations (SGD poly), validation every 100",
+        config_files=("configs/train.yaml",),
+        image_size=96,
+        iterations=600,
+        val_every=100,
+        batch_labeled=4,
+        batch_unlabeled=4,
+        overrides={"network_def#features": [8, 16, 32, 64, 128], "num_workers": 0, "log_every": 10},
+    ),
+    # The literature's U-Net schedule (UniMatch / SSL4MIS ACDC): 256 px, 30k iterations, batch 12 + 12.
+    "gpu": Protocol(
+        name="gpu",
+        description="256 px U-Net (16-256), batch 12 + 12, 30k iterations (SGD poly), validation every 1000",
+        config_files=("configs/train.yaml",),
+        image_size=256,
+        iterations=30000,
+        val_every=1000,
+        batch_labeled=12,
+        batch_unlabeled=12,
+        overrides={"num_workers": 4, "log_every": 50},
+    ),
+    # The paper's backbone: DINOv2 ViT-S/14 + DPT at 224 px (needs --extra "{'dinov2_weights': PATH}").
+    "gpu_vit": Protocol(
+        name="gpu_vit",
+        description="224 px DINOv2 ViT-S/14 + DPT, batch 8 + 4, 30k iterations (AdamW poly), validation every 1000",
+        config_files=("configs/train.yaml", "configs/train_dinov2.yaml"),
+        image_size=224,
+        iterations=30000,
+        val_every=1000,
+        batch_labeled=8,
+        batch_unlabeled=4,
+        fm_name="dinov2",
+        overrides={"num_workers": 4, "log_every": 50},
+    ),
+    # A few iterations on tiny images: checks that every variant's configuration builds and runs.
+    "smoke": Protocol(
+        name="smoke",
+        description="smoke test: 32 px, batch 2 + 2, 2 iterations (configuration check only)",
+        config_files=("configs/train.yaml",),
+        image_size=32,
+        iterations=2,
+        val_every=2,
+        batch_labeled=2,
+        batch_unlabeled=2,
+        overrides={"network_def#features": [4, 8, 16, 32], "codebook_size": 64, "num_workers": 0, "log_every": 1},
+    ),
+}
+
+
+# ---------------------------------------------------------------------------------------------- variants
+# A variant is a named set of config overrides on top of train.yaml's defaults (QPM kernel mode, eps 0.7,
+# codebook 16384 on the bottleneck, reconstruction weight 1, PFA weight 5, EMA teacher, CutMix, threshold 0.95).
+_PLAIN_UNET = {"vq_levels": [], "network_def#reconstruction": False, "recon_weight": 0.0}
+_NO_PFA = {"fm_name": "none", "align_weight": 0.0}
+_FULL = {"perturbation": "qpm", "qpm_mode": "kernel", "qpm_eps": 0.7, "network_def#reconstruction": True,
+         "recon_weight": 1.0, "align_weight": 5.0, "fm_name": "@PFA"}
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "labeled_only": {
+        "description": "plain U-Net (no VQ), supervised loss only (unlabeled weight 0, no perturbation); EMA teacher evaluated",
+        "overrides": {**_PLAIN_UNET, **_NO_PFA, "perturbation": "none", "perturb": False, "unsup_weight": 0.0},
+    },
+    "dropout_mt": {
+        "description": "mean teacher + UniMatch feature dropout (p 0.5 on every encoder level), plain U-Net (no VQ)",
+        "overrides": {**_PLAIN_UNET, **_NO_PFA, "perturbation": "dropout"},
+    },
+    "vq_qpm": {
+        "description": "VQ (bottleneck, K 16384) + QPM kernel eps 0.7; no reconstruction, no PFA",
+        "overrides": {**_NO_PFA, "perturbation": "qpm", "qpm_mode": "kernel", "qpm_eps": 0.7,
+                      "network_def#reconstruction": False, "recon_weight": 0.0},
+    },
+    "vq_qpm_rec": {
+        "description": "VQ + QPM eps 0.7 + reconstruction branch (weight 1); no PFA",
+        "overrides": {**_NO_PFA, "perturbation": "qpm", "qpm_mode": "kernel", "qpm_eps": 0.7,
+                      "network_def#reconstruction": True, "recon_weight": 1.0},
+    },
+    "vqseg_full": {
+        "description": "full VQ-Seg: VQ + QPM eps 0.7 + reconstruction + PFA (FM: EfficientNet-Lite0, DINOv2 for ViT)",
+        "overrides": dict(_FULL),
+    },
+    **{
+        f"vqseg_full_eps{eps}": {
+            "description": f"full VQ-Seg with QPM eps {eps}",
+            "overrides": {**_FULL, "qpm_eps": eps},
+        }
+        for eps in (0.1, 0.3, 0.5, 0.7, 0.9)
+    },
+    "vqseg_full_shuffle": {
+        "description": "full VQ-Seg with QPM mode 'shuffle' (permutes the indices of an eps 0.7 fraction of positions)",
+        "overrides": {**_FULL, "qpm_mode": "shuffle"},
+    },
+}
+DEFAULT_VARIANTS = ("labeled_only", "dropout_mt", "vq_qpm", "vq_qpm_rec", "vqseg_full")
+
+
+def variant_overrides(variant: str, protocol: Protocol) -> dict[str, Any]:
+    """The config overrides of ``variant`` under ``protocol`` (``"@PFA"`` becomes the protocol's FM)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; expected one of {sorted(VARIANTS)}")
+    out = {}
+    for key, value in VARIANTS[variant]["overrides"].items():
+        out[key] = protocol.fm_name if value == "@PFA" else value
+    if protocol.name == "gpu_vit":
+        # the ViT config quantizes its deepest level; a VQ-free baseline still sets vq_levels []
+        out.pop("network_def#features", None)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- commands
+def cli_value(value: Any) -> str:
+    """A config value as one command-line token that ``monai.bundle``'s fire parser reads back as ``value``.
+
+    Booleans and ``None`` are spelled as Python literals (fire reads ``false`` as the string 'false').
+    """
+    if isinstance(value, bool) or value is None:
+        return repr(value)
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value, separators=(",", ":")).replace("true", "True").replace("false", "False").replace(
+            "null", "None"
+        )
+    raise ValueError(f"cannot pass override value {value!r} ({type(value).__name__}) on the command line")
+
+
+def config_arg(files: Sequence[str]) -> str:
+    """``--config_file`` value: one path, or a Python-literal list of paths (MONAI's layering syntax)."""
+    return files[0] if len(files) == 1 else json.dumps(list(files), separators=(",", ":"))
+
+
+def build_commands(
+    protocol: Protocol,
+    variant: str,
+    labeled: int,
+    dataset_dir: str,
+    run_dir: Path,
+    seed: int,
+    extra: dict[str, Any] | None = None,
+) -> tuple[list[str], list[str]]:
+    """The training and evaluation command lines of one run.
+
+    Returns:
+        ``(train_cmd, eval_cmd)`` argument lists (run from the bundle root).
+    """
+    overrides: dict[str, Any] = {
+        "bundle_root": str(REPO),
+        "dataset_dir": dataset_dir,
+        "labeled": f"labeled_{int(labeled)}_cases",
+        "output_dir": str(run_dir),
+        "ckpt_dir": str(run_dir / "models"),
+        "data_cache_dir": str(run_dir.parents[2] / "demo_cache"),
+        "seed": int(seed),
+        "progress_bar": False,
+        **protocol.schedule_overrides(),
+        **variant_overrides(variant, protocol),
+        **(extra or {}),
+    }
+    args: list[str] = []
+    for key, value in overrides.items():
+        args += [f"--{key}", cli_value(value)]
+    base = [sys.executable, "-m", "monai.bundle", "run"]
+    train = base + ["training", "--config_file", config_arg(protocol.config_files)] + args
+    evaluate = base + [
+        "--config_file",
+        config_arg([*protocol.config_files, "configs/evaluate.yaml"]),
+        *args,
+        "--ckpt_path",
+        str(run_dir / "models" / "model.pt"),
+    ]
+    return train, evaluate
+
+
+# ---------------------------------------------------------------------------------------------- environment
+def environment() -> dict[str, Any]:
+    """Versions, CPU / GPU names, core count and the git commit the benchmark ran with."""
+    import numpy
+    import torch
+
+    info: dict[str, Any] = {
+        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "numpy": numpy.__version__,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_cores": os.cpu_count(),
+        "cpu": _cpu_name(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    for mod in ("monai", "ignite", "timm"):
+        try:
+            info[mod] = __import__(mod).__version__
+        except Exception:  # pragma: no cover - optional packages
+            info[mod] = None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True)
+        info["git"] = commit.stdout.strip() + (" + uncommitted changes" if dirty.stdout.strip() else "")
+    except OSError:  # pragma: no cover - git missing
+        info["git"] = None
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_label(env: dict[str, Any]) -> str:
+    """Short machine name for the report, e.g. ``CPU-2c, 2 cores, no GPU``."""
+    if env.get("gpu"):
+        return f"{env['gpu']}, {env['cpu_cores']} CPU cores"
+    return f"CPU-{env['cpu_cores']}c, {env['cpu_cores']} cores, no GPU"
+
+
+# ---------------------------------------------------------------------------------------------- running
+def _run_logged(cmd: list[str], log_path: Path, timeout: float | None) -> tuple[int, float]:
+    """Run ``cmd`` from the bundle root, stdout + stderr to ``log_path``; returns (return code, seconds)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    start = time.perf_counter()
+    with open(log_path, "w") as log:
+        log.write("$ " + shlex.join(cmd) + "\n\n")
+        log.flush()
+        try:
+            proc = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=timeout)
+            code = proc.returncode
+        except subprocess.TimeoutExpired:
+            log.write(f"\n[benchmark] timed out after {timeout} s\n")
+            code = -9
+    return code, time.perf_counter() - start
+
+
+def _tail(path: Path, nbytes: int = LOG_TAIL_BYTES) -> str:
+    data = path.read_bytes() if path.exists() else b""
+    return data[-nbytes:].decode("utf-8", "replace")
+
+
+def read_tensorboard(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar series in the TensorBoard event files under ``log_dir``: ``{tag: [(step, value)]}``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    series: dict[str, dict[int, float]] = {}
+    if not log_dir.exists():
+        return {}
+    for event_file in sorted(log_dir.rglob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(event_file), size_guidance={"scalars": 0})
+        acc.Reload()
+        for tag in acc.Tags().get("scalars", []):
+            for ev in acc.Scalars(tag):
+                series.setdefault(tag, {})[int(ev.step)] = float(ev.value)
+    return {tag: sorted(values.items()) for tag, values in series.items()}
+
+
+def _write_curves(series: dict[str, list[tuple[int, float]]], iterations_per_epoch: int, out_dir: Path) -> None:
+    """``curve.csv`` (validation metrics per iteration) and ``train_scalars.csv`` (training terms)."""
+    val_tags = sorted(t for t in series if t.startswith("val_"))
+    epochs = sorted({s for t in val_tags for s, _ in series[t]})
+    with open(out_dir / "curve.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["iteration", *val_tags])
+        for ep in epochs:
+            row = [ep * iterations_per_epoch]
+            for t in val_tags:
+                row.append(dict(series[t]).get(ep, ""))
+            w.writerow(row)
+    train_tags = sorted(t for t in series if not t.startswith("val_") and "/" not in t.split("train_", 1)[-1])
+    steps = sorted({s for t in train_tags for s, _ in series[t]})
+    with open(out_dir / "train_scalars.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["iteration", *train_tags])
+        lookup = {t: dict(series[t]) for t in train_tags}
+        for s in steps:
+            w.writerow([s, *[_fmt_float(lookup[t].get(s)) for t in train_tags]])
+
+
+def _fmt_float(v: float | None) -> str:
+    return "" if v is None else f"{v:.6g}"
+
+
+def run_one(
+    protocol: Protocol,
+    variant: str,
+    labeled: int,
+    dataset_dir: str,
+    work_dir: Path,
+    results_dir: Path,
+    seed: int,
+    extra: dict[str, Any] | None,
+    env: dict[str, Any],
+    force: bool,
+    dry_run: bool,
+    timeout: float | None,
+) -> dict[str, Any]:
+    """Train, evaluate and collect one (variant, labeled) run; returns its ``run.json`` record."""
+    run_dir = work_dir / protocol.name / f"labeled{labeled}" / variant
+    res_dir = results_dir / f"acdc_{protocol.name}" / f"labeled{labeled}" / variant
+    train_cmd, eval_cmd = build_commands(protocol, variant, labeled, dataset_dir, run_dir, seed, extra)
+    record: dict[str, Any] = {
+        "protocol": protocol.name,
+        "protocol_description": protocol.description,
+        "variant": variant,
+        "variant_description": VARIANTS[variant]["description"],
+        "labeled": int(labeled),
+        "seed": int(seed),
+        "dataset_dir": dataset_dir,
+        "overrides": variant_overrides(variant, protocol),
+        "train_command": shlex.join(train_cmd),
+        "eval_command": shlex.join(eval_cmd),
+        "environment": env,
+        "machine": machine_label(env),
+    }
+    print(f"\n=== {protocol.name} / labeled {labeled} / {variant}", flush=True)
+    print("train:", record["train_command"], flush=True)
+    print("eval: ", record["eval_command"], flush=True)
+    if dry_run:
+        record["status"] = "dry_run"
+        return record
+    previous = res_dir / "run.json"
+    if previous.exists() and not force:
+        old = json.loads(previous.read_text())
+        if old.get("status") == "ok":
+            print(f"already done ({previous}); --force true reruns it", flush=True)
+            return old
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # a fresh run: no stale model.pt or event files
+    run_dir.mkdir(parents=True)
+    res_dir.mkdir(parents=True, exist_ok=True)
+
+    code, seconds = _run_logged(train_cmd, run_dir / "train.log", timeout)
+    record.update(train_seconds=round(seconds, 1), train_returncode=code)
+    (res_dir / "train_log_tail.txt").write_text(_tail(run_dir / "train.log"))
+    print(f"training: exit {code}, {seconds:.0f} s", flush=True)
+    if code != 0 or not (run_dir / "models" / "model.pt").exists():
+        record["status"] = "train_failed"
+        record["error_tail"] = _tail(run_dir / "train.log", 3000)
+        (res_dir / "run.json").write_text(json.dumps(record, indent=2))
+        print(record["error_tail"], flush=True)
+        return record
+
+    code, seconds = _run_logged(eval_cmd, run_dir / "eval.log", timeout)
+    record.update(eval_seconds=round(seconds, 1), eval_returncode=code)
+    (res_dir / "eval_log_tail.txt").write_text(_tail(run_dir / "eval.log", 8000))
+    print(f"evaluation: exit {code}, {seconds:.0f} s", flush=True)
+    eval_dir = run_dir / "eval"
+    if code != 0 or not (eval_dir / "metrics_summary.csv").exists():
+        record["status"] = "eval_failed"
+        record["error_tail"] = _tail(run_dir / "eval.log", 3000)
+        (res_dir / "run.json").write_text(json.dumps(record, indent=2))
+        print(record["error_tail"], flush=True)
+        return record
+    for name in ("metrics_per_case.csv", "metrics_summary.csv"):
+        shutil.copyfile(eval_dir / name, res_dir / name)
+    series = read_tensorboard(run_dir / "tensorboard")
+    _write_curves(series, protocol.val_every, res_dir)
+    record["status"] = "ok"
+    (res_dir / "run.json").write_text(json.dumps(record, indent=2))
+    return record
+
+
+# ---------------------------------------------------------------------------------------------- report
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _num(v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def summarize_run(res_dir: Path) -> dict[str, Any]:
+    """Headline numbers of one finished run from its CSVs.
+
+    Dice / Jaccard: the evaluation's mean over volumes (of the mean over classes). HD95 / ASD (voxels):
+    mean of the per-class means, each over the volumes where both masks are non-empty; ``missed`` counts
+    (volume, class) pairs where the prediction is empty but the label is not (their distance is undefined).
+    """
+    rows = {r["class_name"]: r for r in _read_csv(res_dir / "metrics_summary.csv")}
+    out: dict[str, Any] = {"per_class": {}}
+    for c in CLASS_NAMES:
+        r = rows.get(c, {})
+        out["per_class"][c] = {m: _num(r.get(f"{m}_mean")) for m in ("dice", "jaccard", "hd95_vox", "asd_vox")}
+    mean = rows.get("mean", {})
+    out["dice"] = _num(mean.get("dice_mean"))
+    out["jaccard"] = _num(mean.get("jaccard_mean"))
+    for m in ("hd95_vox", "asd_vox"):
+        vals = [out["per_class"][c][m] for c in CLASS_NAMES if not math.isnan(out["per_class"][c][m])]
+        out[m] = sum(vals) / len(vals) if vals else float("nan")
+    out["missed"] = int(sum(_num(rows.get(c, {}).get("n_pred_empty")) or 0 for c in CLASS_NAMES))
+    curve = _read_csv(res_dir / "curve.csv") if (res_dir / "curve.csv").exists() else []
+    out["curve"] = [(int(r["iteration"]), _num(r.get("val_mean_dice"))) for r in curve if r.get("val_mean_dice")]
+    out["best_val"] = max((v for _, v in out["curve"]), default=float("nan"))
+    scal = _read_csv(res_dir / "train_scalars.csv") if (res_dir / "train_scalars.csv").exists() else []
+    out["scalars"] = scal
+    last = scal[-max(1, len(scal) // 5) :] if scal else []
+
+    def late_mean(key_part: str) -> float:
+        keys = [k for k in (scal[0].keys() if scal else []) if k.endswith(key_part)]
+        vals = [_num(r[keys[0]]) for r in last if keys and r.get(keys[0])]
+        vals = [v for v in vals if not math.isnan(v)]
+        return sum(vals) / len(vals) if vals else float("nan")
+
+    for key in ("mask_ratio", "codebook_usage", "codebook_perplexity", "loss_sup", "loss_unsup", "loss_vq",
+                "loss_rec_unlabeled", "loss_align"):
+        out[f"late_{key}"] = late_mean(key)
+    return out
+
+
+def _f(v: float, scale: float = 1.0, digits: int = 1) -> str:
+    return "n/a" if v is None or math.isnan(v) else f"{v * scale:.{digits}f}"
+
+
+def _plot(protocol: str, labeled: int, runs: dict[str, dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for variant, s in runs.items():
+        if s["curve"]:
+            xs, ys = zip(*s["curve"])
+            axes[0].plot(xs, [100 * y for y in ys], marker="o", label=variant)
+        scal = s["scalars"]
+        if scal and "train_mask_ratio" in scal[0]:
+            pts = [(int(r["iteration"]), _num(r["train_mask_ratio"])) for r in scal if r.get("train_mask_ratio")]
+            if pts:
+                axes[1].plot(*zip(*pts), label=variant)
+    axes[0].set(xlabel="iteration", ylabel="validation mean Dice (%)", title=f"ACDC {protocol}, {labeled} labeled")
+    axes[1].set(xlabel="iteration", ylabel="confident pseudo-label fraction", title="mask ratio (threshold 0.95)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def build_report(results_dir: Path, docs_dir: Path, docs_file: Path) -> str:
+    """Markdown of every run under ``results_dir/acdc_*``; writes the curve PNGs into ``docs_dir``."""
+    lines: list[str] = [
+        "Generated by `scripts/benchmark_acdc.py` from the raw results in "
+        f"`{_rel(results_dir)}/acdc_<protocol>/` (per-case and summary CSVs, learning curves, commands, logs). "
+        "Validation split: the 20 ACDC validation volumes (10 patients), not the literature's 40-volume test split. "
+        "Dice / Jaccard in %, HD95 / ASD in voxels (mean of the per-class means over volumes where the "
+        "structure was predicted; *missed* = (volume, class) pairs with an empty prediction). "
+        "Model evaluated: the EMA teacher at its best validation mean Dice (`model.pt`), via `configs/evaluate.yaml`.",
+        "",
+    ]
+    protocol_dirs = sorted(p for p in results_dir.glob("acdc_*") if p.is_dir())
+    if not protocol_dirs:
+        return "Not run yet.\n"
+    order = list(VARIANTS)
+    for pdir in protocol_dirs:
+        protocol = pdir.name[len("acdc_") :]
+        for ldir in sorted(pdir.glob("labeled*"), key=lambda p: int(p.name[len("labeled") :] or 0)):
+            labeled = int(ldir.name[len("labeled") :])
+            records = {}
+            for rdir in ldir.iterdir():
+                if (rdir / "run.json").exists():
+                    records[rdir.name] = (rdir, json.loads((rdir / "run.json").read_text()))
+            if not records:
+                continue
+            names = sorted(records, key=lambda n: order.index(n) if n in order else len(order))
+            any_rec = records[names[0]][1]
+            env = any_rec.get("environment", {})
+            lines += [
+                f"### Protocol `{protocol}`, {labeled} labeled patients",
+                "",
+                f"Schedule: {any_rec.get('protocol_description', '')}; seed {any_rec.get('seed')}. "
+                f"Machine: {any_rec.get('machine', '?')} ({env.get('cpu', '?')}); run {env.get('date', '?')}; "
+                f"Python {env.get('python')}, PyTorch {env.get('torch')}, MONAI {env.get('monai')}, "
+                f"ignite {env.get('ignite')}, git {env.get('git')}.",
+                "",
+                "| variant | Dice | Jaccard | HD95 | ASD | missed | best val Dice | train min | eval min |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            ]
+            summaries: dict[str, dict[str, Any]] = {}
+            failed = []
+            for name in names:
+                rdir, rec = records[name]
+                if rec.get("status") != "ok":
+                    failed.append((name, rec))
+                    continue
+                s = summarize_run(rdir)
+                summaries[name] = s
+                lines.append(
+                    f"| {name} | {_f(s['dice'], 100)} | {_f(s['jaccard'], 100)} | {_f(s['hd95_vox'])} | "
+                    f"{_f(s['asd_vox'])} | {s['missed']} | {_f(s['best_val'], 100)} | "
+                    f"{_f(rec.get('train_seconds', float('nan')), 1 / 60)} | "
+                    f"{_f(rec.get('eval_seconds', float('nan')), 1 / 60)} |"
+                )
+            for name, rec in failed:
+                lines.append(f"| {name} | failed ({rec.get('status')}) | | | | | | | |")
+            if summaries:
+                lines += [
+                    "",
+                    "Per class (RV / Myo / LV):",
+                    "",
+                    "| variant | Dice | Jaccard | HD95 | ASD |",
+                    "| --- | --- | --- | --- | --- |",
+                ]
+                for name, s in summaries.items():
+                    pc = s["per_class"]
+                    cells = [
+                        " / ".join(_f(pc[c][m], scale, 1) for c in CLASS_NAMES)
+                        for m, scale in (("dice", 100), ("jaccard", 100), ("hd95_vox", 1), ("asd_vox", 1))
+                    ]
+                    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+                lines += [
+                    "",
+                    "Training diagnostics (means over the last 20 % of logged iterations): confident pseudo-label "
+                    "fraction (mask ratio), codebook usage (fraction of codes hit per logging window) and "
+                    "perplexity, loss terms.",
+                    "",
+                    "| variant | mask ratio | code usage | perplexity | L_sup | L_unsup | L_vq | L_rec(u) | L_align |",
+                    "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+                ]
+                for name, s in summaries.items():
+                    lines.append(
+                        f"| {name} | {_f(s['late_mask_ratio'], 1, 3)} | {_f(s['late_codebook_usage'], 1, 4)} | "
+                        f"{_f(s['late_codebook_perplexity'], 1, 0)} | {_f(s['late_loss_sup'], 1, 3)} | "
+                        f"{_f(s['late_loss_unsup'], 1, 3)} | {_f(s['late_loss_vq'], 1, 3)} | "
+                        f"{_f(s['late_loss_rec_unlabeled'], 1, 3)} | {_f(s['late_loss_align'], 1, 3)} |"
+                    )
+                png = docs_dir / f"acdc_curves_{protocol}_{labeled}.png"
+                _plot(protocol, labeled, summaries, png)
+                lines += ["", f"![learning curves]({os.path.relpath(png, docs_file.parent)})", ""]
+            for name, rec in failed:
+                lines += [f"`{name}` failed: command `{rec.get('train_command')}`", "", "```",
+                          rec.get("error_tail", "")[-1500:], "```", ""]
+            lines += ["Variants:", ""]
+            for name in names:
+                rec = records[name][1]
+                lines.append(f"* `{name}`: {rec.get('variant_description')}; overrides `{json.dumps(rec.get('overrides'))}`")
+            lines += ["", f"Exact commands: `{_rel(ldir)}/<variant>/run.json`.", ""]
+    return "\n".join(lines) + "\n"
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
+def write_section(docs_file: Path, body: str) -> None:
+    """Replace the text between the ACDC markers of ``docs_file`` (the markers are added if missing)."""
+    text = docs_file.read_text() if docs_file.exists() else "# Measured results\n"
+    if MARK_START in text and MARK_END in text:
+        head, rest = text.split(MARK_START, 1)
+        _, tail = rest.split(MARK_END, 1)
+        text = head + MARK_START + "\n" + body + MARK_END + tail
+    else:
+        text = text.rstrip("\n") + "\n\n## ACDC benchmark\n\n" + MARK_START + "\n" + body + MARK_END + "\n"
+    docs_file.parent.mkdir(parents=True, exist_ok=True)
+    docs_file.write_text(text)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def _as_list(value: Any, name: str) -> list:
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    if isinstance(value, (int, str)):
+        return [value]
+    raise ValueError(f"--{name} must be a value or a list, got {value!r}")
+
+
+def _path(p: str | Path) -> Path:
+    p = Path(p)
+    return p if p.is_absolute() else (REPO / p)
+
+
+class Benchmark:
+    """ACDC benchmark of VQ-Seg and its baselines (see the module docstring)."""
+
+    def variants(self) -> None:
+        """Print every variant, its description and its config overrides (under the cpu protocol)."""
+        for name in VARIANTS:
+            print(f"{name}: {VARIANTS[name]['description']}")
+            print(f"    {json.dumps(variant_overrides(name, PROTOCOLS['cpu']))}")
+        for p in PROTOCOLS.values():
+            print(f"protocol {p.name}: {p.description}; overrides {json.dumps(p.schedule_overrides())}")
+
+    def env(self) -> None:
+        """Print the environment record (versions, CPU / GPU, git commit)."""
+        print(json.dumps(environment(), indent=2))
+
+    def run(
+        self,
+        protocol: str = "cpu",
+        labeled: Any = (3, 7),
+        variants: Any = DEFAULT_VARIANTS,
+        dataset_dir: str = str(REPO.parent / "shared" / "data" / "acdc"),
+        work_dir: str = "outputs/benchmark",
+        results_dir: str = "results",
+        docs_file: str = "docs/results.md",
+        docs_dir: str = "docs",
+        seed: int = 0,
+        extra: dict | None = None,
+        iterations: int | None = None,
+        val_every: int | None = None,
+        force: bool = False,
+        dry_run: bool = False,
+        timeout: float | None = None,
+        report: bool = True,
+    ) -> None:
+        """Train and evaluate ``variants`` x ``labeled`` under ``protocol``, then rewrite the report.
+
+        Args:
+            protocol: one of ``cpu``, ``gpu``, ``gpu_vit``, ``smoke``.
+            labeled: labeled-patient counts (3 and/or 7: the dataset's ``labeled_<N>_cases.list``).
+            variants: variant names (``variants`` lists them).
+            dataset_dir: ACDC folder (SSL4MIS layout) or ``demo`` for the synthetic phantoms.
+            work_dir: checkpoints, TensorBoard files, full logs (git-ignored).
+            results_dir: small artefacts (``acdc_<protocol>/labeled<N>/<variant>/``).
+            docs_file, docs_dir: the Markdown file whose ACDC section is rewritten, and where PNGs go.
+            seed: training seed (``monai.utils.set_determinism`` and the trainer's generator).
+            extra: further config overrides for every run, e.g. ``{'dinov2_weights': PATH}``.
+            iterations, val_every: replace the protocol's budget (then all variants of this call share it;
+                results are written under the same protocol name: use with care).
+            force: rerun runs whose ``run.json`` already says ok.
+            dry_run: print the commands only.
+            timeout: seconds allowed per subprocess (``None``: no limit).
+            report: rewrite the docs section at the end.
+        """
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"--protocol must be one of {sorted(PROTOCOLS)}, got {protocol!r}")
+        proto = PROTOCOLS[protocol]
+        if iterations is not None or val_every is not None:
+            from dataclasses import replace
+
+            proto = replace(proto, iterations=int(iterations or proto.iterations), val_every=int(val_every or proto.val_every))
+        proto.schedule_overrides()  # validates the schedule
+        counts = [int(n) for n in _as_list(labeled, "labeled")]
+        names = [str(v) for v in _as_list(variants, "variants")]
+        for name in names:
+            if name not in VARIANTS:
+                raise ValueError(f"--variants: unknown variant {name!r}; expected one of {sorted(VARIANTS)}")
+        if dataset_dir not in ("demo", "") and not Path(dataset_dir).exists():
+            raise ValueError(f"--dataset_dir {dataset_dir!r} does not exist (give the ACDC folder or 'demo')")
+        if extra is not None and not isinstance(extra, dict):
+            raise ValueError(f"--extra must be a dict of config overrides, got {extra!r}")
+        env = environment()
+        print("benchmark command:", shlex.join([sys.executable, *sys.argv]), flush=True)
+        print("environment:", json.dumps(env), flush=True)
+        print("machine:", machine_label(env), flush=True)
+        records = []
+        for n in counts:
+            for name in names:
+                records.append(
+                    run_one(proto, name, n, dataset_dir, _path(work_dir), _path(results_dir), seed, extra, env,
+                            force, dry_run, timeout)
+                )
+        print("\nstatus:", flush=True)
+        for r in records:
+            print(f"  labeled {r['labeled']} {r['variant']}: {r['status']} "
+                  f"(train {r.get('train_seconds', '-')} s, eval {r.get('eval_seconds', '-')} s)", flush=True)
+        if report and not dry_run:
+            self.report(results_dir=results_dir, docs_file=docs_file, docs_dir=docs_dir)
+        self.records = records  # for callers that use the class directly (tests); fire prints nothing
+
+    def report(self, results_dir: str = "results", docs_file: str = "docs/results.md", docs_dir: str = "docs") -> None:
+        """Rebuild the ACDC section of ``docs_file`` (and the curve PNGs) from ``results_dir``."""
+        body = build_report(_path(results_dir), _path(docs_dir), _path(docs_file))
+        write_section(_path(docs_file), body)
+        print(f"wrote the ACDC section of {_path(docs_file)}", flush=True)
+
+
+if __name__ == "__main__":
+    fire.Fire(Benchmark)

@@ -1,0 +1,137 @@
+"""Tests of scripts/benchmark_acdc.py: command construction, report section, and one tiny end-to-end run.
+
+The end-to-end test trains and evaluates the ``labeled_only`` variant for 2 iterations on the built-in
+synthetic phantoms (``dataset_dir demo``), through the same subprocesses as the real benchmark
+(about 40 s on the 2-core CPU); it needs no ACDC data.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from fire import parser as fire_parser
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "scripts" / "benchmark_acdc.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("benchmark_acdc", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["benchmark_acdc"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+bm = _load()
+
+
+@pytest.mark.parametrize("value", [True, False, None, 0.0, 3, [], [8, 16, 32], ["bottleneck"], {"a": True}])
+def test_cli_value_round_trips_through_fire(value):
+    # monai.bundle parses its command line with fire: the token must come back as the same Python value
+    assert fire_parser.DefaultParseValue(bm.cli_value(value)) == value
+
+
+def test_cli_value_rejects_objects():
+    with pytest.raises(ValueError, match="cannot pass"):
+        bm.cli_value(object())
+
+
+@pytest.mark.parametrize("variant", sorted(bm.VARIANTS))
+def test_commands_carry_variant_and_protocol(variant, tmp_path):
+    proto = bm.PROTOCOLS["cpu"]
+    run_dir = tmp_path / "cpu" / "labeled7" / variant
+    train, evaluate = bm.build_commands(proto, variant, 7, "/data/acdc", run_dir, seed=5)
+
+    def pairs(cmd):
+        return {cmd[i][2:]: cmd[i + 1] for i in range(len(cmd) - 1) if cmd[i].startswith("--")}
+
+    t, e = pairs(train), pairs(evaluate)
+    assert train[3:5] == ["run", "training"]
+    assert t["labeled"] == "labeled_7_cases" and t["seed"] == "5" and t["dataset_dir"] == "/data/acdc"
+    assert "evaluate.yaml" in e["config_file"] and e["ckpt_path"].endswith("models/model.pt")
+    # evaluation rebuilds exactly the trained network: every training override is repeated
+    assert all(e[k] == v for k, v in t.items() if k != "config_file")
+    for key, value in bm.variant_overrides(variant, proto).items():
+        assert fire_parser.DefaultParseValue(t[key]) == value
+    # the schedule is the protocol's, identical for every variant
+    assert int(t["epochs"]) * int(t["iterations_per_epoch"]) == proto.iterations
+    assert int(t["image_size"]) == proto.image_size
+
+
+def test_variant_semantics():
+    cpu = bm.PROTOCOLS["cpu"]
+    lo = bm.variant_overrides("labeled_only", cpu)
+    assert lo["unsup_weight"] == 0 and lo["vq_levels"] == [] and lo["perturb"] is False
+    assert bm.variant_overrides("dropout_mt", cpu)["perturbation"] == "dropout"
+    assert bm.variant_overrides("vq_qpm", cpu)["recon_weight"] == 0
+    assert bm.variant_overrides("vq_qpm_rec", cpu)["fm_name"] == "none"
+    assert bm.variant_overrides("vqseg_full", cpu)["fm_name"] == "efficientnet_lite0"
+    assert bm.variant_overrides("vqseg_full", bm.PROTOCOLS["gpu_vit"])["fm_name"] == "dinov2"
+    eps = sorted(bm.variant_overrides(f"vqseg_full_eps{e}", cpu)["qpm_eps"] for e in (0.1, 0.3, 0.5, 0.7, 0.9))
+    assert eps == [0.1, 0.3, 0.5, 0.7, 0.9]
+    assert bm.variant_overrides("vqseg_full_shuffle", cpu)["qpm_mode"] == "shuffle"
+    with pytest.raises(ValueError, match="unknown variant"):
+        bm.variant_overrides("nope", cpu)
+
+
+def test_gpu_protocol_is_the_literature_schedule():
+    gpu = bm.PROTOCOLS["gpu"].schedule_overrides()
+    assert gpu["image_size"] == 256 and gpu["epochs"] * gpu["iterations_per_epoch"] == 30000
+    assert gpu["batch_size_labeled"] == 12 and gpu["batch_size_unlabeled"] == 12
+    assert bm.PROTOCOLS["gpu_vit"].image_size == 224
+
+
+def test_write_section_replaces_only_the_marked_text(tmp_path):
+    doc = tmp_path / "results.md"
+    doc.write_text(f"# T\nbefore\n{bm.MARK_START}\nold\n{bm.MARK_END}\nafter\n<!-- x:start -->keep<!-- x:end -->\n")
+    bm.write_section(doc, "new body\n")
+    text = doc.read_text()
+    assert "old" not in text and "new body" in text
+    assert text.startswith("# T\nbefore\n") and text.endswith("after\n<!-- x:start -->keep<!-- x:end -->\n")
+    other = tmp_path / "other.md"
+    bm.write_section(other, "body\n")  # no markers yet: a section is appended
+    assert bm.MARK_START in other.read_text() and "body" in other.read_text()
+
+
+def test_run_rejects_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="protocol"):
+        bm.Benchmark().run(protocol="tpu", dry_run=True)
+    with pytest.raises(ValueError, match="unknown variant"):
+        bm.Benchmark().run(variants=["nope"], dry_run=True, dataset_dir="demo")
+    with pytest.raises(ValueError, match="does not exist"):
+        bm.Benchmark().run(dataset_dir=str(tmp_path / "missing"), dry_run=True)
+
+
+def test_end_to_end_smoke(tmp_path):
+    """Train + evaluate + report one variant for 2 iterations on the demo phantoms."""
+    results, docs = tmp_path / "results", tmp_path / "docs"
+    doc = docs / "results.md"
+    docs.mkdir()
+    doc.write_text(f"# R\n{bm.MARK_START}\nNot run yet.\n{bm.MARK_END}\n")
+    b = bm.Benchmark()
+    b.run(protocol="smoke", labeled=3, variants=["labeled_only"], dataset_dir="demo", work_dir=str(tmp_path / "work"),
+          results_dir=str(results), docs_file=str(doc), docs_dir=str(docs), timeout=300)
+    (record,) = b.records
+    res = results / "acdc_smoke" / "labeled3" / "labeled_only"
+    assert record["status"] == "ok", record.get("error_tail")
+    saved = json.loads((res / "run.json").read_text())
+    assert "monai.bundle run training" in saved["train_command"] and saved["environment"]["torch"]
+    with open(res / "metrics_summary.csv") as f:
+        classes = {r["class_name"] for r in csv.DictReader(f)}
+    assert {"RV", "Myo", "LV", "mean"} <= classes
+    with open(res / "curve.csv") as f:
+        curve = list(csv.DictReader(f))
+    assert [int(r["iteration"]) for r in curve] == [2] and 0.0 <= float(curve[0]["val_mean_dice"]) <= 1.0
+    text = doc.read_text()
+    assert "Not run yet" not in text and "| labeled_only |" in text
+    assert (docs / "acdc_curves_smoke_3.png").stat().st_size > 0
+    # a finished run is skipped, not retrained
+    b.run(protocol="smoke", labeled=3, variants=["labeled_only"], dataset_dir="demo", work_dir=str(tmp_path / "work"),
+          results_dir=str(results), docs_file=str(doc), docs_dir=str(docs), report=False)
+    assert b.records[0]["train_seconds"] == record["train_seconds"]

@@ -1,0 +1,147 @@
+"""The batched on-device augmentation samples the same distribution as the MONAI per-sample pipelines."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from speed_helpers import SIZE, assert_same_distribution, marker_image, strong_stats, weak_stats
+from vqseg_bundle.transforms import labeled_transforms, strong_intensity_transforms, unlabeled_transforms
+from vqseg_bundle.transforms.batched import (
+    BatchedLabeledAugment,
+    BatchedStrongAugment,
+    BatchedUnlabeledAugment,
+    BatchedWeakAugment,
+    gaussian_erf_kernels,
+)
+from monai.transforms import Compose
+from monai.networks.layers import GaussianFilter
+
+N = 300
+WEAK_NAMES = ["mass", "centroid_x", "centroid_y", "padded", "bright", "bg", "class1", "class2"]
+STRONG_NAMES = ["mean", "std", "min", "max", "hf_energy"]
+
+
+def _monai_labeled(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    image, label = marker_image()
+    t = labeled_transforms()
+    t.set_random_state(seed=seed)
+    items = [t({"image": image.clone(), "label": label.clone()}) for _ in range(n)]
+    return torch.stack([torch.as_tensor(i["image"]) for i in items]), torch.stack([torch.as_tensor(i["label"]) for i in items])
+
+
+def _batched_labeled(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    image, label = marker_image()
+    g = torch.Generator().manual_seed(seed)
+    out = BatchedLabeledAugment()({"image": image.expand(n, -1, -1, -1).clone(), "label": label.expand(n, -1, -1, -1).clone()}, g)
+    return out["image"], out["label"]
+
+
+def test_weak_identity_and_flips_are_exact():
+    image, label = marker_image()
+    x, y = image[None].repeat(3, 1, 1, 1), label[None].repeat(3, 1, 1, 1)
+    ident = BatchedWeakAugment(rotate_prob=0.0, flip_prob=0.0, zoom_prob=0.0)
+    xi, yi = ident(x, y)
+    assert torch.allclose(xi, x, atol=1e-4) and torch.equal(yi, y)
+    flip = BatchedWeakAugment(rotate_prob=0.0, flip_prob=1.0, zoom_prob=0.0)
+    xf, yf = flip(x, y)
+    assert torch.allclose(xf, x.flip(-1, -2), atol=1e-4) and torch.equal(yf, y.flip(-1, -2))
+
+
+def test_weak_zoom_in_matches_interpolation_centre_crop():
+    image, _ = marker_image(64)
+    zoom = BatchedWeakAugment(rotate_prob=0.0, flip_prob=0.0, zoom_range=(2.0, 2.0), zoom_prob=1.0)
+    out, _ = zoom(image[None])
+    ref = F.interpolate(image[None], scale_factor=2.0, mode="bilinear", align_corners=False)[..., 32:96, 32:96]
+    assert torch.allclose(out, ref, atol=1e-4)
+
+
+def test_weak_moves_label_with_image():
+    image, label = marker_image()
+    g = torch.Generator().manual_seed(3)
+    x, y = BatchedWeakAugment(rotate_prob=1.0, zoom_prob=1.0)(image[None].repeat(16, 1, 1, 1), label[None].repeat(16, 1, 1, 1), g)
+    bright = x[:, 0] > 0.95
+    # where the image is still clearly inside the bright square, the label says class 2
+    assert bright.any() and (y[:, 0][bright] == 2).float().mean() > 0.97
+    assert y.dtype == torch.long and set(y.unique().tolist()) <= {0, 1, 2}
+
+
+def test_labeled_distribution_matches_monai():
+    xm, ym = _monai_labeled(N)
+    xb, yb = _batched_labeled(N)
+    assert xb.shape == xm.shape == (N, 1, SIZE, SIZE) and yb.shape == ym.shape and yb.dtype == ym.dtype
+    assert_same_distribution(weak_stats(xm, ym), weak_stats(xb, yb), WEAK_NAMES, atol=0.01)
+
+
+def test_labeled_distribution_test_detects_a_different_distribution():
+    """The comparison has power: a pipeline without rotations is told apart."""
+    xm, ym = _monai_labeled(N)
+    image, label = marker_image()
+    g = torch.Generator().manual_seed(0)
+    x, y = BatchedWeakAugment(rotate_prob=0.0)(image.expand(N, -1, -1, -1).clone(), label.expand(N, -1, -1, -1).clone(), g)
+    with pytest.raises(AssertionError):
+        assert_same_distribution(weak_stats(xm, ym), weak_stats(x, y), WEAK_NAMES, atol=0.01)
+
+
+def test_strong_distribution_matches_monai():
+    image, _ = marker_image()
+    t = Compose(strong_intensity_transforms("image"))
+    t.set_random_state(seed=1)
+    xm = torch.stack([torch.as_tensor(t({"image": image.clone()})["image"]) for _ in range(N)])
+    g = torch.Generator().manual_seed(1)
+    xb = BatchedStrongAugment()(image.expand(N, -1, -1, -1).clone(), g)
+    assert_same_distribution(strong_stats(xm), strong_stats(xb), STRONG_NAMES, atol=1e-3)
+    # and a weaker noise is detected
+    xw = BatchedStrongAugment(noise_std=0.01)(image.expand(N, -1, -1, -1).clone(), g)
+    with pytest.raises(AssertionError):
+        assert_same_distribution(strong_stats(xm), strong_stats(xw), STRONG_NAMES, atol=1e-3)
+
+
+def test_unlabeled_views_match_monai_and_stay_aligned():
+    image, _ = marker_image()
+    t = unlabeled_transforms()
+    t.set_random_state(seed=2)
+    items = [t({"image": image.clone()}) for _ in range(N)]
+    g = torch.Generator().manual_seed(2)
+    out = BatchedUnlabeledAugment()({"image": image.expand(N, -1, -1, -1).clone()}, g)
+    assert set(out) == {"image", "image_s1", "image_s2"}
+    for key in out:
+        xm = torch.stack([torch.as_tensor(i[key]) for i in items])
+        assert out[key].shape == xm.shape and out[key].dtype == torch.float32
+        assert_same_distribution(strong_stats(xm), strong_stats(out[key]), STRONG_NAMES, atol=1e-3)
+    assert_same_distribution(
+        weak_stats(torch.stack([torch.as_tensor(i["image"]) for i in items])), weak_stats(out["image"]), WEAK_NAMES[:5], atol=0.01
+    )
+    # strong views are pixel-aligned with the weak view (intensity-only) and independent of each other
+    w, s1, s2 = out["image"], out["image_s1"], out["image_s2"]
+    corr = torch.stack([torch.corrcoef(torch.stack([w[i].flatten(), s1[i].flatten()]))[0, 1] for i in range(20)])
+    assert corr.mean() > 0.8
+    assert not torch.allclose(s1, s2)
+
+
+def test_blur_kernels_equal_monai_gaussian_filter():
+    sigmas = torch.tensor([0.1, 0.4, 0.9, 1.5])
+    k = gaussian_erf_kernels(sigmas, tail=6)
+    x = torch.zeros(1, 1, 31, 31)
+    x[0, 0, 15, 15] = 1.0
+    for i, s in enumerate(sigmas.tolist()):
+        ref = GaussianFilter(2, [s, s])(x)[0, 0]
+        mine = torch.outer(k[i], k[i])
+        assert torch.allclose(ref[9:22, 9:22], mine, atol=1e-6)
+        assert torch.allclose(ref.sum(), mine.sum(), atol=1e-6)
+
+
+def test_batched_augment_bad_input():
+    with pytest.raises(ValueError, match="B, C, H, W"):
+        BatchedStrongAugment()(torch.rand(4, 8, 8))
+    with pytest.raises(ValueError, match="label"):
+        BatchedWeakAugment()(torch.rand(2, 1, 8, 8), torch.zeros(3, 1, 8, 8, dtype=torch.long))
+    with pytest.raises(ValueError, match="probability"):
+        BatchedWeakAugment(rotate_prob=1.5)
+    with pytest.raises(ValueError, match="low <= high"):
+        BatchedStrongAugment(gamma_range=(1.5, 0.7))
+    with pytest.raises(ValueError, match="must not set"):
+        BatchedUnlabeledAugment(strong={"key": "image"})
+    with pytest.raises(ValueError, match="'label'"):
+        BatchedLabeledAugment()({"image": torch.rand(2, 1, 8, 8)})
