@@ -328,6 +328,8 @@ def environment(device: str) -> dict:
     import torch
 
     env = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "load_avg": "/".join(f"{x:.1f}" for x in os.getloadavg()),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "monai": monai.__version__,
@@ -440,6 +442,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 r = json.loads(lines[-1][len("RESULT "):])
         r["wall_s"] = time.perf_counter() - t0
         results.append(r)
+        print("# result " + json.dumps(r), file=sys.stderr, flush=True)  # partial results survive an interrupted run
         print(f"# done {b} eps={e} {v}: " + (f"{r['ms_per_it']:.1f} ms/it" if "ms_per_it" in r else r["error"]),
               file=sys.stderr, flush=True)
     env = environment(args.device)

@@ -218,3 +218,15 @@ def test_infinite_loader_cycles_and_reshuffles():
     assert loader.sampler.epochs == [0, 1, 2]
     with pytest.raises(ValueError, match="no batch"):
         InfiniteLoader(_Loader([]))
+
+
+def test_bf16_channels_last_clipping_and_masked_dice_switches():
+    trainer, net, _, _ = make_trainer(
+        epoch_length=1, amp=True, amp_dtype="bfloat16", channels_last=True, grad_clip_norm=1.0,
+        unsup_dice_weight=0.5, cutmix=None,
+    )
+    trainer.run()
+    out = trainer.state.output[0]
+    assert "loss_unsup_dice" in out and torch.isfinite(out["loss"])
+    assert float(out["grad_norm"]) > 0
+    assert all(torch.isfinite(p).all() for p in net.parameters())
