@@ -28,7 +28,7 @@ def _overrides(tmp: Path, demo_dir: str, vit: bool = False, **extra) -> dict:
 def unet_run(tmp_path_factory, demo_dir):
     """One real CLI training run of the U-Net variant (with the EfficientNet-Lite0 PFA foundation model)."""
     tmp = tmp_path_factory.mktemp("unet_run")
-    args = ["--config_file", TRAIN] + cli_args(_overrides(tmp, demo_dir))
+    args = ["--config_file", TRAIN] + cli_args(_overrides(tmp, demo_dir, fm_name="efficientnet_lite0"))
     proc = run_cli(args)
     return tmp, proc
 
@@ -45,7 +45,7 @@ def test_cli_training_writes_flat_teacher_and_logs_terms(unet_run, demo_dir):
     assert all(torch.is_tensor(v) for v in state.values())
     parser = ConfigParser()
     parser.read_config(TRAIN)
-    parser.update(_overrides(tmp, demo_dir))
+    parser.update(_overrides(tmp, demo_dir, fm_name="efficientnet_lite0"))
     net = parser.get_parsed_content("network_def")
     net.load_state_dict(state, strict=True)
     # resumable checkpoint under output_dir with everything needed to continue
