@@ -104,21 +104,33 @@ class Protocol:
 
 
 PROTOCOLS: dict[str, Protocol] = {
-    # Fits the 2-core development CPU while other jobs share it: 64 px slices, a half-width U-Net
-    # (16..256 -> 8..128 channels, about 4x fewer FLOPs), batch 4 + 4, 500 iterations, one thread,
-    # validation every 100 iterations on the 20 volumes. Every variant gets exactly this schedule.
-    # (Measured at load ~9 on the 2 cores: a full VQ-Seg step at 96 px took 4.5 s with one thread.)
+    # Fits the 2-core development CPU while other jobs share it: the literature's U-Net (16..256) on 64 px
+    # slices, batch 4 + 4, 400 iterations, one thread, validation every 100 iterations on the 20 volumes.
+    # The literature's SGD lr 0.01 does not leave the all-background solution within such a budget
+    # (measured: validation Dice 0.0 after 200 iterations at SGD 0.01 and 0.05, and with a half-width
+    # U-Net), so this protocol uses AdamW lr 1e-3 with the same poly decay. Every variant gets exactly
+    # this schedule.
     "cpu": Protocol(
         name="cpu",
-        description="64 px, U-Net widths 8-128, batch 4 + 4, 500 iterations (SGD poly), 1 thread, validation every 100",
+        description="64 px U-Net (16-256), batch 4 + 4, 400 iterations, AdamW lr 1e-3 poly, 1 thread, validation every 100",
         config_files=("configs/train.yaml",),
         image_size=64,
-        iterations=500,
+        iterations=400,
         val_every=100,
         batch_labeled=4,
         batch_unlabeled=4,
         threads=1,
-        overrides={"network_def#features": [8, 16, 32, 64, 128], "num_workers": 0, "log_every": 10},
+        overrides={
+            "train#optimizer": {
+                "_target_": "torch.optim.AdamW",
+                "params": "$@network.parameters()",
+                "lr": "@lr",
+                "weight_decay": "@weight_decay",
+            },
+            "lr": 0.001,
+            "num_workers": 0,
+            "log_every": 10,
+        },
     ),
     # The literature's U-Net schedule (UniMatch / SSL4MIS ACDC): 256 px, 30k iterations, batch 12 + 12.
     "gpu": Protocol(
@@ -214,9 +226,6 @@ def variant_overrides(variant: str, protocol: Protocol) -> dict[str, Any]:
     out = {}
     for key, value in VARIANTS[variant]["overrides"].items():
         out[key] = protocol.fm_name if value == "@PFA" else value
-    if protocol.name == "gpu_vit":
-        # the ViT config quantizes its deepest level; a VQ-free baseline still sets vq_levels []
-        out.pop("network_def#features", None)
     return out
 
 
@@ -653,6 +662,7 @@ def build_report(results_dir: Path, docs_dir: Path, docs_file: Path) -> str:
                         f"{_f(s['late_loss_unsup'], 1, 3)} | {_f(s['late_loss_vq'], 1, 3)} | "
                         f"{_f(s['late_loss_rec_unlabeled'], 1, 3)} | {_f(s['late_loss_align'], 1, 3)} |"
                     )
+                lines += _target_lines(protocol, labeled, summaries)
                 png = docs_dir / f"acdc_curves_{protocol}_{labeled}.png"
                 _plot(protocol, labeled, summaries, png)
                 lines += ["", f"![learning curves]({os.path.relpath(png, docs_file.parent)})", ""]
@@ -665,6 +675,31 @@ def build_report(results_dir: Path, docs_dir: Path, docs_file: Path) -> str:
                 lines.append(f"* `{name}`: {rec.get('variant_description')}; overrides `{json.dumps(rec.get('overrides'))}`")
             lines += ["", f"Exact commands: `{_rel(ldir)}/<variant>/run.json`.", ""]
     return "\n".join(lines) + "\n"
+
+
+def _target_lines(protocol: str, labeled: int, summaries: dict[str, dict[str, Any]]) -> list[str]:
+    """The issue's targets, checked against this table (mean Dice, percentage points).
+
+    CPU protocol, 3 patients: vqseg_full >= 15 points above labeled_only and above dropout_mt (shown for the
+    strict reading, >= 15 above both, and the lenient one, > 0 above dropout_mt). GPU protocols: mean Dice
+    >= 89.0 (3 patients) / 90.0 (7 patients).
+    """
+    full = summaries.get("vqseg_full")
+    if full is None:
+        return []
+    out = ["", "Targets:", ""]
+    for base in ("labeled_only", "dropout_mt"):
+        if base in summaries:
+            gain = 100 * (full["dice"] - summaries[base]["dice"])
+            verdict = "met" if gain >= 15 else ("above, but by less than 15" if gain > 0 else "missed")
+            out.append(f"* vqseg_full vs {base}: {gain:+.1f} Dice points (target: >= +15): {verdict}")
+    if protocol.startswith("gpu"):
+        goal = 89.0 if labeled == 3 else 90.0
+        out.append(
+            f"* vqseg_full mean Dice {100 * full['dice']:.1f} (target >= {goal:.1f}): "
+            f"{'met' if 100 * full['dice'] >= goal else 'missed'}"
+        )
+    return out
 
 
 def _rel(path: Path) -> str:
