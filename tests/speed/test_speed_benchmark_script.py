@@ -47,7 +47,7 @@ def test_table_has_one_row_per_result_and_marks_errors():
 def test_tiny_run_drives_the_bundle_trainer(tmp_path):
     results = bench.main(
         ["--backbone", "unet", "--eps", "0.7", "--warmup", "1", "--iterations", "2", "--inprocess",
-         "--threads", "1", "--set", TINY_UNET, "--data_cache_dir", str(tmp_path / "demo"),
+         "--threads", "1", "--set", TINY_UNET,
          "--json", str(tmp_path / "r.json")]
     )
     (r,) = results
