@@ -37,6 +37,14 @@ if ! $PY -c "import monai, ignite, nibabel" 2>/dev/null; then
     fi
 fi
 CACHE=/tmp/vqseg_demo_data
+# smoke-testing this script without a GPU: SKIP_TESTS=1 SKIP_COMPILE=1 DEVICE=cpu ITERS=1 WARMUP=1 BACKBONES=unet \\
+#     BENCH_SET='{"image_size": 32, ...}' PYTHON=.venv/bin/python bash scripts/gpu_checks.sh
+DEVICE=${DEVICE:-cuda}
+ITERS=${ITERS:-30}
+WARMUP=${WARMUP:-5}
+BACKBONES=${BACKBONES:-unet,vit}
+SET=()
+if [ -n "${BENCH_SET:-}" ]; then SET=(--set "$BENCH_SET"); fi
 
 {
     date -u
@@ -45,20 +53,20 @@ CACHE=/tmp/vqseg_demo_data
 } 2>&1 | tee "$OUT/env.txt"
 
 echo "== correctness" | tee "$OUT/checks.log"
-timeout 150 $PY -m pytest -q -p no:cacheprovider tests/speed tests/networks/test_net_qpm.py tests/networks/test_net_quantizer.py 2>&1 | tail -25 | tee -a "$OUT/checks.log"
+[ -n "${SKIP_TESTS:-}" ] || timeout 150 $PY -m pytest -q -p no:cacheprovider tests/speed tests/networks/test_net_qpm.py tests/networks/test_net_quantizer.py 2>&1 | tail -25 | tee -a "$OUT/checks.log"
 
 echo "== speed: main table" | tee -a "$OUT/checks.log"
-timeout 240 $PY scripts/benchmark_speed.py --device cuda --inprocess --backbone unet,vit --eps 0.1,0.7 \
-    --variants fp32,bf16_cl --data batched --warmup 5 --iterations 30 --validation --data_cache_dir "$CACHE" \
+timeout 240 $PY scripts/benchmark_speed.py --device "$DEVICE" --inprocess --backbone "$BACKBONES" --eps 0.1,0.7 \
+    --variants fp32,bf16_cl --data batched --warmup "$WARMUP" --iterations "$ITERS" --validation --data_cache_dir "$CACHE" "${SET[@]}" \
     --json "$OUT/bench_main.json" 2>&1 | tee "$OUT/bench_main.txt" | grep -v "^# done"
 
 echo "== speed: MONAI DataLoader path (before)" | tee -a "$OUT/checks.log"
-timeout 90 $PY scripts/benchmark_speed.py --device cuda --inprocess --backbone unet --eps 0.7 --variants fp32,bf16_cl \
-    --data monai --num_workers 8 --warmup 5 --iterations 20 --data_cache_dir "$CACHE" \
+timeout 90 $PY scripts/benchmark_speed.py --device "$DEVICE" --inprocess --backbone unet --eps 0.7 --variants fp32,bf16_cl \
+    --data monai --num_workers 8 --warmup "$WARMUP" --iterations "$ITERS" --data_cache_dir "$CACHE" "${SET[@]}" \
     --json "$OUT/bench_monai.json" 2>&1 | tee "$OUT/bench_monai.txt" | grep -v "^# done"
 
 echo "== speed: torch.compile" | tee -a "$OUT/checks.log"
-timeout 200 $PY scripts/benchmark_speed.py --device cuda --inprocess --backbone unet --eps 0.7 --variants bf16_cl_compile \
-    --data batched --warmup 5 --iterations 30 --data_cache_dir "$CACHE" \
+[ -n "${SKIP_COMPILE:-}" ] || timeout 200 $PY scripts/benchmark_speed.py --device "$DEVICE" --inprocess --backbone unet --eps 0.7 --variants bf16_cl_compile \
+    --data batched --warmup "$WARMUP" --iterations "$ITERS" --data_cache_dir "$CACHE" "${SET[@]}" \
     --json "$OUT/bench_compile.json" 2>&1 | tee "$OUT/bench_compile.txt" | grep -v "^# done"
 echo "done; results in $OUT"
