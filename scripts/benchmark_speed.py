@@ -447,6 +447,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
               file=sys.stderr, flush=True)
     env = environment(args.device)
     print("environment: " + ", ".join(f"{k}={v}" for k, v in env.items()))
+    if args.device == "cpu" and os.getloadavg()[0] > (os.cpu_count() or 1):
+        # measured on the 2-core CPU: with other processes running, OpenMP threads spin-waiting for a
+        # descheduled peer made a small step 70x slower with 2 threads than with 1
+        print(
+            f"warning: load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores: other processes compete, "
+            "timings are inflated; prefer --threads 1 (or OMP_WAIT_POLICY=PASSIVE) on a shared machine"
+        )
     print(f"command: python scripts/benchmark_speed.py {' '.join(passthrough)}")
     print(f"iterations: {args.warmup} warm-up + {args.iterations} timed (median); data backend: {args.data}")
     print(format_table(results))

@@ -16,6 +16,8 @@ from .quantizer import VectorQuantizer
 __all__ = ["VQSegNetworkBase", "parse_levels"]
 
 RECON_INPUTS = ("all", "quantized")
+# where the PFA alignment gradient goes (see VQSegNetworkBase.pfa_gradient)
+PFA_GRADIENTS = ("codebook", "straight_through")
 DEEPEST_ALIASES = ("bottleneck", "deepest", "last")
 
 
@@ -96,6 +98,7 @@ class VQSegNetworkBase(nn.Module):
         pfa_level,
         max_chunk_elements: int,
         codebook_seed: int | None,
+        pfa_gradient: str = "codebook",
     ) -> None:
         cls = type(self).__name__
         num_levels = len(level_channels)
@@ -177,6 +180,38 @@ class VQSegNetworkBase(nn.Module):
             else:
                 (self.pfa_level,) = parse_levels([pfa_level], num_levels, f"{cls}.pfa_level")
             self.adapter = PFAAdapter(self.level_channels[self.pfa_level], int(pfa_channels))
+        self.pfa_gradient = pfa_gradient
+
+    @property
+    def pfa_gradient(self) -> str:
+        """Which parameters the PFA alignment loss trains through a quantized ``pfa_level``.
+
+        * ``"codebook"`` (default): the adapter reads the selected codewords themselves (same values as the
+          post-VQ map), so the alignment gradient reaches the adapter and the SimVQ codebook mapping but not
+          the encoder.
+        * ``"straight_through"`` (the paper's literal reading): the adapter reads the straight-through map,
+          so the alignment gradient, evaluated at the codeword, is copied onto the encoder's pre-VQ features
+          and the codebook gets none of it.
+
+        Why ``"codebook"`` is the default: measured on the demo data (U-Net, 64 px, EfficientNet-Lite0,
+        weight 5, T 0.1), the straight-through alignment gradient reaching the encoder is ~10^3 x the
+        supervised one at initialisation and ~500 x after 40 steps; since moving ``z`` does not change the
+        forward value until its code switches, it drives ``z`` steadily away from the codebook (pre-VQ rms
+        1.0 -> 2.9 with codewords at 0.05 in 40 steps), the VQ loss explodes (0.85 -> 34.6 after 100
+        iterations), usage collapses (84 % -> 18 %) and validation Dice goes to 0. Routing the alignment to
+        the codebook keeps the codebook / commitment loss at its no-PFA level and aligns the token space
+        itself, which is what the post-VQ adapter is meant to shape. Without a quantized ``pfa_level`` both
+        modes are the same (the features there are not quantized).
+        """
+        return self._pfa_gradient
+
+    @pfa_gradient.setter
+    def pfa_gradient(self, mode: str) -> None:
+        if mode not in PFA_GRADIENTS:
+            raise ValueError(
+                f"{type(self).__name__}: pfa_gradient must be one of {PFA_GRADIENTS}, got {mode!r}."
+            )
+        self._pfa_gradient = mode
 
     # ------------------------------------------------------------------ hooks for subclasses
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:  # pragma: no cover - abstract
@@ -236,7 +271,7 @@ class VQSegNetworkBase(nn.Module):
         self._check_input(x)
         features = self.encode(x)
         post = list(features)
-        pre_vq, post_vq, indices, codebooks = [], [], [], {}
+        pre_vq, post_vq, indices, codebooks, codes = [], [], [], {}, {}
         vq_loss = x.new_zeros((), dtype=torch.float32)
         terms: dict[str, torch.Tensor] = {}
         for key, quantizer in self.quantizers.items():
@@ -247,6 +282,7 @@ class VQSegNetworkBase(nn.Module):
             post_vq.append(out.quantized)
             indices.append(out.indices)
             codebooks[level] = (out.indices, out.codebook)
+            codes[level] = out.codes
             vq_loss = vq_loss + out.loss
             for name, value in out.loss_terms.items():
                 terms[name] = terms[name] + value if name in terms else value
@@ -285,7 +321,11 @@ class VQSegNetworkBase(nn.Module):
             reconstruction = self.decode_rec(rec_input, out_size)
         aligned = None
         if self.adapter is not None and align_size is not None:
-            aligned = self.adapter(post[self.pfa_level], align_size)
+            pfa_input = post[self.pfa_level]
+            if self.pfa_gradient == "codebook" and self.pfa_level in codes:
+                # same values as the straight-through map; gradient to the codebook mapping only
+                pfa_input = codes[self.pfa_level].to(pfa_input.dtype)
+            aligned = self.adapter(pfa_input, align_size)
         return VQSegOutput(
             seg_logits=seg_logits,
             reconstruction=reconstruction,

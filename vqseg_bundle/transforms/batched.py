@@ -14,10 +14,13 @@ tested in ``tests/speed``):
 * weak (geometric), applied identically to an image and its label: rotation ``U(-a, a)`` with
   probability ``rotate_prob``, a flip of each in-plane axis with probability ``flip_prob`` each, a
   zoom ``U(zoom_range)`` with probability ``zoom_prob``; zero padding, bilinear for images and
-  nearest for labels. All three are affine maps about the image centre, so they are composed into
-  one matrix and resampled once (``affine_grid`` + ``grid_sample``); MONAI resamples after the
-  rotation and again after the zoom, so its images are very slightly smoother (two bilinear
-  interpolations instead of one) and its zoom crop / pad can be off by half a pixel.
+  nearest for labels. All three are affine maps, so they are composed into one matrix and resampled
+  once (``affine_grid`` + ``grid_sample``). A rotation alone equals MONAI's ``Rotate`` and a zoom alone
+  MONAI's ``Zoom(keep_size=True)`` (its integer resize, symmetric pad / centre crop and border
+  clamping are reproduced; tested). Differences that remain: MONAI resamples twice when a sample is
+  both rotated and zoomed (slightly smoother images), and its zoom of labels uses legacy
+  ``interpolate(mode="nearest")``, which shifts labels by up to half a pixel against the image;
+  here labels are sampled at pixel centres, aligned with the image.
 * strong (intensity only), drawn independently per sample and per view: gamma contrast with
   retained mean / std (``RandAdjustContrastd(retain_stats=True)``), intensity scaling ``x (1 + u)``,
   shift ``x + u`` (each with ``contrast_prob``), Gaussian blur with ``sigma_h, sigma_w ~ U(blur_sigma)``
