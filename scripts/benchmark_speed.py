@@ -323,7 +323,7 @@ def run_one(args: argparse.Namespace, backbone: str, eps: float, variant: str) -
 
 
 # ---------------------------------------------------------------------------------------------- driver
-def environment(device: str) -> dict:
+def environment(device: str, threads: int = 0) -> dict:
     import monai
     import torch
 
@@ -336,7 +336,7 @@ def environment(device: str) -> dict:
         "platform": platform.platform(),
         "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
-        "threads": torch.get_num_threads(),
+        "threads": threads if threads > 0 else torch.get_num_threads(),
         "device": device,
     }
     if device.startswith("cuda") and torch.cuda.is_available():
@@ -445,7 +445,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print("# result " + json.dumps(r), file=sys.stderr, flush=True)  # partial results survive an interrupted run
         print(f"# done {b} eps={e} {v}: " + (f"{r['ms_per_it']:.1f} ms/it" if "ms_per_it" in r else r["error"]),
               file=sys.stderr, flush=True)
-    env = environment(args.device)
+    env = environment(args.device, args.threads)
     print("environment: " + ", ".join(f"{k}={v}" for k, v in env.items()))
     if args.device == "cpu" and os.getloadavg()[0] > (os.cpu_count() or 1):
         # measured on the 2-core CPU: with other processes running, OpenMP threads spin-waiting for a
