@@ -105,3 +105,13 @@ def test_alignment_does_not_drive_features_off_the_codebook() -> None:
     first_st, last_st = _train("straight_through")
     assert last_cb <= 1.5 * first_cb, (first_cb, last_cb)
     assert last_cb < last_st, (last_cb, last_st)
+
+
+def test_pfa_gradient_is_a_constructor_option():
+    """Both backbones take pfa_gradient from their constructor (so configs can select the paper's routing)."""
+    from vqseg_bundle.networks import VQSegUNet
+
+    net = VQSegUNet(features=(4, 8, 8), codebook_size=8, pfa_channels=6, pfa_gradient="straight_through")
+    assert net.pfa_gradient == "straight_through"
+    with pytest.raises(ValueError, match="pfa_gradient"):
+        VQSegUNet(features=(4, 8, 8), codebook_size=8, pfa_channels=6, pfa_gradient="encoder")

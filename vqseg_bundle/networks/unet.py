@@ -57,6 +57,9 @@ class VQSegUNet(VQSegNetworkBase):
             :class:`~vqseg_bundle.networks.qpm.QuantizedPerturbation`.
         pfa_channels: channels of the foundation model for the PFA adapter; ``None`` = no adapter.
         pfa_level: level the adapter reads (default: the deepest quantized level).
+        pfa_gradient: where the PFA alignment gradient goes: ``"codebook"`` (default: the codebook mapping
+            and adapter; the encoder gets none, which keeps PFA from pushing features off the codebook) or
+            ``"straight_through"`` (the paper's routing through the straight-through estimator).
         max_chunk_elements: memory bound (float32 elements) of one ``(tokens, K)`` block in the nearest-code
             search and in QPM.
         codebook_seed: seed of the frozen base codebooks (level l uses ``seed + l``).
@@ -93,6 +96,7 @@ class VQSegUNet(VQSegNetworkBase):
         qpm_strategy: str = "auto",
         pfa_channels: int | None = None,
         pfa_level: int | str | None = None,
+        pfa_gradient: str = "codebook",
         max_chunk_elements: int = 2**24,
         codebook_seed: int | None = 0,
     ) -> None:
@@ -153,6 +157,7 @@ class VQSegUNet(VQSegNetworkBase):
             pfa_level,
             max_chunk_elements,
             codebook_seed,
+            pfa_gradient,
         )
 
     def _check_input(self, x: torch.Tensor) -> None:

@@ -182,7 +182,7 @@ class VQSegViT(VQSegNetworkBase):
         vit_kwargs: extra ``timm.create_model`` arguments (tiny models in tests).
         reconstruction, recon_input, vq_levels, codebook_size, commitment_beta, usage_entropy_weight,
         usage_entropy_temperature, perturbation, perturb_levels, dropout_rate, complementary_keep_ratio,
-        qpm_*, pfa_channels, pfa_level, max_chunk_elements, codebook_seed: as in
+        qpm_*, pfa_channels, pfa_level, pfa_gradient, max_chunk_elements, codebook_seed: as in
         :class:`~vqseg_bundle.networks.unet.VQSegUNet` (levels here are the four ViT levels).
     """
 
@@ -219,6 +219,7 @@ class VQSegViT(VQSegNetworkBase):
         qpm_strategy: str = "auto",
         pfa_channels: int | None = None,
         pfa_level: int | str | None = None,
+        pfa_gradient: str = "codebook",
         max_chunk_elements: int = 2**24,
         codebook_seed: int | None = 0,
     ) -> None:
@@ -283,6 +284,7 @@ class VQSegViT(VQSegNetworkBase):
             pfa_level,
             max_chunk_elements,
             codebook_seed,
+            pfa_gradient,
         )
 
     def _vit_input(self, x: torch.Tensor) -> torch.Tensor:
