@@ -39,7 +39,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -471,8 +471,11 @@ def run_one(
     run_dir.mkdir(parents=True)
     res_dir.mkdir(parents=True, exist_ok=True)
 
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     code, seconds = _run_logged(train_cmd, run_dir / "train.log", timeout, protocol.threads)
-    record.update(train_seconds=round(seconds, 1), train_returncode=code)
+    # wall times depend on what else shares the machine: keep the 1-minute load average around the run
+    record.update(train_seconds=round(seconds, 1), train_returncode=code,
+                  load_average=[load_before, os.getloadavg()[0] if hasattr(os, "getloadavg") else None])
     (res_dir / "train_log_tail.txt").write_text(_tail(run_dir / "train.log"))
     print(f"training: exit {code}, {seconds:.0f} s", flush=True)
     if code != 0 or not (run_dir / "models" / "model.pt").exists():
@@ -806,8 +809,6 @@ class Benchmark:
             raise ValueError(f"--protocol must be one of {sorted(PROTOCOLS)}, got {protocol!r}")
         proto = PROTOCOLS[protocol]
         if iterations is not None or val_every is not None:
-            from dataclasses import replace
-
             proto = replace(proto, iterations=int(iterations or proto.iterations), val_every=int(val_every or proto.val_every))
         proto.schedule_overrides()  # validates the schedule
         counts = [int(n) for n in _as_list(labeled, "labeled")]
