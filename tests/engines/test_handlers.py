@@ -64,6 +64,9 @@ def test_latest_checkpoint_and_resume_path(tmp_path):
     assert resume_path(str(b), tmp_path) == str(b)
     with pytest.raises(FileNotFoundError):
         resume_path(str(tmp_path / "nope.pt"), tmp_path)
+    # the bundle CLI passes `--resume true` / `--resume false` as strings
+    assert resume_path("true", tmp_path) == str(a)
+    assert resume_path("False", tmp_path) is None
 
 
 def test_backbone_param_groups():

@@ -41,7 +41,10 @@ def resume_path(resume: bool | str, directory: str | os.PathLike) -> str | None:
     Raises:
         FileNotFoundError: resuming was asked for but no checkpoint exists.
     """
-    if resume is False or resume is None or resume == "":
+    if isinstance(resume, str) and resume.strip().lower() in ("true", "false", "none", ""):
+        # the bundle CLI (fire) passes `--resume true` as the string "true", not a bool
+        resume = {"true": True}.get(resume.strip().lower(), False)
+    if resume is False or resume is None:
         return None
     if resume is True:
         path = latest_checkpoint(directory)
