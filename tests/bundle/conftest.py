@@ -1,7 +1,6 @@
 """Fixtures of the end-to-end bundle tests."""
 
 import pytest
-import torch
 
 
 @pytest.fixture(scope="session")
@@ -11,8 +10,6 @@ def demo_dir(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
+    """Every test of this folder runs single-threaded (fixture in tests/conftest.py)."""
     yield
-    torch.set_num_threads(previous)

@@ -1,13 +1,9 @@
 """Single-threaded torch for the trainer tests (2 shared cores)."""
 
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    # the machine has 2 cores shared by parallel test runs; small ops are much faster single-threaded
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
+    """Every test of this folder runs single-threaded (fixture in tests/conftest.py)."""
     yield
-    torch.set_num_threads(previous)

@@ -56,6 +56,15 @@ def pseudo_labels_from_logits(logits: torch.Tensor) -> tuple[torch.Tensor, torch
     return labels, conf
 
 
+def _check_options(caller: str, threshold: float, reduction: str, denominator: str) -> None:
+    """Validate the options shared by the function and module forms; errors name ``caller``."""
+    check_reduction(reduction, caller)
+    if denominator not in DENOMINATORS:
+        raise ValueError(f"{caller}: denominator must be one of {DENOMINATORS}, got {denominator!r}.")
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"{caller}: threshold must be in [0, 1], got {threshold}.")
+
+
 def confidence_masked_cross_entropy(
     logits: torch.Tensor,
     pseudo_labels: torch.Tensor,
@@ -89,14 +98,7 @@ def confidence_masked_cross_entropy(
     Raises:
         ValueError: mismatched shapes, threshold outside [0, 1], unknown reduction / denominator.
     """
-    check_reduction(reduction, "confidence_masked_cross_entropy")
-    if denominator not in DENOMINATORS:
-        raise ValueError(
-            f"confidence_masked_cross_entropy: denominator must be one of {DENOMINATORS}, "
-            f"got {denominator!r}."
-        )
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"confidence_masked_cross_entropy: threshold must be in [0, 1], got {threshold}.")
+    _check_options("confidence_masked_cross_entropy", threshold, reduction, denominator)
     if logits.ndim < 3:
         raise ValueError(
             f"confidence_masked_cross_entropy: expected logits (B, C, H, W), got {tuple(logits.shape)}."
@@ -145,14 +147,7 @@ class ConfidenceMaskedCrossEntropy(nn.Module):
 
     def __init__(self, threshold: float = 0.95, reduction: str = "mean", denominator: str = "kept") -> None:
         super().__init__()
-        check_reduction(reduction, "ConfidenceMaskedCrossEntropy")
-        if denominator not in DENOMINATORS:
-            raise ValueError(
-                f"ConfidenceMaskedCrossEntropy: denominator must be one of {DENOMINATORS}, "
-                f"got {denominator!r}."
-            )
-        if not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"ConfidenceMaskedCrossEntropy: threshold must be in [0, 1], got {threshold}.")
+        _check_options("ConfidenceMaskedCrossEntropy", threshold, reduction, denominator)
         self.threshold = float(threshold)
         self.reduction = reduction
         self.denominator = denominator
