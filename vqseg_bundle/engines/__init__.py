@@ -18,6 +18,7 @@ from vqseg_bundle.engines.handlers import (
 )
 from vqseg_bundle.engines.loaders import InfiniteLoader
 from vqseg_bundle.engines.optim import backbone_param_groups
+from vqseg_bundle.engines.rampup import RAMPUP_SHAPES, rampup_factor
 from vqseg_bundle.engines.trainer import NAN_POLICIES, SemiSupervisedForward, SemiSupervisedTrainer
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "InfiniteLoader",
     "NAN_POLICIES",
     "NaNSkipLogger",
+    "RAMPUP_SHAPES",
     "ProgressBarHandler",
     "SemiSupervisedForward",
     "SemiSupervisedTrainer",
@@ -37,6 +39,7 @@ __all__ = [
     "latest_checkpoint",
     "make_teacher",
     "per_class_dice_metrics",
+    "rampup_factor",
     "resume_path",
     "scalar_output",
     "output_dict",

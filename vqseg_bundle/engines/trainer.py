@@ -11,9 +11,13 @@ MONAI has no semi-supervised trainer, so ``_iteration`` is written here; everyth
 4. the student runs in **one** call of :class:`SemiSupervisedForward` (so DDP sees one forward per
    backward): ``forward_train`` on the labeled batch without perturbation and on the two strong
    views concatenated (``2 B_u`` images) with perturbation (QPM);
-5. ``loss = w_sup * L_sup + w_unsup * L_unsup + w_unsup_dice * L_unsup_dice
+5. ``loss = w_sup * L_sup + r_t (w_unsup * L_unsup + w_unsup_dice * L_unsup_dice)
    + w_rec * (L1_rec(labeled) + L1_rec(unlabeled)) + w_align * InfoNCE(PFA, FM) + w_vq * L_vq``;
 6. backward, optional gradient clipping, optimizer step guarded against non-finite values.
+
+``r_t`` is the optional ramp-up factor of the pseudo-label terms (:func:`~vqseg_bundle.engines.rampup.rampup_factor`).
+When no loss term reads the unlabeled batch (labeled-only training: every unlabeled weight 0, or the
+network has nothing to train on it), steps 2-3 and the unlabeled branch are skipped.
 
 Events fire in MONAI's order: ``FORWARD_COMPLETED``, ``LOSS_COMPLETED``, ``BACKWARD_COMPLETED``,
 ``MODEL_COMPLETED``. ``engine.state.output`` is ``[dict]``, MONAI's decollated form (so that the stock
@@ -40,6 +44,7 @@ from torch.optim import Optimizer
 
 from vqseg_bundle.engines.ema import _unwrap
 from vqseg_bundle.engines.loaders import InfiniteLoader
+from vqseg_bundle.engines.rampup import RAMPUP_SHAPES, rampup_factor
 from vqseg_bundle.losses import (
     ConfidenceMaskedCrossEntropy,
     SupervisedSegLoss,
@@ -79,7 +84,7 @@ class SemiSupervisedForward(nn.Module):
     def forward(
         self,
         labeled: torch.Tensor,
-        unlabeled: torch.Tensor,
+        unlabeled: torch.Tensor | None,
         perturb: bool = True,
         generator: torch.Generator | None = None,
         align_size: Sequence[int] | None = None,
@@ -87,15 +92,18 @@ class SemiSupervisedForward(nn.Module):
         """
         Args:
             labeled: ``(B_l, C, H, W)`` labeled images, never perturbed.
-            unlabeled: ``(B_u', C, H, W)`` strong views, perturbed when ``perturb``.
+            unlabeled: ``(B_u', C, H, W)`` strong views, perturbed when ``perturb``; ``None`` skips the
+                unlabeled branch (labeled-only training).
             perturb: apply the network's feature perturbation (QPM) to the unlabeled branch.
             generator: random generator for the perturbation (on the inputs' device).
             align_size: ``(h, w)`` of the foundation model's feature grid, or ``None`` without PFA.
 
         Returns:
-            ``(VQSegOutput of labeled, VQSegOutput of unlabeled)``.
+            ``(VQSegOutput of labeled, VQSegOutput of unlabeled or None)``.
         """
         out_l = self.network.forward_train(labeled, perturb=False, generator=generator, align_size=align_size)
+        if unlabeled is None:
+            return out_l, None
         out_u = self.network.forward_train(unlabeled, perturb=perturb, generator=generator, align_size=align_size)
         return out_l, out_u
 
@@ -125,6 +133,8 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         foundation_model: nn.Module | None = None,
         sup_weight: float = 1.0,
         unsup_weight: float = 1.0,
+        unsup_rampup_iterations: int = 0,
+        unsup_rampup_shape: str = "sigmoid",
         unsup_dice_weight: float = 0.0,
         recon_weight: float = 1.0,
         align_weight: float = 5.0,
@@ -166,6 +176,10 @@ class SemiSupervisedTrainer(SupervisedTrainer):
                 (no alignment loss; the network then needs no adapter).
             sup_weight, unsup_weight, unsup_dice_weight, recon_weight, align_weight, vq_weight: loss
                 weights (>= 0). ``unsup_dice_weight`` adds a confidence-masked Dice to the pseudo-label CE.
+            unsup_rampup_iterations: the pseudo-label terms' weights (``unsup_weight``, ``unsup_dice_weight``)
+                ramp up from ~0 over this many iterations (0: constant from the first step, as in the paper);
+                the current factor is logged as ``output["unsup_rampup"]``.
+            unsup_rampup_shape: ``"sigmoid"`` (``exp(-5 (1 - t)^2)``, SSL4MIS) or ``"linear"``.
             align_temperature: InfoNCE temperature (> 0).
             perturb: perturb the student's unlabeled branch (QPM or the network's configured mode).
             grad_clip_norm: clip the global gradient norm to this value (``None``: no clipping).
@@ -196,6 +210,10 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         for name, value in weights.items():
             if float(value) < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
+        if int(unsup_rampup_iterations) < 0:
+            raise ValueError(f"unsup_rampup_iterations must be >= 0, got {unsup_rampup_iterations}")
+        if unsup_rampup_shape not in RAMPUP_SHAPES:
+            raise ValueError(f"unsup_rampup_shape must be one of {RAMPUP_SHAPES}, got {unsup_rampup_shape!r}")
         if align_temperature <= 0:
             raise ValueError(f"align_temperature must be > 0, got {align_temperature}")
         if nan_policy not in NAN_POLICIES:
@@ -266,6 +284,9 @@ class SemiSupervisedTrainer(SupervisedTrainer):
             for p in self.foundation_model.parameters():
                 p.requires_grad_(False)
         self.weights = {k: float(v) for k, v in weights.items()}
+        self.unsup_rampup_iterations = int(unsup_rampup_iterations)
+        self.unsup_rampup_shape = unsup_rampup_shape
+        self.uses_unlabeled = self._uses_unlabeled(plain)
         self.align_temperature = float(align_temperature)
         self.perturb = bool(perturb)
         self.grad_clip_norm = grad_clip_norm
@@ -284,6 +305,18 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         self.add_event_handler(Events.STARTED, self._start_unlabeled)
 
     # ------------------------------------------------------------------ helpers
+    def _uses_unlabeled(self, network: nn.Module) -> bool:
+        """Whether any loss term reads the unlabeled batch; when none does (labeled-only training) the
+        teacher and the student's unlabeled branch are skipped instead of computed with weight 0."""
+        w = self.weights
+        return (
+            w["unsup_weight"] > 0
+            or w["unsup_dice_weight"] > 0
+            or (w["recon_weight"] > 0 and bool(getattr(network, "reconstruction", False)))
+            or (w["align_weight"] > 0 and self.foundation_model is not None)
+            or (w["vq_weight"] > 0 and len(getattr(network, "vq_levels", ())) > 0)
+        )
+
     def _start_unlabeled(self, engine: Engine) -> None:
         # resumed runs re-seed the device generator with the step count, so a resume does not
         # replay the random draws of the first steps
@@ -362,11 +395,16 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         with torch.no_grad(), self._autocast():
             return self.foundation_model(images).float()
 
-    # ------------------------------------------------------------------ iteration
-    def _iteration(self, engine: Engine, batchdata: dict[str, torch.Tensor]) -> list[dict]:  # type: ignore[override]
-        """One semi-supervised step; returns ``engine.state.output``: ``[{name: detached scalar}]``."""
-        if batchdata is None:
-            raise ValueError("Must provide batch data for current iteration.")
+    def _unlabeled_step_inputs(self, engine: Engine) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Next unlabeled batch -> the student's CutMixed strong views and their pseudo-labels.
+
+        The EMA teacher labels the weak view with its plain forward (never perturbed): pseudo-labels =
+        argmax, confidence = max softmax; each strong view is CutMixed with its own boxes and partners,
+        which move the pseudo-labels and confidences identically.
+
+        Returns:
+            ``x_u`` ``(2 B_u, C, H, W)``, ``pseudo`` ``(2 B_u, H, W)`` long, ``confidence`` ``(2 B_u, H, W)``.
+        """
         if self._unlabeled_iter is None:
             self._start_unlabeled(engine)
         unlabeled = next(self._unlabeled_iter)
@@ -376,32 +414,36 @@ class SemiSupervisedTrainer(SupervisedTrainer):
                     f"unlabeled batch has no {key!r} (keys: {sorted(unlabeled)}); build the unlabeled dataset "
                     "with vqseg_bundle.transforms.unlabeled_transforms"
                 )
-        x_l = self._to_device(batchdata["image"], torch.float32)
-        y_l = self._to_device(batchdata["label"], torch.long)
-        if y_l.ndim == 4:
-            y_l = y_l[:, 0]
         x_w = self._to_device(unlabeled["image"], torch.float32)
         views = [self._to_device(unlabeled[k], torch.float32) for k in STRONG_KEYS]
-        w = self.weights
-        gen = self.generator
-
-        # teacher on the weak view: plain forward, never perturbed
         with torch.no_grad(), self._autocast():
             teacher_logits = self._teacher_forward(x_w)
         pseudo, conf = pseudo_labels_from_logits(teacher_logits.float())
-
-        # CutMix each strong view; the same boxes and partners move the pseudo-labels and confidences
         mixed, pls, confs = [], [], []
         for view in views:
             if self.cutmix is not None:
-                view, (pl_v, conf_v) = self.cutmix(view, [pseudo, conf], generator=gen)
+                view, (pl_v, conf_v) = self.cutmix(view, [pseudo, conf], generator=self.generator)
             else:
                 pl_v, conf_v = pseudo, conf
             mixed.append(view)
             pls.append(pl_v)
             confs.append(conf_v)
-        x_u = torch.cat(mixed)
-        pl_u, conf_u = torch.cat(pls), torch.cat(confs)
+        return torch.cat(mixed), torch.cat(pls), torch.cat(confs)
+
+    # ------------------------------------------------------------------ iteration
+    def _iteration(self, engine: Engine, batchdata: dict[str, torch.Tensor]) -> list[dict]:  # type: ignore[override]
+        """One semi-supervised step; returns ``engine.state.output``: ``[{name: detached scalar}]``."""
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        x_l = self._to_device(batchdata["image"], torch.float32)
+        y_l = self._to_device(batchdata["label"], torch.long)
+        if y_l.ndim == 4:
+            y_l = y_l[:, 0]
+        w = self.weights
+        gen = self.generator
+        x_u = pl_u = conf_u = None
+        if self.uses_unlabeled:
+            x_u, pl_u, conf_u = self._unlabeled_step_inputs(engine)
 
         fm_l = fm_u = None
         align_size = None
@@ -420,19 +462,26 @@ class SemiSupervisedTrainer(SupervisedTrainer):
 
         terms: dict[str, torch.Tensor] = {}
         terms["loss_sup"] = self.loss_function(out_l.seg_logits.float(), y_l)
-        unsup = self.unsupervised_loss(out_u.seg_logits, pl_u, conf_u)
-        terms["loss_unsup"] = unsup.loss
-        mask_ratio = unsup.kept_ratio
-        total = w["sup_weight"] * terms["loss_sup"] + w["unsup_weight"] * terms["loss_unsup"]
-        if w["unsup_dice_weight"] > 0:
-            threshold = getattr(self.unsupervised_loss, "threshold", 0.95)
-            keep = (conf_u >= threshold).unsqueeze(1).float()
-            terms["loss_unsup_dice"] = self.unsup_dice(out_u.seg_logits.float(), pl_u.unsqueeze(1), mask=keep)
-            total = total + w["unsup_dice_weight"] * terms["loss_unsup_dice"]
-        if out_l.reconstruction is not None and out_u.reconstruction is not None:
+        total = w["sup_weight"] * terms["loss_sup"]
+        mask_ratio = None
+        rampup = rampup_factor(engine.state.iteration - 1, self.unsup_rampup_iterations, self.unsup_rampup_shape)
+        if out_u is not None:
+            unsup = self.unsupervised_loss(out_u.seg_logits, pl_u, conf_u)
+            terms["loss_unsup"] = unsup.loss
+            mask_ratio = unsup.kept_ratio
+            total = total + rampup * w["unsup_weight"] * terms["loss_unsup"]
+            if w["unsup_dice_weight"] > 0:
+                threshold = getattr(self.unsupervised_loss, "threshold", 0.95)
+                keep = (conf_u >= threshold).unsqueeze(1).float()
+                terms["loss_unsup_dice"] = self.unsup_dice(out_u.seg_logits.float(), pl_u.unsqueeze(1), mask=keep)
+                total = total + rampup * w["unsup_dice_weight"] * terms["loss_unsup_dice"]
+        if out_l.reconstruction is not None:
             terms["loss_rec_labeled"] = reconstruction_l1_loss(out_l.reconstruction, x_l)
-            terms["loss_rec_unlabeled"] = reconstruction_l1_loss(out_u.reconstruction, x_u)
-            total = total + w["recon_weight"] * (terms["loss_rec_labeled"] + terms["loss_rec_unlabeled"])
+            rec = terms["loss_rec_labeled"]
+            if out_u is not None and out_u.reconstruction is not None:
+                terms["loss_rec_unlabeled"] = reconstruction_l1_loss(out_u.reconstruction, x_u)
+                rec = rec + terms["loss_rec_unlabeled"]
+            total = total + w["recon_weight"] * rec
         if fm_l is not None:
             if out_l.aligned is None or out_u.aligned is None:
                 raise ValueError(
@@ -444,12 +493,13 @@ class SemiSupervisedTrainer(SupervisedTrainer):
             )
             total = total + w["align_weight"] * terms["loss_align"]
         vq_terms: dict[str, torch.Tensor] = {}
-        if out_l.vq_loss is not None and out_u.vq_loss is not None:
-            terms["loss_vq"] = 0.5 * (out_l.vq_loss + out_u.vq_loss)
+        vq_outputs = [o for o in (out_l, out_u) if o is not None and o.vq_loss is not None]
+        if vq_outputs:
+            terms["loss_vq"] = sum(o.vq_loss for o in vq_outputs) / len(vq_outputs)
             total = total + w["vq_weight"] * terms["loss_vq"]
-            for name in out_l.vq_loss_terms.keys() & out_u.vq_loss_terms.keys():
+            for name in set.intersection(*(set(o.vq_loss_terms) for o in vq_outputs)):
                 if "/" not in name:  # per-level terms stay out of the logs
-                    vq_terms[f"vq_{name}"] = 0.5 * (out_l.vq_loss_terms[name] + out_u.vq_loss_terms[name])
+                    vq_terms[f"vq_{name}"] = sum(o.vq_loss_terms[name] for o in vq_outputs) / len(vq_outputs)
         out["loss"] = total
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
 
@@ -463,7 +513,9 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         out["loss"] = total.detach()
         for k, v in {**terms, **vq_terms}.items():
             out[k] = v.detach()
-        out["mask_ratio"] = mask_ratio.detach()
+        if mask_ratio is not None:
+            out["mask_ratio"] = mask_ratio.detach()
+            out["unsup_rampup"] = rampup
         out["grad_norm"] = grad_norm.detach()
         out["skipped_steps"] = self._skipped.clone()
         out["lr"] = float(self.optimizer.param_groups[0]["lr"])

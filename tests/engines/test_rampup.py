@@ -1,0 +1,95 @@
+"""Ramp-up of the pseudo-label loss weight, and labeled-only training that skips the unlabeled branch."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from ignite.engine import Events
+
+from vqseg_bundle.engines import SemiSupervisedTrainer, make_teacher, rampup_factor
+
+from engine_helpers import make_trainer, tiny_loaders, tiny_unet
+
+
+def test_sigmoid_rampup_values():
+    assert rampup_factor(0, 100) == pytest.approx(math.exp(-5.0))
+    assert rampup_factor(50, 100) == pytest.approx(math.exp(-5.0 * 0.25))
+    assert rampup_factor(100, 100) == 1.0
+    assert rampup_factor(10_000, 100) == 1.0
+    values = [rampup_factor(i, 100) for i in range(101)]
+    assert all(a < b for a, b in zip(values, values[1:]))
+
+
+def test_linear_rampup_and_no_rampup():
+    assert rampup_factor(25, 100, "linear") == pytest.approx(0.25)
+    assert rampup_factor(0, 0) == 1.0 and rampup_factor(5, 0) == 1.0
+    with pytest.raises(ValueError, match="shape"):
+        rampup_factor(1, 10, "cosine")
+
+
+def test_trainer_applies_rampup_to_pseudo_label_terms_only():
+    trainer, _, _, _ = make_trainer(unsup_rampup_iterations=10, unsup_rampup_shape="linear", epoch_length=3)
+    seen = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen.append(dict(e.state.output[0])))
+    trainer.run()
+    # 0-based iterations 0, 1, 2 of a 10-iteration linear ramp
+    assert [s["unsup_rampup"] for s in seen] == pytest.approx([0.0, 0.1, 0.2])
+    last = seen[-1]
+    expected = (
+        last["loss_sup"] + 0.2 * last["loss_unsup"] + last["loss_rec_labeled"] + last["loss_rec_unlabeled"]
+        + last["loss_vq"]
+    )
+    assert torch.allclose(last["loss"], expected, atol=1e-5)
+
+
+def test_rampup_arguments_are_checked():
+    net = tiny_unet()
+    lab, unl = tiny_loaders()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    t = make_teacher(net)
+    with pytest.raises(ValueError, match="unsup_rampup_iterations"):
+        SemiSupervisedTrainer("cpu", 1, lab, unl, net, t, opt, epoch_length=1, unsup_rampup_iterations=-1)
+    with pytest.raises(ValueError, match="unsup_rampup_shape"):
+        SemiSupervisedTrainer("cpu", 1, lab, unl, net, t, opt, epoch_length=1, unsup_rampup_shape="step")
+
+
+class _CountingTeacher(torch.nn.Module):
+    def __init__(self, teacher):
+        super().__init__()
+        self.teacher, self.calls = teacher, 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.teacher(x)
+
+
+def test_labeled_only_training_skips_teacher_and_unlabeled_branch():
+    net = tiny_unet(vq_levels=[], reconstruction=False, perturbation="none")
+    trainer, _, teacher, _ = make_trainer(net=net, unsup_weight=0.0, recon_weight=0.0, ema=False)
+    assert not trainer.uses_unlabeled
+    counting = _CountingTeacher(teacher)
+    trainer._teacher_forward = counting
+    trainer.run()
+    out = trainer.state.output[0]
+    assert counting.calls == 0
+    assert "loss_unsup" not in out and "mask_ratio" not in out
+    assert torch.allclose(out["loss"], out["loss_sup"])
+
+
+@pytest.mark.parametrize(
+    "net_kwargs, weights",
+    [
+        (dict(vq_levels=[], reconstruction=False, perturbation="none"), dict(unsup_weight=1.0)),
+        (dict(reconstruction=True), dict(unsup_weight=0.0)),  # reconstruction and VQ still read unlabeled images
+    ],
+)
+def test_unlabeled_branch_runs_when_a_term_reads_it(net_kwargs, weights):
+    trainer, _, teacher, _ = make_trainer(net=tiny_unet(**net_kwargs), ema=False, **weights)
+    assert trainer.uses_unlabeled
+    counting = _CountingTeacher(teacher)
+    trainer._teacher_forward = counting
+    trainer.run()
+    assert counting.calls == 2
+    assert "mask_ratio" in trainer.state.output[0]
