@@ -747,6 +747,39 @@ def _as_list(value: Any, name: str) -> list:
     raise ValueError(f"--{name} must be a value or a list, got {value!r}")
 
 
+def unpack_dataset(archive: str | Path, dest: str | Path) -> Path:
+    """Unpack a dataset archive (e.g. ``acdc_8bit.tar.xz``, the copy that travels to a GPU machine) once.
+
+    Args:
+        archive: a tar archive (any compression ``tarfile`` reads) of an ACDC folder in the SSL4MIS layout.
+        dest: folder to unpack into; a finished unpack leaves ``dest/.unpacked`` and is not repeated.
+
+    Returns:
+        The unpacked folder that holds ``train_slices.list`` (``dest`` or one of its subfolders).
+
+    Raises:
+        FileNotFoundError: the archive is missing.
+        ValueError: the archive is not a tar file, has unsafe member paths, or holds no ``train_slices.list``.
+    """
+    import tarfile
+
+    archive, dest = Path(archive), Path(dest)
+    if not archive.is_file():
+        raise FileNotFoundError(f"{archive}: dataset archive not found")
+    marker = dest / ".unpacked"
+    if not (marker.exists() and marker.read_text() == str(archive.resolve())):
+        if not tarfile.is_tarfile(archive):
+            raise ValueError(f"{archive}: not a tar archive")
+        dest.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(archive) as tar:
+            tar.extractall(dest, filter="data")  # "data" refuses absolute paths, "..", links out of dest
+        marker.write_text(str(archive.resolve()))
+    found = sorted(dest.rglob("train_slices.list"), key=lambda p: len(p.parts))
+    if not found:
+        raise ValueError(f"{archive}: holds no train_slices.list (expected an ACDC folder in the SSL4MIS layout)")
+    return found[0].parent
+
+
 def _path(p: str | Path) -> Path:
     p = Path(p)
     return p if p.is_absolute() else (REPO / p)
@@ -773,6 +806,7 @@ class Benchmark:
         labeled: Any = (3, 7),
         variants: Any = DEFAULT_VARIANTS,
         dataset_dir: str = str(REPO.parent / "shared" / "data" / "acdc"),
+        dataset_archive: str | None = None,
         work_dir: str = "outputs/benchmark",
         results_dir: str = "results",
         docs_file: str = "docs/results.md",
@@ -793,6 +827,8 @@ class Benchmark:
             labeled: labeled-patient counts (3 and/or 7: the dataset's ``labeled_<N>_cases.list``).
             variants: variant names (``variants`` lists them).
             dataset_dir: ACDC folder (SSL4MIS layout) or ``demo`` for the synthetic phantoms.
+            dataset_archive: a tar archive of the ACDC folder (``acdc_8bit.tar.xz`` on a GPU machine): unpacked
+                once under ``work_dir/dataset`` and used instead of ``dataset_dir``.
             work_dir: checkpoints, TensorBoard files, full logs (git-ignored).
             results_dir: small artefacts (``acdc_<protocol>/labeled<N>/<variant>/``).
             docs_file, docs_dir: the Markdown file whose ACDC section is rewritten, and where PNGs go.
@@ -816,6 +852,8 @@ class Benchmark:
         for name in names:
             if name not in VARIANTS:
                 raise ValueError(f"--variants: unknown variant {name!r}; expected one of {sorted(VARIANTS)}")
+        if dataset_archive:
+            dataset_dir = str(unpack_dataset(dataset_archive, _path(work_dir) / "dataset"))
         if dataset_dir not in ("demo", "") and not Path(dataset_dir).exists():
             raise ValueError(f"--dataset_dir {dataset_dir!r} does not exist (give the ACDC folder or 'demo')")
         if extra is not None and not isinstance(extra, dict):

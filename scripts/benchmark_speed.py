@@ -54,6 +54,7 @@ BACKBONES = ("unet", "vit")
 #: precision / memory-format / compile variants: trainer switches of configs/train.yaml
 VARIANTS: dict[str, dict[str, Any]] = {
     "fp32": {},
+    "tf32": {"float32_matmul_precision": "high"},
     "bf16": {"amp": True, "amp_dtype": "bfloat16"},
     "bf16_cl": {"amp": True, "amp_dtype": "bfloat16", "channels_last": True},
     "compile": {"compile": True},

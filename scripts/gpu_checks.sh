@@ -14,7 +14,7 @@
 #   1. environment (nvidia-smi, torch, CUDA)                                  -> $OUT/env.txt
 #   2. correctness: tests/speed (distribution of the batched augmentation vs MONAI, loss equivalence,
 #      CUDA vs CPU, no host sync in the device loader) + tests/networks QPM / quantizer -> $OUT/checks.log
-#   3. speed: both backbones at default batch / size, QPM eps 0.1 and 0.7, fp32 and bf16 + channels-last,
+#   3. speed: both backbones at default batch / size, QPM eps 0.1 and 0.7, fp32, TF32 and bf16 + channels-last,
 #      batched on-device data, validation amortised                           -> $OUT/bench_main.{txt,json}
 #   4. the same U-Net step with the MONAI DataLoader path (8 workers), for the before / after figure
 #                                                                             -> $OUT/bench_monai.{txt,json}
@@ -56,8 +56,8 @@ echo "== correctness" | tee "$OUT/checks.log"
 [ -n "${SKIP_TESTS:-}" ] || timeout 150 $PY -m pytest -q -p no:cacheprovider tests/speed tests/networks/test_net_qpm.py tests/networks/test_net_quantizer.py 2>&1 | tail -25 | tee -a "$OUT/checks.log"
 
 echo "== speed: main table" | tee -a "$OUT/checks.log"
-timeout 240 $PY scripts/benchmark_speed.py --device "$DEVICE" --inprocess --backbone "$BACKBONES" --eps 0.1,0.7 \
-    --variants fp32,bf16_cl --data batched --warmup "$WARMUP" --iterations "$ITERS" --validation --data_cache_dir "$CACHE" "${SET[@]}" \
+timeout 300 $PY scripts/benchmark_speed.py --device "$DEVICE" --inprocess --backbone "$BACKBONES" --eps 0.1,0.7 \
+    --variants fp32,tf32,bf16_cl --data batched --warmup "$WARMUP" --iterations "$ITERS" --validation --data_cache_dir "$CACHE" "${SET[@]}" \
     --json "$OUT/bench_main.json" 2>&1 | tee "$OUT/bench_main.txt" | grep -v "^# done"
 
 echo "== speed: MONAI DataLoader path (before)" | tee -a "$OUT/checks.log"

@@ -135,3 +135,43 @@ def test_end_to_end_smoke(tmp_path):
     b.run(protocol="smoke", labeled=3, variants=["labeled_only"], dataset_dir="demo", work_dir=str(tmp_path / "work"),
           results_dir=str(results), docs_file=str(doc), docs_dir=str(docs), report=False)
     assert b.records[0]["train_seconds"] == record["train_seconds"]
+
+
+def _acdc_like_tree(root: Path) -> Path:
+    folder = root / "acdc"
+    (folder / "data" / "slices").mkdir(parents=True)
+    (folder / "train_slices.list").write_text("patient001_frame01_slice_1\n")
+    (folder / "data" / "slices" / "patient001_frame01_slice_1.h5").write_bytes(b"not really hdf5")
+    return folder
+
+
+def test_unpack_dataset_once_and_finds_the_acdc_folder(tmp_path):
+    import tarfile
+
+    src = _acdc_like_tree(tmp_path / "src")
+    archive = tmp_path / "acdc_8bit.tar.xz"
+    with tarfile.open(archive, "w:xz") as tar:
+        tar.add(src, arcname="acdc")
+    dest = tmp_path / "unpacked"
+    found = bm.unpack_dataset(archive, dest)
+    assert found == dest / "acdc" and (found / "data" / "slices" / "patient001_frame01_slice_1.h5").exists()
+    (found / "train_slices.list").write_text("edited\n")  # a second call must not unpack again
+    assert bm.unpack_dataset(archive, dest) == found
+    assert (found / "train_slices.list").read_text() == "edited\n"
+
+
+def test_unpack_dataset_errors_name_the_archive(tmp_path):
+    import tarfile
+
+    with pytest.raises(FileNotFoundError, match="missing.tar.xz"):
+        bm.unpack_dataset(tmp_path / "missing.tar.xz", tmp_path / "d")
+    not_tar = tmp_path / "notes.tar.xz"
+    not_tar.write_bytes(b"plain text")
+    with pytest.raises(ValueError, match="notes.tar.xz: not a tar archive"):
+        bm.unpack_dataset(not_tar, tmp_path / "d")
+    other = tmp_path / "other.tar"
+    (tmp_path / "x.txt").write_text("x")
+    with tarfile.open(other, "w") as tar:
+        tar.add(tmp_path / "x.txt", arcname="x.txt")
+    with pytest.raises(ValueError, match="other.tar: holds no train_slices.list"):
+        bm.unpack_dataset(other, tmp_path / "d2")
