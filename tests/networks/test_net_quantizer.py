@@ -124,3 +124,32 @@ def test_invalid_arguments(kwargs):
 def test_wrong_channel_count_is_a_clear_error():
     with pytest.raises(ValueError, match="expected features"):
         VectorQuantizer(4, 8)(torch.randn(1, 3, 2, 2))
+
+
+@pytest.mark.parametrize("usage_entropy_weight", [0.0, 0.5])
+def test_row_wise_mapping_gives_the_full_codebook_gradient(usage_entropy_weight):
+    """Mapping only the selected rows (no K x D graph) must give the same loss and mapping gradient as
+    gathering from the full differentiable codebook."""
+    from vqseg_bundle.losses.vq import codebook_usage_entropy_loss, vq_codebook_commitment_loss
+
+    torch.manual_seed(0)
+    q = VectorQuantizer(8, 64, commitment_beta=0.25, usage_entropy_weight=usage_entropy_weight)
+    z = torch.randn(2, 8, 4, 4, requires_grad=True)
+    weights = torch.randn(2, 8, 4, 4)
+    out = q(z)
+    assert out.codebook.requires_grad == (usage_entropy_weight > 0)
+    (out.loss + (out.codes * weights).sum()).backward()
+    got = (q.codebook_mapping.weight.grad.clone(), q.codebook_mapping.bias.grad.clone(), z.grad.clone())
+
+    q.codebook_mapping.zero_grad()
+    z2 = z.detach().clone().requires_grad_(True)
+    full = q.mapped_codebook()
+    codes = full[out.indices].permute(0, 3, 1, 2)
+    ref = vq_codebook_commitment_loss(z2, codes, 0.25).total
+    if usage_entropy_weight > 0:
+        ref = ref + usage_entropy_weight * codebook_usage_entropy_loss(z2.permute(0, 2, 3, 1).reshape(-1, 8), full, 1.0)
+    (ref + (codes * weights).sum()).backward()
+    torch.testing.assert_close(out.loss, ref.detach())
+    torch.testing.assert_close(got[0], q.codebook_mapping.weight.grad)
+    torch.testing.assert_close(got[1], q.codebook_mapping.bias.grad)
+    torch.testing.assert_close(got[2], z2.grad)

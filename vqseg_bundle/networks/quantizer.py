@@ -37,7 +37,8 @@ class QuantizerOutput(NamedTuple):
         quantized: ``(B, D, *spatial)`` straight-through output: value = codewords, gradient = identity to z.
         codes: ``(B, D, *spatial)`` the selected codewords themselves (gradient flows to the codebook).
         indices: ``(B, *spatial)`` int64 code indices.
-        codebook: ``(K, D)`` the mapped codebook used for this call (for QPM and lookups).
+        codebook: ``(K, D)`` the mapped codebook used for the search (for QPM's distances). Detached unless
+            the usage-entropy loss is on; differentiable codewords come from :meth:`VectorQuantizer.lookup`.
         loss: scalar, ``codebook + beta * commitment + usage_entropy_weight * usage_entropy``.
         loss_terms: the three weighted contributions above (they sum to ``loss``).
     """
@@ -135,9 +136,23 @@ class VectorQuantizer(nn.Module):
             )
 
     def lookup(self, indices: torch.Tensor, codebook: torch.Tensor | None = None) -> torch.Tensor:
-        """Codewords of ``indices (B, *spatial)`` as a channel-first map ``(B, D, *spatial)``."""
-        codebook = self.mapped_codebook() if codebook is None else codebook
-        codes = F.embedding(indices, codebook)  # (B, *spatial, D)
+        """Codewords of ``indices (B, *spatial)`` as a channel-first map ``(B, D, *spatial)``.
+
+        Without ``codebook`` only the selected rows are mapped, ``W E[i] + b``: the same values and the same
+        gradient to ``(W, b)`` as gathering from the full differentiable codebook, without building (and
+        back-propagating through) the ``K x D`` mapped codebook (2 x 16384 x 256 x 256 multiply-adds per
+        call; with a 64 px U-Net that was most of the quantizer's cost). With ``codebook`` the rows are
+        gathered from it.
+        """
+        if codebook is None:
+            with no_autocast(indices.device):
+                codes = F.linear(
+                    F.embedding(indices, self.base_codebook).float(),
+                    self.codebook_mapping.weight.float(),
+                    self.codebook_mapping.bias.float(),
+                )
+        else:
+            codes = F.embedding(indices, codebook)  # (B, *spatial, D)
         nd = codes.ndim  # explicit permutation: ONNX export rejects movedim's negative axes
         return codes.permute(0, nd - 1, *range(1, nd - 1))
 
@@ -184,10 +199,12 @@ class VectorQuantizer(nn.Module):
         Counts usage in training mode like :meth:`forward`.
         """
         self._check(z)
-        codebook = self.mapped_codebook()
+        with torch.no_grad():
+            codebook = self.mapped_codebook()
         indices = self.nearest_indices(self._flatten(z), codebook).reshape(z.shape[0], *z.shape[2:])
         self._count(indices)
-        return self.straight_through(z, self.lookup(indices, codebook)), indices
+        codes = self.lookup(indices, codebook if not torch.is_grad_enabled() else None)
+        return self.straight_through(z, codes), indices
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         """Quantize ``z (B, D, *spatial)``.
@@ -199,11 +216,15 @@ class VectorQuantizer(nn.Module):
             ValueError: ``z`` is not ``(B, D, *spatial)`` with the configured D.
         """
         self._check(z)
-        codebook = self.mapped_codebook()
+        # the usage-entropy loss needs the whole codebook in the graph; otherwise only the selected rows are
+        # mapped with gradient (lookup without codebook) and the full codebook serves the search only
+        full_graph = self.usage_entropy_weight > 0 and torch.is_grad_enabled()
+        with torch.set_grad_enabled(full_graph):
+            codebook = self.mapped_codebook()
         z_flat = self._flatten(z)
         indices = self.nearest_indices(z_flat, codebook).reshape(z.shape[0], *z.shape[2:])
         self._count(indices)
-        codes = self.lookup(indices, codebook)
+        codes = self.lookup(indices, codebook if full_graph or not torch.is_grad_enabled() else None)
         vq = vq_codebook_commitment_loss(z, codes, self.commitment_beta)
         terms = {"codebook": vq.codebook, "commitment": self.commitment_beta * vq.commitment}
         loss = vq.total
