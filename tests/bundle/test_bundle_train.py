@@ -169,3 +169,38 @@ def test_label_out_of_range_fails_before_training(tmp_path, demo_dir):
         chain.append(f"{type(e).__name__}: {e}")
         e = e.__cause__ or e.__context__
     assert any("DataIntegrityError" in m and "9" in m for m in chain), chain
+
+
+def test_resume_keeps_best_metric_and_model_pt(tmp_path, demo_dir):
+    """A resumed run must not overwrite models/model.pt with a teacher that validates worse than the best so far."""
+    extra = dict(fm_name="none", val_interval=1)
+    wf = _workflow(tmp_path, demo_dir, epochs=1, **extra)
+    wf.run()
+    wf.finalize()
+    ckpt_file = tmp_path / "outputs" / "checkpoints" / "checkpoint_final.pt"
+    ckpt = torch.load(ckpt_file, map_location="cpu", weights_only=True)
+    assert ckpt["validation"]["best_metric_epoch"] == 1 and 0.0 <= ckpt["validation"]["best_metric"] <= 1.0
+    # pretend the first run had reached a score no later validation can beat
+    ckpt["validation"]["best_metric"] = 2.0
+    torch.save(ckpt, ckpt_file)
+    model_pt = tmp_path / "models" / "model.pt"
+    before = model_pt.read_bytes()
+    wf2 = _workflow(tmp_path, demo_dir, epochs=2, resume=True, **extra)
+    wf2.run()
+    evaluator = wf2.parser.get_parsed_content("validate#evaluator")
+    wf2.finalize()
+    assert evaluator.state.best_metric == 2.0 and evaluator.state.best_metric_epoch == 1
+    assert model_pt.read_bytes() == before
+
+
+def test_best_metric_state_rejects_incomplete_state():
+    from types import SimpleNamespace
+
+    from vqseg_bundle.engines import BestMetricState
+
+    state = BestMetricState(SimpleNamespace(state=SimpleNamespace(best_metric=-1, best_metric_epoch=-1)))
+    assert state.state_dict() == {"best_metric": -1.0, "best_metric_epoch": -1}
+    with pytest.raises(ValueError, match="best_metric_epoch"):
+        state.load_state_dict({"best_metric": 0.5})
+    state.load_state_dict({"best_metric": 0.5, "best_metric_epoch": 3})
+    assert state.evaluator.state.best_metric == 0.5 and state.evaluator.state.best_metric_epoch == 3

@@ -1,6 +1,7 @@
 """Semi-supervised trainer, EMA teacher and training handlers of the VQ-Seg bundle."""
 
 from vqseg_bundle.engines.checkpoint import (
+    BestMetricState,
     TrainerCheckpointLoader,
     TrainerCheckpointSaver,
     latest_checkpoint,
@@ -22,6 +23,7 @@ from vqseg_bundle.engines.rampup import RAMPUP_SHAPES, rampup_factor
 from vqseg_bundle.engines.trainer import NAN_POLICIES, SemiSupervisedForward, SemiSupervisedTrainer
 
 __all__ = [
+    "BestMetricState",
     "TrainerCheckpointLoader",
     "TrainerCheckpointSaver",
     "backbone_param_groups",

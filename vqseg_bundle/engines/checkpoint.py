@@ -1,4 +1,5 @@
-"""Locating resumable checkpoints written by ``CheckpointSaver`` under ``output_dir``."""
+"""Resumable checkpoints: locating them under ``output_dir``, saving / loading them with the trainer, and
+the validation's best metric that must survive a resume."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import glob
 import os
 import re
 
-__all__ = ["latest_checkpoint", "resume_path", "TrainerCheckpointSaver", "TrainerCheckpointLoader"]
+__all__ = ["BestMetricState", "latest_checkpoint", "resume_path", "TrainerCheckpointSaver", "TrainerCheckpointLoader"]
 
 _NUM = re.compile(r"=(\d+)\.pt$")
 
@@ -112,3 +113,43 @@ class TrainerCheckpointLoader(_WithTrainer):
         from monai.handlers import CheckpointLoader
 
         CheckpointLoader(self.load_path, {**self.load_dict, self.trainer_key: engine}, **self.kwargs).attach(engine)
+
+
+class BestMetricState:
+    """The validation's best key metric as a checkpointable object, so that a resumed run keeps it.
+
+    Without it a resumed run starts with no best value: its first validation, however poor, would
+    overwrite ``models/model.pt`` (the best teacher so far). Put it in the resumable checkpoint's
+    ``save_dict`` / ``load_dict``; on load it restores ``best_metric`` / ``best_metric_epoch`` of the
+    evaluator and tells the best-model ``CheckpointSaver`` that ``model_path`` already holds a model of
+    that score (ignite's ``Checkpoint.load_state_dict``), so only a better one replaces it.
+    """
+
+    def __init__(self, evaluator, model_saver=None, model_path: str | os.PathLike | None = None) -> None:
+        """
+        Args:
+            evaluator: the validation engine (MONAI ``Workflow``: ``state.best_metric``, ``state.best_metric_epoch``).
+            model_saver: the ``monai.handlers.CheckpointSaver`` that writes the best model (``save_key_metric``).
+            model_path: the file that saver writes (e.g. ``models/model.pt``); the saver is only told about it
+                when the file exists (otherwise the next validation writes it).
+        """
+        self.evaluator, self.model_saver = evaluator, model_saver
+        self.model_path = None if model_path is None else os.fspath(model_path)
+
+    def state_dict(self) -> dict:
+        """``{"best_metric": float, "best_metric_epoch": int}`` (``-1`` / ``-1`` before any validation)."""
+        state = self.evaluator.state
+        return {"best_metric": float(state.best_metric), "best_metric_epoch": int(state.best_metric_epoch)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore the best metric into the evaluator and the best-model saver."""
+        missing = {"best_metric", "best_metric_epoch"} - set(state_dict)
+        if missing:
+            raise ValueError(f"best-metric state lacks {sorted(missing)}; got keys {sorted(state_dict)}")
+        best, epoch = float(state_dict["best_metric"]), int(state_dict["best_metric_epoch"])
+        self.evaluator.state.best_metric = best
+        self.evaluator.state.best_metric_epoch = epoch
+        if epoch < 0 or self.model_saver is None or self.model_path is None or not os.path.isfile(self.model_path):
+            return
+        # the saver keeps (score, file) pairs and replaces the file only for a higher score
+        self.model_saver.load_state_dict({"_saved": [(best, os.path.basename(self.model_path))]})
