@@ -198,3 +198,29 @@ def test_normalize_intensity_edge_cases():
 
 def test_to_slices_last_of_2d_image():
     assert to_slices_last(np.zeros((5, 6)), -1).shape == (5, 6, 1)
+
+
+@pytest.mark.parametrize("axis, expected", [(-1, (1.5, 1.25, 8.0)), (0, (1.25, 8.0, 1.5)), (1, (1.5, 8.0, 1.25))])
+def test_nifti_validation_spacing_follows_the_slice_axis(nifti_factory, tmp_path, axis, expected):
+    """Validation items carry the label file's voxel size (slice axis last), so HD95 / ASD come in mm too."""
+    import nibabel as nib
+
+    from vqseg_bundle.data import build_splits
+
+    root = nifti_factory(tmp_path / "ds")
+    for sub in ("images_validation", "labels_validation"):
+        for f in (root / sub).iterdir():
+            img = nib.load(f)
+            affine = np.diag([1.5, 1.25, 8.0, 1.0])
+            nib.save(nib.Nifti1Image(np.asarray(img.dataobj), affine), f)
+    raw = load_nifti_splits(root, labeled="all", slice_axis=axis)
+    assert raw.validation[0].spacing == pytest.approx(expected)
+    splits = build_splits(root, labeled="all", image_size=(16, 16), slice_axis=axis)
+    assert splits.validation[0]["spacing"].tolist() == pytest.approx(list(expected))
+
+
+def test_acdc_validation_has_no_spacing(tiny_acdc):
+    from vqseg_bundle.data import build_splits
+
+    splits = build_splits(tiny_acdc, labeled="all", image_size=(16, 16))
+    assert all("spacing" not in v for v in splits.validation)

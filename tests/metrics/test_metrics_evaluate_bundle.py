@@ -200,6 +200,9 @@ def test_evaluate_on_real_train_yaml_demo_data(tmp_path):
     n_cases = len({r["case"] for r in rows})
     assert n_cases >= 1 and len(rows) == 3 * n_cases
     assert {r["class_name"] for r in rows} == {"RV", "Myo", "LV"}
+    # the demo volumes are NIfTI files: their voxel size reaches the metrics (HD95 / ASD in mm too)
+    assert all(r["spacing"] for r in rows)
+    assert any(r["hd95_mm"] not in ("", "nan") for r in rows)
     metrics = wf.parser.get_parsed_content("validate#evaluator").state.metrics
     assert metrics["case_dice"] == pytest.approx(metrics["val_mean_dice"], abs=1e-5)
     assert not (tmp_path / "models" / "model.pt").exists()

@@ -145,6 +145,28 @@ def read_volume_array(path: str, report: IntegrityReport, dtype: type | None = N
     return array.astype(dtype, copy=False) if dtype is not None else array
 
 
+def read_spacing(path: str, slice_axis: int) -> tuple[float, float, float] | None:
+    """Voxel size (mm) of a NIfTI file in the order of :func:`to_slices_last` (slice axis last).
+
+    From the header's ``pixdim`` (``get_zooms``); a 2D image gets 1.0 through-plane. ``None`` for other
+    formats and for zooms that are not positive finite numbers (then distances stay in voxels).
+    """
+    if not path.lower().endswith(_NIFTI_SUFFIXES):
+        return None
+    try:
+        zooms = [float(z) for z in nib.load(path).header.get_zooms()[:3]]
+    except Exception:  # the array was readable; an odd header only costs the mm metrics
+        return None
+    if len(zooms) == 2:  # a 2D image is one slice (H, W, 1)
+        zooms.append(1.0)
+        return tuple(zooms) if all(np.isfinite(z) and z > 0 for z in zooms) else None
+    if len(zooms) != 3 or not all(np.isfinite(z) and z > 0 for z in zooms):
+        return None
+    order = list(range(3))
+    axis = order.pop(_check_slice_axis(slice_axis) % 3)
+    return tuple(zooms[i] for i in order + [axis])
+
+
 def to_slices_last(volume: np.ndarray, slice_axis: int) -> np.ndarray:
     """Move ``slice_axis`` of a 3D volume last (a 2D array becomes one slice ``(H, W, 1)``)."""
     if volume.ndim == 2:
@@ -284,7 +306,12 @@ def load_nifti_splits(
             continue
         image, label = loaded
         raw.validation.append(
-            VolumeRecord(name=_stem(entry["image"]), image=image, label=label.astype(np.int64))
+            VolumeRecord(
+                name=_stem(entry["image"]),
+                image=image,
+                label=label.astype(np.int64),
+                spacing=read_spacing(entry["label"], slice_axis),
+            )
         )
     report.raise_if_any()
     return raw

@@ -17,11 +17,14 @@ class VolumeRecord:
         name: case name (file stem), e.g. ``patient002_frame01``.
         image: float32 ``(H, W, D)``, normalised, slices along the last axis.
         label: integer ``(H, W, D)``.
+        spacing: voxel size in mm along ``(H, W, D)`` (the slice axis last, like the arrays), or ``None``
+            when the source stores none (the ACDC HDF5 copy); HD95 / ASD are then in voxels only.
     """
 
     name: str
     image: np.ndarray
     label: np.ndarray
+    spacing: tuple[float, float, float] | None = None
 
 
 @dataclass

@@ -33,7 +33,8 @@ class SemiSupervisedSplits:
     Attributes:
         labeled: items ``{"image": float32 (1, S, S), "label": int64 (1, S, S)}``.
         unlabeled: items ``{"image": float32 (1, S, S)}``.
-        validation: list of ``{"image": float32 (1, H, W, D), "label": int64 (1, H, W, D), "name": str}``
+        validation: list of ``{"image": float32 (1, H, W, D), "label": int64 (1, H, W, D), "name": str}``,
+            plus ``"spacing": float64 (3,)`` (mm, slice axis last) when the files store one (NIfTI)
             at the original in-plane size, slices along the last axis.
         source: dataset folder or ``dataset.json`` path.
         format: ``"acdc_h5"`` or ``"nifti"``.
@@ -116,14 +117,17 @@ def default_demo_dir() -> str:
 
 
 def _validation_items(raw: RawSplits) -> list[dict]:
-    return [
-        {
+    items = []
+    for v in raw.validation:
+        item = {
             "image": torch.from_numpy(np.ascontiguousarray(v.image, dtype=np.float32))[None],
             "label": torch.from_numpy(np.ascontiguousarray(v.label, dtype=np.int64))[None],
             "name": v.name,
         }
-        for v in raw.validation
-    ]
+        if v.spacing is not None:  # HD95 / ASD in mm too (vqseg_bundle.metrics.CaseMetricsHandler reads it)
+            item["spacing"] = torch.tensor(v.spacing, dtype=torch.float64)
+        items.append(item)
+    return items
 
 
 def build_splits(
