@@ -247,6 +247,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
         }
         for eps in (0.1, 0.3, 0.5, 0.7, 0.9)
     },
+    "vqseg_full_2levels": {
+        "description": (
+            "full VQ-Seg with the two deepest U-Net levels quantized and perturbed (the deepest skip connection and "
+            "the bottleneck), so that QPM is not bypassed by that skip"
+        ),
+        "overrides": {**_FULL, "vq_levels": [-2, -1]},
+    },
     "vqseg_full_shuffle": {
         "description": "full VQ-Seg with QPM mode 'shuffle' (permutes the indices of an eps 0.7 fraction of positions)",
         "overrides": {**_FULL, "qpm_mode": "shuffle"},
