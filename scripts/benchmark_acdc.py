@@ -709,9 +709,10 @@ def build_report(results_dir: Path, docs_dir: Path, docs_file: Path) -> str:
                         f"{_f(s['late_loss_unsup'], 1, 3)} | {_f(s['late_loss_vq'], 1, 3)} | "
                         f"{_f(s['late_loss_rec_unlabeled'], 1, 3)} | {_f(s['late_loss_align'], 1, 3)} |"
                     )
-                if "labeled_only" in summaries:
-                    lines += ["", "(labeled_only: the trainer still computes the teacher's pseudo-labels, so its mask "
-                              "ratio and L_unsup are logged, but their loss weight is 0.)"]
+                if "labeled_only" in summaries and not math.isnan(summaries["labeled_only"].get("late_mask_ratio", math.nan)):
+                    # runs from before the trainer skipped the unlabeled branch of labeled-only training
+                    lines += ["", "(labeled_only: the trainer still computed the teacher's pseudo-labels, so its mask "
+                              "ratio and L_unsup are logged, but their loss weight was 0.)"]
                 lines += _target_lines(protocol, labeled, summaries)
                 png = docs_dir / f"acdc_curves_{protocol}_{labeled}.png"
                 _plot(protocol, labeled, summaries, png)
