@@ -31,7 +31,9 @@ def test_items_follow_the_contract(demo_splits):
     assert len(demo_splits.labeled) == 2 * 4 and len(demo_splits.unlabeled) == (1 + 4) * 4
     assert len(demo_splits.validation) == 2
     val = demo_splits.validation[0]
-    assert set(val) == {"image", "label", "name"} and val["name"] == "phantom_007"
+    # the phantoms are NIfTI files, so the voxel size comes along (mm, slice axis last)
+    assert set(val) == {"image", "label", "name", "spacing"} and val["name"] == "phantom_007"
+    assert val["spacing"].shape == (3,) and bool((val["spacing"] > 0).all())
     assert val["image"].shape == val["label"].shape == (1, 48, 40, 4)  # original in-plane size
     assert val["image"].dtype == torch.float32 and val["label"].dtype == torch.int64
     assert set(torch.unique(val["label"]).tolist()) == {0, 1, 2, 3}
