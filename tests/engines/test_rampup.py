@@ -8,9 +8,9 @@ import pytest
 import torch
 from ignite.engine import Events
 
-from vqseg_bundle.engines import SemiSupervisedTrainer, make_teacher, rampup_factor
+from vqseg_bundle.engines import rampup_factor
 
-from engine_helpers import make_trainer, tiny_loaders, tiny_unet
+from engine_helpers import make_trainer, tiny_unet
 
 
 def test_sigmoid_rampup_values():
@@ -42,17 +42,6 @@ def test_trainer_applies_rampup_to_pseudo_label_terms_only():
         + last["loss_vq"]
     )
     assert torch.allclose(last["loss"], expected, atol=1e-5)
-
-
-def test_rampup_arguments_are_checked():
-    net = tiny_unet()
-    lab, unl = tiny_loaders()
-    opt = torch.optim.SGD(net.parameters(), lr=0.1)
-    t = make_teacher(net)
-    with pytest.raises(ValueError, match="unsup_rampup_iterations"):
-        SemiSupervisedTrainer("cpu", 1, lab, unl, net, t, opt, epoch_length=1, unsup_rampup_iterations=-1)
-    with pytest.raises(ValueError, match="unsup_rampup_shape"):
-        SemiSupervisedTrainer("cpu", 1, lab, unl, net, t, opt, epoch_length=1, unsup_rampup_shape="step")
 
 
 class _CountingTeacher(torch.nn.Module):

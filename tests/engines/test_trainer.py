@@ -184,6 +184,10 @@ def test_invalid_arguments():
         SemiSupervisedTrainer("cpu", 1, lab, unl, net, t, opt, epoch_length=0)
     with pytest.raises(ValueError, match="forward_train"):
         SemiSupervisedTrainer("cpu", 1, lab, unl, torch.nn.Conv2d(1, 4, 1), t, opt, epoch_length=1)
+    with pytest.raises(ValueError, match="unsup_rampup_iterations"):
+        SemiSupervisedTrainer("cpu", 1, lab, unl, net, t, opt, epoch_length=1, unsup_rampup_iterations=-1)
+    with pytest.raises(ValueError, match="unsup_rampup_shape"):
+        SemiSupervisedTrainer("cpu", 1, lab, unl, net, t, opt, epoch_length=1, unsup_rampup_shape="step")
 
 
 def test_semi_supervised_forward_runs_both_branches():

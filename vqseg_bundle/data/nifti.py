@@ -159,12 +159,15 @@ def read_spacing(path: str, slice_axis: int) -> tuple[float, float, float] | Non
         return None
     if len(zooms) == 2:  # a 2D image is one slice (H, W, 1)
         zooms.append(1.0)
-        return tuple(zooms) if all(np.isfinite(z) and z > 0 for z in zooms) else None
-    if len(zooms) != 3 or not all(np.isfinite(z) and z > 0 for z in zooms):
+        order = [0, 1, 2]
+    elif len(zooms) == 3:
+        order = list(range(3))
+        order.append(order.pop(_check_slice_axis(slice_axis) % 3))
+    else:
         return None
-    order = list(range(3))
-    axis = order.pop(_check_slice_axis(slice_axis) % 3)
-    return tuple(zooms[i] for i in order + [axis])
+    if not all(np.isfinite(z) and z > 0 for z in zooms):
+        return None
+    return tuple(zooms[i] for i in order)
 
 
 def to_slices_last(volume: np.ndarray, slice_axis: int) -> np.ndarray:

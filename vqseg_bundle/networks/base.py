@@ -298,10 +298,9 @@ class VQSegNetworkBase(nn.Module):
                 level = int(key)
                 idx, codebook = codebooks[level]
                 if level in self.perturb_levels:
-                    new_idx = self.qpm(idx, codebook.detach(), generator)
-                    # the perturbed codewords keep their gradient to the codebook mapping
-                    rows = quantizer.lookup(new_idx, codebook if codebook.requires_grad else None)
-                    seg_input[level] = quantizer.straight_through(features[level], rows)
+                    codebook = codebook.detach()  # straight-through passes no gradient to the codewords
+                    new_idx = self.qpm(idx, codebook, generator)
+                    seg_input[level] = quantizer.straight_through(features[level], quantizer.lookup(new_idx, codebook))
                 else:
                     new_idx = idx
                 perturbed_indices.append(new_idx)
