@@ -189,6 +189,29 @@ PROTOCOLS: dict[str, Protocol] = {
         overrides={"network_def#features": [4, 8, 16, 32], "codebook_size": 64, "num_workers": 0, "log_every": 1},
     ),
 }
+# The UniMatch peer's own CPU recipe (`../shared/peers/run_unimatch_cpu.py --size 64 --batch 4 --iters 2000`):
+# train.yaml's SGD lr 0.01, momentum 0.9, wd 1e-4, poly 0.9 over 2000 iterations, no ramp-up; the side-by-side
+# protocol of the bundle against the peer's own code (docs/results.md, "Side by side with the UniMatch peer").
+PROTOCOLS["cpu_peer"] = Protocol(
+    name="cpu_peer",
+    description=(
+        "the UniMatch peer's CPU recipe: 64 px U-Net (16-256), batch 4 + 4, 2000 iterations, SGD lr 0.01 momentum "
+        "0.9 wd 1e-4 poly 0.9, no ramp-up, 1 thread, validation every 250"
+    ),
+    config_files=("configs/train.yaml",),
+    image_size=64,
+    iterations=2000,
+    val_every=250,
+    batch_labeled=4,
+    batch_unlabeled=4,
+    threads=1,
+    overrides={"num_workers": 0, "log_every": 10},
+    notes=(
+        "cpu_peer caveats: 2000 iterations at 64 px and batch 4 + 4 are early training (the literature runs 30k "
+        "at 256 px, 12 + 12); the peer rows are the peer's own code (`../shared/peers/results/`) on the same "
+        "machine type; two runs shared the 2 cores (one thread each)."
+    ),
+)
 # The first CPU protocol (kept to reproduce its table): the "cpu" protocol with 400 iterations and a constant
 # pseudo-label weight.
 PROTOCOLS["cpu_short"] = replace(
@@ -215,10 +238,54 @@ _NO_PFA = {"fm_name": "none", "align_weight": 0.0}
 _FULL = {"perturbation": "qpm", "qpm_mode": "kernel", "qpm_eps": 0.7, "network_def#reconstruction": True,
          "recon_weight": 1.0, "align_weight": 5.0, "fm_name": "@PFA"}
 
+# UniMatch V1 (medical): the student labels its own weak view (no EMA: the validated teacher is a copy of the
+# student), a second unlabeled batch gives the CutMix partners, a feature-dropout weak stream ("fp") beside the
+# two unperturbed strong streams, every unlabeled loss a masked batch Dice, (L_x + 0.25 L_s1 + 0.25 L_s2 + 0.5 L_fp) / 2
+_UNIMATCH_RECIPE = {
+    "pseudo_labeler": "student", "perturbed_stream": "weak", "cutmix_partner": "second_batch", "ema_decay": 0.0,
+    "sup_weight": 0.5, "unsup_weight": 0.5, "strong_weight": 0.5, "fp_weight": 0.5,
+    "unsup_ce_weight": 0.0, "unsup_dice_weight": 1.0,
+}
+# the VQ-Seg code's streams on the same losses: EMA teacher labels, the perturbation on the strong views
+_TEACHER_STRONG = {"pseudo_labeler": "teacher", "perturbed_stream": "strong", "cutmix_partner": "second_batch",
+                   "sup_weight": 0.5, "unsup_weight": 0.5, "strong_weight": 1.0, "fp_weight": 0.0,
+                   "unsup_ce_weight": 0.0, "unsup_dice_weight": 1.0}
+
 VARIANTS: dict[str, dict[str, Any]] = {
     "labeled_only": {
         "description": "plain U-Net (no VQ), supervised loss only (unlabeled weight 0, no perturbation); EMA teacher evaluated",
         "overrides": {**_PLAIN_UNET, **_NO_PFA, "perturbation": "none", "perturb": False, "unsup_weight": 0.0},
+    },
+    "labeled_only_sample_dice": {
+        "description": "labeled_only with the supervised Dice per sample (MONAI's default) instead of over the batch",
+        "overrides": {**_PLAIN_UNET, **_NO_PFA, "perturbation": "none", "perturb": False, "unsup_weight": 0.0,
+                      "sup_dice_batch": False},
+    },
+    "unimatch": {
+        "description": (
+            "UniMatch V1 (medical) inside the bundle: self-labeling student, second-batch CutMix, feature-dropout "
+            "weak stream + two strong streams, masked batch Dice, (L_x + 0.25 L_s1 + 0.25 L_s2 + 0.5 L_fp) / 2"
+        ),
+        "overrides": {**_PLAIN_UNET, **_NO_PFA, "perturbation": "dropout", **_UNIMATCH_RECIPE},
+    },
+    "unimatch_ema": {
+        "description": "unimatch, but the shipped (validated) model is an EMA teacher of the student (decay 0.99)",
+        "overrides": {**_PLAIN_UNET, **_NO_PFA, "perturbation": "dropout", **_UNIMATCH_RECIPE, "ema_decay": 0.99},
+    },
+    "vq_unimatch": {
+        "description": "unimatch with the bottleneck quantized and QPM (eps 0.7) instead of dropout in the fp stream",
+        "overrides": {**_NO_PFA, "network_def#reconstruction": False, "recon_weight": 0.0, **_UNIMATCH_RECIPE,
+                      "perturbation": "qpm", "qpm_eps": 0.7},
+    },
+    "vq_unimatch_qpm_dropout": {
+        "description": "unimatch with the bottleneck quantized; the fp stream gets QPM (eps 0.7) and then feature dropout",
+        "overrides": {**_NO_PFA, "network_def#reconstruction": False, "recon_weight": 0.0, **_UNIMATCH_RECIPE,
+                      "perturbation": "qpm_dropout", "qpm_eps": 0.7},
+    },
+    "vqseg_teacher_strong": {
+        "description": "VQ-Seg code's streams: EMA teacher labels, QPM (eps 0.7) on the strong views, masked batch Dice",
+        "overrides": {**_NO_PFA, "network_def#reconstruction": False, "recon_weight": 0.0, **_TEACHER_STRONG,
+                      "perturbation": "qpm", "qpm_eps": 0.7},
     },
     "dropout_mt": {
         "description": "mean teacher + UniMatch feature dropout (p 0.5 on every encoder level), plain U-Net (no VQ)",
@@ -385,6 +452,19 @@ def machine_label(env: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- running
+def run_name(variant: str, seed: int) -> str:
+    """Folder name of one run: the variant for seed 0, ``<variant>_seed<N>`` for other seeds."""
+    return variant if int(seed) == 0 else f"{variant}_seed{int(seed)}"
+
+
+def variant_of(name: str) -> tuple[str, int]:
+    """Inverse of :func:`run_name`: ``(variant, seed)``."""
+    base, sep, seed = name.rpartition("_seed")
+    if sep and seed.isdigit() and base in VARIANTS:
+        return base, int(seed)
+    return name, 0
+
+
 def _run_logged(
     cmd: list[str], log_path: Path, timeout: float | None, threads: int | None = None
 ) -> tuple[int, float]:
@@ -469,8 +549,9 @@ def run_one(
     timeout: float | None,
 ) -> dict[str, Any]:
     """Train, evaluate and collect one (variant, labeled) run; returns its ``run.json`` record."""
-    run_dir = work_dir / protocol.name / f"labeled{labeled}" / variant
-    res_dir = results_dir / f"acdc_{protocol.name}" / f"labeled{labeled}" / variant
+    name = run_name(variant, seed)
+    run_dir = work_dir / protocol.name / f"labeled{labeled}" / name
+    res_dir = results_dir / f"acdc_{protocol.name}" / f"labeled{labeled}" / name
     train_cmd, eval_cmd = build_commands(protocol, variant, labeled, dataset_dir, run_dir, seed, extra)
     record: dict[str, Any] = {
         "protocol": protocol.name,
@@ -583,8 +664,10 @@ def summarize_run(res_dir: Path) -> dict[str, Any]:
         return sum(vals) / len(vals) if vals else float("nan")
 
     for key in ("mask_ratio", "codebook_usage", "codebook_perplexity", "loss_sup", "loss_unsup", "loss_vq",
-                "loss_rec_unlabeled", "loss_align"):
+                "loss_rec_unlabeled", "loss_rec", "loss_align"):
         out[f"late_{key}"] = late_mean(key)
+    if math.isnan(out["late_loss_rec_unlabeled"]):  # runs since the loss module: one reconstruction term
+        out["late_loss_rec_unlabeled"] = out["late_loss_rec"]
     return out
 
 
@@ -633,6 +716,7 @@ def build_report(results_dir: Path, docs_dir: Path, docs_file: Path) -> str:
     protocol_dirs = sorted(p for p in results_dir.glob("acdc_*") if p.is_dir())
     if not protocol_dirs:
         return "Not run yet.\n"
+    lines += build_side_by_side(results_dir, docs_dir, docs_file)
     order = list(VARIANTS)
     for pdir in protocol_dirs:
         protocol = pdir.name[len("acdc_") :]
@@ -644,13 +728,16 @@ def build_report(results_dir: Path, docs_dir: Path, docs_file: Path) -> str:
                     records[rdir.name] = (rdir, json.loads((rdir / "run.json").read_text()))
             if not records:
                 continue
-            names = sorted(records, key=lambda n: order.index(n) if n in order else len(order))
+            names = sorted(
+                records,
+                key=lambda n: (order.index(variant_of(n)[0]) if variant_of(n)[0] in order else len(order), variant_of(n)[1]),
+            )
             any_rec = records[names[0]][1]
             env = any_rec.get("environment", {})
             lines += [
                 f"### Protocol `{protocol}`, {labeled} labeled patients",
                 "",
-                f"Schedule: {any_rec.get('protocol_description', '')}; seed {any_rec.get('seed')}. "
+                f"Schedule: {any_rec.get('protocol_description', '')}; seed 0 unless the name says `_seed<N>`. "
                 f"Machine: {any_rec.get('machine', '?')} ({env.get('cpu', '?')}); run {env.get('date', '?')}; "
                 f"Python {env.get('python')}, PyTorch {env.get('torch')}, MONAI {env.get('monai')}, "
                 f"ignite {env.get('ignite')}, git {env.get('git')}.",
@@ -697,7 +784,7 @@ def build_report(results_dir: Path, docs_dir: Path, docs_file: Path) -> str:
                     "fraction (mask ratio), codebook usage (fraction of codes hit per logging window) and "
                     "perplexity, loss terms.",
                     "",
-                    "| variant | mask ratio | code usage | perplexity | L_sup | L_unsup | L_vq | L_rec(u) | L_align |",
+                    "| variant | mask ratio | code usage | perplexity | L_sup | L_unsup | L_vq | L_rec | L_align |",
                     "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
                 ]
                 for name, s in summaries.items():
@@ -724,6 +811,149 @@ def build_report(results_dir: Path, docs_dir: Path, docs_file: Path) -> str:
                 lines.append(f"* `{name}`: {rec.get('variant_description')}; overrides `{json.dumps(rec.get('overrides'))}`")
             lines += ["", f"Exact commands: `{_rel(ldir)}/<variant>/run.json`.", ""]
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------- side by side
+PEER_RESULTS = REPO.parent / "shared" / "peers" / "results"
+SIDE_BY_SIDE_PROTOCOL = "cpu_peer"
+SIDE_BY_SIDE_POINTS = (500, 1000, 1500, 2000)
+#: peer rows: (label, file stem); files ``<stem>_s<seed>.csv`` (3 patients) and ``<stem>_l7.csv`` (7 patients, seed 0)
+PEER_ROWS = (("peer supervised", "supervised_64"), ("peer UniMatch", "unimatch_64"))
+
+
+def _peer_curves(peers_dir: Path, stem: str, labeled: int) -> list[dict[int, float]]:
+    """Mean-Dice curves (%) of the peer's own runs, one ``{iteration: dice}`` per seed."""
+    files = sorted(peers_dir.glob(f"{stem}_s*.csv")) if labeled == 3 else sorted(peers_dir.glob(f"{stem}_l{labeled}.csv"))
+    curves = []
+    for f in files:
+        rows = [r for r in _read_csv(f) if r.get("iter", "").isdigit()]
+        curves.append({int(r["iter"]): _num(r["mean"]) for r in rows})
+    return curves
+
+
+def _bundle_curves(ldir: Path) -> dict[str, list[tuple[dict[int, float], dict[str, Any]]]]:
+    """``{variant: [(curve {iteration: dice %}, run.json), ...]}`` over the seeds finished under ``ldir``."""
+    out: dict[str, list] = {}
+    for rdir in sorted(ldir.iterdir()) if ldir.exists() else []:
+        rec_path = rdir / "run.json"
+        if not rec_path.exists() or not (rdir / "curve.csv").exists():
+            continue
+        rec = json.loads(rec_path.read_text())
+        if rec.get("status") != "ok":
+            continue
+        curve = {int(r["iteration"]): 100 * _num(r["val_mean_dice"]) for r in _read_csv(rdir / "curve.csv") if r.get("val_mean_dice")}
+        out.setdefault(variant_of(rdir.name)[0], []).append((curve, rec))
+    return out
+
+
+def _mean_range(values: list[float]) -> str:
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return ""
+    mean = sum(values) / len(values)
+    return f"{mean:.1f}" if len(values) == 1 else f"{mean:.1f} ({min(values):.1f}-{max(values):.1f})"
+
+
+def _mean(values: list[float]) -> float:
+    values = [v for v in values if not math.isnan(v)]
+    return sum(values) / len(values) if values else float("nan")
+
+
+def build_side_by_side(results_dir: Path, docs_dir: Path, docs_file: Path, peers_dir: Path = PEER_RESULTS) -> list[str]:
+    """The bundle's ``cpu_peer`` runs beside the peer's own runs: validation mean Dice (%) at equal iteration
+    counts (mean and range over seeds), the issue's targets, and a learning-curve plot per labeled count."""
+    pdir = results_dir / f"acdc_{SIDE_BY_SIDE_PROTOCOL}"
+    if not pdir.exists():
+        return []
+    lines = [
+        "### Side by side with the UniMatch peer (protocol `cpu_peer`)",
+        "",
+        f"{PROTOCOLS[SIDE_BY_SIDE_PROTOCOL].description}. Validation mean Dice (%) on the 20 volumes at the given "
+        "iteration, mean over seeds (range in brackets); *best* = the best validation point of each run, averaged. "
+        "**Peer rows are the peer's own code** (`../shared/peers/run_unimatch_cpu.py`, curves in "
+        "`../shared/peers/results/`); bundle rows are `python scripts/benchmark_acdc.py run --protocol cpu_peer "
+        "--variants \"['<variant>']\" --seed <N>` (commands in each `run.json`).",
+        "",
+    ]
+    for ldir in sorted(pdir.glob("labeled*"), key=lambda p: int(p.name[len("labeled") :] or 0)):
+        labeled = int(ldir.name[len("labeled") :])
+        bundle = _bundle_curves(ldir)
+        rows: list[tuple[str, str, list[dict[int, float]], list[float]]] = []
+        for label, stem in PEER_ROWS:
+            curves = _peer_curves(peers_dir, stem, labeled)
+            if curves:
+                rows.append((label, "peer's own code", curves, []))
+        order = list(VARIANTS)
+        for variant in sorted(bundle, key=lambda v: order.index(v) if v in order else len(order)):
+            runs = bundle[variant]
+            rows.append((variant, "bundle", [c for c, _ in runs], [r.get("train_seconds", float("nan")) / 60 for _, r in runs]))
+        lines += [
+            f"#### {labeled} labeled patients",
+            "",
+            "| row | code | seeds | " + " | ".join(str(p) for p in SIDE_BY_SIDE_POINTS) + " | best | train min |",
+            "| --- | --- | --- | " + " | ".join("---" for _ in SIDE_BY_SIDE_POINTS) + " | --- | --- |",
+        ]
+        finals: dict[str, float] = {}
+        for label, code, curves, minutes in rows:
+            cells = [_mean_range([c.get(p, float("nan")) for c in curves]) for p in SIDE_BY_SIDE_POINTS]
+            best = _mean_range([max(c.values()) for c in curves if c])
+            finals[label] = _mean([c.get(SIDE_BY_SIDE_POINTS[-1], float("nan")) for c in curves])
+            lines.append(
+                f"| {label} | {code} | {len(curves)} | " + " | ".join(cells) + f" | {best} | {_mean_range(minutes)} |"
+            )
+        lines += ["", *_side_by_side_targets(finals, labeled), ""]
+        png = docs_dir / f"acdc_side_by_side_{labeled}.png"
+        _plot_side_by_side(rows, labeled, png)
+        lines += [f"![side by side]({os.path.relpath(png, docs_file.parent)})", ""]
+    return lines
+
+
+def _side_by_side_targets(finals: dict[str, float], labeled: int) -> list[str]:
+    """The targets of "Semi-supervision that works", on the means at the last iteration (points)."""
+    out = ["Targets (means at the last iteration):", ""]
+
+    def check(text: str, value: float, ok: bool) -> None:
+        if not math.isnan(value):
+            out.append(f"* {text}: {value:+.1f} points: {'met' if ok else 'missed'}")
+
+    sup, uni = finals.get("peer supervised", math.nan), finals.get("peer UniMatch", math.nan)
+    lab, bun = finals.get("labeled_only", math.nan), finals.get("unimatch", math.nan)
+    vq = {k: v for k, v in finals.items() if k.startswith("vq") and not math.isnan(v)}
+    if labeled == 3:
+        check("bundle labeled_only - peer supervised (within 3)", lab - sup, abs(lab - sup) <= 3)
+        check("bundle unimatch - peer UniMatch (within 2)", bun - uni, abs(bun - uni) <= 2)
+        check("bundle unimatch - bundle labeled_only (>= +10)", bun - lab, bun - lab >= 10)
+        if vq:
+            best = max(vq, key=vq.get)
+            check(f"best VQ-Seg variant ({best}) - bundle unimatch (>= +2)", vq[best] - bun, vq[best] - bun >= 2)
+            worst = min(vq, key=vq.get)
+            check(f"worst VQ-Seg variant ({worst}) - labeled_only (>= 0)", vq[worst] - lab, vq[worst] - lab >= 0)
+    else:
+        semi = {k: v for k, v in finals.items() if not k.startswith("peer") and k != "labeled_only" and not math.isnan(v)}
+        for k, v in semi.items():
+            check(f"{k} - labeled_only (>= 0)", v - lab, v - lab >= 0)
+    return out if len(out) > 2 else []
+
+
+def _plot_side_by_side(rows: list, labeled: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, code, curves, _ in rows:
+        points = sorted({p for c in curves for p in c})
+        means = [_mean([c.get(p, float("nan")) for c in curves]) for p in points]
+        ax.plot(points, means, marker="o", linestyle="--" if code.startswith("peer") else "-", label=f"{label} ({len(curves)})")
+    ax.set(xlabel="iteration", ylabel="validation mean Dice (%)",
+           title=f"ACDC, {labeled} labeled, 64 px, batch 4 + 4, SGD (dashed: peer's own code)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
 
 
 def _target_lines(protocol: str, labeled: int, summaries: dict[str, dict[str, Any]]) -> list[str]:

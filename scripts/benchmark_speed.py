@@ -167,14 +167,7 @@ def _set_data_backend(parser, backend: str) -> None:
         **common,
         "dataset": "$@splits.labeled",
         "batch_size": "@batch_size_labeled",
-        "augmentation": {
-            "_target_": "vqseg_bundle.transforms.batched.BatchedLabeledAugment",
-            "rotate_degrees": "@weak_aug#rotate_degrees",
-            "rotate_prob": "@weak_aug#rotate_prob",
-            "flip_prob": "@weak_aug#flip_prob",
-            "zoom_range": "@weak_aug#zoom_range",
-            "zoom_prob": "@weak_aug#zoom_prob",
-        },
+        "augmentation": "$vqseg_bundle.transforms.batched.BatchedLabeledAugment(**@weak_aug)",
     }
     parser["train#unlabeled_dataloader"] = {
         **common,

@@ -7,6 +7,7 @@ from monai.data import DataLoader
 
 from vqseg_bundle.data import InMemorySliceDataset
 from vqseg_bundle.engines import EMATeacher, SemiSupervisedTrainer, make_teacher
+from vqseg_bundle.losses import PseudoLabelLoss, SemiSupervisedLoss
 from vqseg_bundle.networks import VQSegUNet
 from vqseg_bundle.transforms import BatchCutMix, labeled_transforms, unlabeled_transforms
 
@@ -31,8 +32,26 @@ def tiny_loaders(batch: int = 2, n_labeled: int = 4, n_unlabeled: int = 6, seed:
     )
 
 
+LOSS_KEYS = (
+    "supervised_loss", "pseudo_label_loss", "sup_weight", "unsup_weight", "strong_weight", "fp_weight",
+    "recon_weight", "align_weight", "align_temperature", "vq_weight", "rampup_iterations", "rampup_shape",
+)
+
+
+def make_loss(unsup_dice_weight: float = 0.0, **kwargs) -> SemiSupervisedLoss:
+    """The trainer's objective; ``unsup_dice_weight`` adds the masked Dice to the pseudo-label CE."""
+    kwargs.setdefault("align_weight", 0.0)
+    if unsup_dice_weight:
+        kwargs.setdefault("pseudo_label_loss", PseudoLabelLoss(ce_weight=1.0, dice_weight=unsup_dice_weight))
+    return SemiSupervisedLoss(**kwargs)
+
+
 def make_trainer(net=None, epochs: int = 1, epoch_length: int = 2, handlers=None, ema: bool = True, **kwargs):
+    """A trainer on the tiny U-Net and loaders; loss keywords (``LOSS_KEYS``, ``unsup_dice_weight``) build its
+    :class:`SemiSupervisedLoss`, the others go to the trainer."""
     net = net if net is not None else tiny_unet()
+    loss_kwargs = {k: kwargs.pop(k) for k in (*LOSS_KEYS, "unsup_dice_weight") if k in kwargs}
+    kwargs.setdefault("loss", make_loss(**loss_kwargs))
     teacher = make_teacher(net)
     lab, unl = tiny_loaders()
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
@@ -40,7 +59,6 @@ def make_trainer(net=None, epochs: int = 1, epoch_length: int = 2, handlers=None
     if ema:
         hs.insert(0, EMATeacher(teacher, net, decay=0.99))
     kwargs.setdefault("cutmix", BatchCutMix())
-    kwargs.setdefault("align_weight", 0.0)
     trainer = SemiSupervisedTrainer(
         "cpu", epochs, lab, unl, net, teacher, opt, epoch_length=epoch_length, train_handlers=hs, **kwargs
     )

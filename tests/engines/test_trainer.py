@@ -42,7 +42,7 @@ def test_output_has_every_term_and_events_fire_in_order():
     ]
     assert len(order) == 8  # two iterations
     for key in (
-        "loss", "loss_sup", "loss_unsup", "loss_rec_labeled", "loss_rec_unlabeled", "loss_vq",
+        "loss", "loss_sup", "loss_unsup", "loss_unsup_strong", "loss_rec", "loss_vq",
         "mask_ratio", "grad_norm", "skipped_steps", "lr", "ema_decay", "codebook_usage", "codebook_perplexity",
     ):
         assert key in out, key
@@ -50,7 +50,7 @@ def test_output_has_every_term_and_events_fire_in_order():
     assert 0.0 < out["codebook_usage"] <= 1.0
     assert math.isfinite(float(out["loss"]))
     # the total is the weighted sum of the logged terms (default weights 1, no PFA)
-    expected = out["loss_sup"] + out["loss_unsup"] + out["loss_rec_labeled"] + out["loss_rec_unlabeled"] + out["loss_vq"]
+    expected = out["loss_sup"] + out["loss_unsup"] + out["loss_rec"] + out["loss_vq"]
     assert torch.allclose(out["loss"], expected, atol=1e-5)
     assert trainer.state.iteration == 2
 
@@ -61,11 +61,11 @@ def _capture_student(trainer):
     step = trainer.student_step
     original = step.forward
 
-    def spy(labeled, unlabeled, perturb=True, generator=None, align_size=None):
-        out_l, out_u = original(labeled, unlabeled, perturb=perturb, generator=generator, align_size=align_size)
+    def spy(labeled, weak=None, strong=None, **kwargs):
+        out_l, out_u = original(labeled, weak, strong, **kwargs)
         with torch.no_grad():
-            plain = step.network.forward_train(unlabeled, perturb=False)
-        seen.update(perturbed=out_u, plain=plain, x_u=unlabeled.clone())
+            plain = step.network.forward_train(strong, perturb=False)
+        seen.update(perturbed=out_u, plain=plain, x_u=strong.clone())
         return out_l, out_u
 
     step.forward = spy
@@ -176,27 +176,34 @@ def test_invalid_arguments():
     lab, unl = tiny_loaders()
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     t = make_teacher(net)
-    with pytest.raises(ValueError, match="unsup_weight"):
-        SemiSupervisedTrainer("cpu", 1, lab, unl, net, t, opt, epoch_length=1, unsup_weight=-1)
     with pytest.raises(ValueError, match="nan_policy"):
         SemiSupervisedTrainer("cpu", 1, lab, unl, net, t, opt, epoch_length=1, nan_policy="ignore")
     with pytest.raises(ValueError, match="epoch_length"):
         SemiSupervisedTrainer("cpu", 1, lab, unl, net, t, opt, epoch_length=0)
     with pytest.raises(ValueError, match="forward_train"):
         SemiSupervisedTrainer("cpu", 1, lab, unl, torch.nn.Conv2d(1, 4, 1), t, opt, epoch_length=1)
-    with pytest.raises(ValueError, match="unsup_rampup_iterations"):
-        SemiSupervisedTrainer("cpu", 1, lab, unl, net, t, opt, epoch_length=1, unsup_rampup_iterations=-1)
-    with pytest.raises(ValueError, match="unsup_rampup_shape"):
-        SemiSupervisedTrainer("cpu", 1, lab, unl, net, t, opt, epoch_length=1, unsup_rampup_shape="step")
+    for name, value in (("pseudo_labeler", "ema"), ("perturbed_stream", "labeled"), ("cutmix_partner", "other"),
+                        ("strong_bn_stats", "ema")):
+        with pytest.raises(ValueError, match=name):
+            SemiSupervisedTrainer("cpu", 1, lab, unl, net, t, opt, epoch_length=1, **{name: value})
+    with pytest.raises(ValueError, match="SemiSupervisedLoss"):
+        SemiSupervisedTrainer("cpu", 1, lab, unl, net, t, opt, epoch_length=1, loss=torch.nn.MSELoss())
+    # a weak-stream perturbation without an fp loss would do nothing
+    with pytest.raises(ValueError, match="fp_weight"):
+        SemiSupervisedTrainer("cpu", 1, lab, unl, net, t, opt, epoch_length=1, perturbed_stream="weak")
 
 
 def test_semi_supervised_forward_runs_both_branches():
     net = tiny_unet(qpm_eps=0.7)
     step = SemiSupervisedForward(net)
-    out_l, out_u = step(torch.rand(2, 1, SIZE, SIZE), torch.rand(4, 1, SIZE, SIZE), perturb=True)
+    out_l, out_u = step(torch.rand(2, 1, SIZE, SIZE), None, torch.rand(4, 1, SIZE, SIZE), perturb_strong=True)
     assert out_l.seg_logits.shape == (2, 4, SIZE, SIZE)
     assert out_u.seg_logits.shape == (4, 4, SIZE, SIZE)
     assert out_l.perturbed_indices is None and out_u.perturbed_indices is not None
+    # labeled + weak in one call; the weak stream's clean and perturbed logits both come back
+    out_lw, out_s = step(torch.rand(2, 1, SIZE, SIZE), torch.rand(3, 1, SIZE, SIZE), None, perturb_weak=True)
+    assert out_s is None and out_lw.seg_logits.shape == out_lw.clean_seg_logits.shape == (5, 4, SIZE, SIZE)
+    assert out_lw.perturbed_indices is not None
     with pytest.raises(ValueError, match="forward_train"):
         SemiSupervisedForward(torch.nn.Identity())
 
@@ -231,6 +238,6 @@ def test_bf16_channels_last_clipping_and_masked_dice_switches():
     )
     trainer.run()
     out = trainer.state.output[0]
-    assert "loss_unsup_dice" in out and torch.isfinite(out["loss"])
+    assert "loss_unsup_strong" in out and torch.isfinite(out["loss"])
     assert float(out["grad_norm"]) > 0
     assert all(torch.isfinite(p).all() for p in net.parameters())

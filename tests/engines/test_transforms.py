@@ -80,3 +80,29 @@ def test_cutmix_none_and_invalid():
         BatchCutMix(mode="mixup")
     with pytest.raises(ValueError, match="target 0"):
         BatchCutMix()(x, [torch.rand(3, 8, 8)])
+
+
+def test_cutmix_with_a_partner_batch_and_deferred_targets():
+    """UniMatch V1 mixes each sample with the same index of a second batch; draw + mix gives the same result as
+    one call, so pseudo-labels computed after the student's forward can follow the boxes."""
+    b, h, w = 6, 16, 16
+    ids = torch.arange(b).view(b, 1, 1, 1).float().expand(b, 1, h, w).clone()
+    partner = ids + 100
+    cm = BatchCutMix(prob=1.0)
+    mixed, (lab,) = cm(ids, [ids[:, 0].long()], generator=torch.Generator().manual_seed(4),
+                       partner=(partner, [partner[:, 0].long()]))
+    inside = mixed[:, 0] >= 100
+    assert inside.any(1).any(1).all()  # every sample got a box (prob 1) ...
+    assert torch.equal(mixed[:, 0][inside], (ids[:, 0] + 100)[inside])  # ... filled from its own partner
+    assert torch.equal(lab, mixed[:, 0].long())
+    g = torch.Generator().manual_seed(4)
+    d = cm.draw(b, (h, w), g, second_batch=True)
+    assert d.perm is None and torch.equal(cm.mix(d, ids, partner), mixed)
+    # in-batch draws equal the one-call form too
+    one, _ = cm(ids, [], generator=torch.Generator().manual_seed(5))
+    d = cm.draw(b, (h, w), torch.Generator().manual_seed(5))
+    assert torch.equal(cm.mix(d, ids), one)
+    with pytest.raises(ValueError, match="partner"):
+        cm.mix(d, ids, partner)
+    with pytest.raises(ValueError, match="partner batch"):
+        cm(ids, [], partner=(partner[:3], []))

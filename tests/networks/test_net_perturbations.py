@@ -70,3 +70,43 @@ def test_complementary_needs_an_even_batch():
 def test_invalid_arguments(cls, kwargs):
     with pytest.raises(ValueError):
         cls(**kwargs)
+
+
+def _unet(**kwargs):
+    from vqseg_bundle.networks import VQSegUNet
+
+    args = dict(features=(4, 8, 16, 16), codebook_size=16, reconstruction=False, pfa_channels=None)
+    args.update(kwargs)
+    return VQSegUNet(**args)
+
+
+def test_return_clean_decodes_clean_and_perturbed_maps_together():
+    net = _unet(vq_levels=[], perturbation="dropout").eval()  # eval: no encoder dropout, BN running stats
+    x = torch.rand(3, 1, 16, 16)
+    out = net.forward_train(x, perturb=True, generator=_gen(), return_clean=True)
+    assert torch.allclose(out.clean_seg_logits, net(x), atol=1e-5)
+    assert not torch.allclose(out.seg_logits, out.clean_seg_logits)
+    plain = net.forward_train(x, perturb=False, return_clean=True)
+    assert plain.clean_seg_logits is plain.seg_logits
+    assert net.forward_train(x).clean_seg_logits is None
+
+
+def test_qpm_dropout_perturbs_codes_then_drops_channels():
+    net = _unet(vq_levels=["bottleneck"], perturbation="qpm_dropout", qpm_eps=0.9).eval()
+    assert net.dropout_levels == (0, 1, 2, 3) and net.perturb_levels == (3,)
+    x = torch.rand(4, 1, 16, 16)
+    out = net.forward_train(x, perturb=True, generator=_gen(1))
+    assert (out.perturbed_indices[0] != out.indices[0]).any()
+    qpm_only = _unet(vq_levels=["bottleneck"], perturbation="qpm", qpm_eps=0.9).eval()
+    qpm_only.load_state_dict(net.state_dict())
+    assert not torch.allclose(out.seg_logits, qpm_only.forward_train(x, perturb=True, generator=_gen(1)).seg_logits)
+
+
+def test_encoder_dropout_after_the_first_conv_only_by_default():
+    first = _unet(vq_levels=[], perturbation="none", dropout=0.5)
+    both = _unet(vq_levels=[], perturbation="none", dropout=0.5, dropout_convs="both")
+    count = lambda n: sum(isinstance(m, torch.nn.Dropout) for m in n.encoder.modules())  # noqa: E731
+    assert count(first) == 4 and count(both) == 8
+    assert first.state_dict().keys() == both.state_dict().keys()
+    with pytest.raises(ValueError, match="dropout_convs"):
+        _unet(vq_levels=[], perturbation="none", dropout_convs="second")

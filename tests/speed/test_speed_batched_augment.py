@@ -157,3 +157,57 @@ def test_batched_augment_bad_input():
         BatchedUnlabeledAugment(strong={"key": "image"})
     with pytest.raises(ValueError, match="'label'"):
         BatchedLabeledAugment()({"image": torch.rand(2, 1, 8, 8)})
+
+
+# UniMatch V1 (medical)'s augmentation, the defaults of configs/train.yaml
+UNIMATCH_WEAK = dict(rot90_prob=0.5, rotate_prob=0.5, flip_prob=0.0, zoom_prob=0.0)
+UNIMATCH_STRONG = dict(jitter_prob=0.8, brightness=0.5, contrast=0.5, clip_range=(0.0, 1.0), contrast_prob=0.0,
+                       blur_sigma=(0.1, 2.0), noise_prob=0.0)
+
+
+def test_rot90_branch_is_an_exact_rotation_and_flip():
+    image, label = marker_image()
+    g = torch.Generator().manual_seed(3)
+    x, y = BatchedWeakAugment(rot90_prob=1.0)(image.expand(64, -1, -1, -1).clone(), label.expand(64, -1, -1, -1).clone(), g)
+    candidates = [torch.flip(torch.rot90(image, k, dims=(-2, -1)), dims=(d,)) for k in range(4) for d in (-2, -1)]
+    for i in range(64):
+        assert any(torch.allclose(x[i], c, atol=1e-5) for c in candidates), i
+    assert y.dtype == torch.long and set(y.unique().tolist()) <= set(label.unique().tolist())
+    # rot90 x flip gives the four reflections of the square (flip H, flip W, both diagonals): all occur
+    distinct = []
+    for i in range(64):
+        if not any(torch.allclose(x[i], d, atol=1e-5) for d in distinct):
+            distinct.append(x[i])
+    assert len(distinct) == 4
+
+
+def test_unimatch_weak_distribution_matches_monai():
+    image, label = marker_image()
+    t = labeled_transforms(**UNIMATCH_WEAK)
+    t.set_random_state(seed=4)
+    items = [t({"image": image.clone(), "label": label.clone()}) for _ in range(N)]
+    xm = torch.stack([torch.as_tensor(i["image"]) for i in items])
+    ym = torch.stack([torch.as_tensor(i["label"]) for i in items])
+    g = torch.Generator().manual_seed(4)
+    out = BatchedLabeledAugment(**UNIMATCH_WEAK)(
+        {"image": image.expand(N, -1, -1, -1).clone(), "label": label.expand(N, -1, -1, -1).clone()}, g
+    )
+    assert_same_distribution(weak_stats(xm, ym), weak_stats(out["image"], out["label"]), WEAK_NAMES, atol=0.01)
+    # and it is not the default chain's distribution
+    xd, yd = _batched_labeled(N)
+    with pytest.raises(AssertionError):
+        assert_same_distribution(weak_stats(xm, ym), weak_stats(xd, yd), WEAK_NAMES, atol=0.01)
+
+
+def test_unimatch_strong_distribution_matches_monai_and_is_clipped():
+    image, _ = marker_image()
+    t = Compose(strong_intensity_transforms("image", **UNIMATCH_STRONG))
+    t.set_random_state(seed=5)
+    xm = torch.stack([torch.as_tensor(t({"image": image.clone()})["image"]) for _ in range(N)])
+    g = torch.Generator().manual_seed(5)
+    xb = BatchedStrongAugment(**UNIMATCH_STRONG)(image.expand(N, -1, -1, -1).clone(), g)
+    assert float(xb.min()) >= 0.0 and float(xb.max()) <= 1.0
+    assert_same_distribution(strong_stats(xm), strong_stats(xb), STRONG_NAMES, atol=1e-3)
+    xw = BatchedStrongAugment(**{**UNIMATCH_STRONG, "brightness": 0.1})(image.expand(N, -1, -1, -1).clone(), g)
+    with pytest.raises(AssertionError):
+        assert_same_distribution(strong_stats(xm), strong_stats(xw), STRONG_NAMES, atol=1e-3)

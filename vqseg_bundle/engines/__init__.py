@@ -19,8 +19,16 @@ from vqseg_bundle.engines.handlers import (
 )
 from vqseg_bundle.engines.loaders import InfiniteLoader
 from vqseg_bundle.engines.optim import backbone_param_groups
-from vqseg_bundle.engines.rampup import RAMPUP_SHAPES, rampup_factor
-from vqseg_bundle.engines.trainer import NAN_POLICIES, SemiSupervisedForward, SemiSupervisedTrainer
+from vqseg_bundle.engines.trainer import (
+    CUTMIX_PARTNERS,
+    NAN_POLICIES,
+    PERTURBED_STREAMS,
+    PSEUDO_LABELERS,
+    STRONG_BN_STATS,
+    SemiSupervisedForward,
+    SemiSupervisedTrainer,
+    frozen_batchnorm_stats,
+)
 
 __all__ = [
     "BestMetricState",
@@ -31,9 +39,13 @@ __all__ = [
     "CodebookUsageHandler",
     "EMATeacher",
     "InfiniteLoader",
+    "CUTMIX_PARTNERS",
     "NAN_POLICIES",
+    "PERTURBED_STREAMS",
+    "PSEUDO_LABELERS",
+    "STRONG_BN_STATS",
+    "frozen_batchnorm_stats",
     "NaNSkipLogger",
-    "RAMPUP_SHAPES",
     "ProgressBarHandler",
     "SemiSupervisedForward",
     "SemiSupervisedTrainer",
@@ -41,7 +53,6 @@ __all__ = [
     "latest_checkpoint",
     "make_teacher",
     "per_class_dice_metrics",
-    "rampup_factor",
     "resume_path",
     "scalar_output",
     "output_dict",

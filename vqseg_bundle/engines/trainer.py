@@ -1,23 +1,27 @@
 """The VQ-Seg semi-supervised trainer: a MONAI ``SupervisedTrainer`` with a weak-to-strong iteration.
 
 MONAI has no semi-supervised trainer, so ``_iteration`` is written here; everything around it
-(ignite engine, events, handlers, checkpointing, metrics) is MONAI's. One iteration:
+(ignite engine, events, handlers, checkpointing, metrics) is MONAI's, and the objective is a
+component of :mod:`vqseg_bundle.losses` (:class:`~vqseg_bundle.losses.SemiSupervisedLoss`: every weight,
+threshold and ramp-up is there, none here). One iteration:
 
-1. one labeled batch (the engine's own data loader) and one unlabeled batch (a second loader
-   cycling on its own, :class:`~vqseg_bundle.engines.loaders.InfiniteLoader`);
-2. the EMA teacher labels the weak view with its plain ``forward`` (never perturbed):
-   pseudo-labels = argmax, confidence = max softmax;
-3. CutMix on each of the two strong views, applied identically to pseudo-labels and confidences;
-4. the student runs in **one** call of :class:`SemiSupervisedForward` (so DDP sees one forward per
-   backward): ``forward_train`` on the labeled batch without perturbation and on the two strong
-   views concatenated (``2 B_u`` images) with perturbation (QPM);
-5. ``loss = w_sup * L_sup + r_t (w_unsup * L_unsup + w_unsup_dice * L_unsup_dice)
-   + w_rec * (L1_rec(labeled) + L1_rec(unlabeled)) + w_align * InfoNCE(PFA, FM) + w_vq * L_vq``;
-6. backward, optional gradient clipping, optimizer step guarded against non-finite values.
+1. one labeled batch (the engine's own data loader) and one unlabeled batch (a second loader cycling on its
+   own, :class:`~vqseg_bundle.engines.loaders.InfiniteLoader`), plus a second unlabeled batch as CutMix
+   partners when ``cutmix_partner="second_batch"`` (UniMatch V1);
+2. CutMix boxes are drawn and the two strong views mixed (pseudo-labels and confidences follow with the same
+   boxes once they exist);
+3. the student runs in **one** call of :class:`SemiSupervisedForward` (so DDP sees one forward per backward):
+   ``forward_train`` of ``cat(labeled, weak)`` (the weak view only when a stream needs it; with
+   ``perturbed_stream`` "weak" the clean and feature-perturbed maps are decoded together, UniMatch's "fp"
+   stream) and of the two strong views (perturbed when ``perturbed_stream`` is "strong", VQ-Seg's code);
+4. pseudo-labels (argmax, confidence = max softmax) come from the EMA teacher's plain forward of the weak view
+   (``pseudo_labeler="teacher"``) or from the student's own clean train-mode prediction of it, with the
+   CutMix partners labeled by the student in eval mode (``"student"``, UniMatch V1, no EMA in the loop);
+5. the loss module composes the terms; backward, optional gradient clipping, optimizer step guarded against
+   non-finite values.
 
-``r_t`` is the optional ramp-up factor of the pseudo-label terms (:func:`~vqseg_bundle.engines.rampup.rampup_factor`).
-When no loss term reads the unlabeled batch (labeled-only training: every unlabeled weight 0, or the
-network has nothing to train on it), steps 2-3 and the unlabeled branch are skipped.
+When no loss term reads the unlabeled batch (labeled-only training) steps 2-4 and the unlabeled branch are
+skipped.
 
 Events fire in MONAI's order: ``FORWARD_COMPLETED``, ``LOSS_COMPLETED``, ``BACKWARD_COMPLETED``,
 ``MODEL_COMPLETED``. ``engine.state.output`` is ``[dict]``, MONAI's decollated form (so that the stock
@@ -29,8 +33,9 @@ handlers decide how often to synchronise (``iteration_log``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -39,32 +44,56 @@ from ignite.engine import Engine, Events
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.inferers import Inferer
-from monai.losses import MaskedDiceLoss
 from torch.optim import Optimizer
 
 from vqseg_bundle.engines.ema import _unwrap
 from vqseg_bundle.engines.loaders import InfiniteLoader
-from vqseg_bundle.engines.rampup import RAMPUP_SHAPES, rampup_factor
-from vqseg_bundle.losses import (
-    ConfidenceMaskedCrossEntropy,
-    SupervisedSegLoss,
-    patch_infonce_loss,
-    pseudo_labels_from_logits,
-    reconstruction_l1_loss,
-)
+from vqseg_bundle.losses import SemiSupervisedLoss, pseudo_labels_from_logits
 from vqseg_bundle.transforms.augment import STRONG_KEYS
 from vqseg_bundle.transforms.cutmix import BatchCutMix
 
-__all__ = ["NAN_POLICIES", "SemiSupervisedForward", "SemiSupervisedTrainer"]
+__all__ = [
+    "CUTMIX_PARTNERS",
+    "NAN_POLICIES",
+    "PERTURBED_STREAMS",
+    "PSEUDO_LABELERS",
+    "STRONG_BN_STATS",
+    "SemiSupervisedForward",
+    "SemiSupervisedTrainer",
+    "frozen_batchnorm_stats",
+]
 
 logger = logging.getLogger(__name__)
 
 NAN_POLICIES = ("skip", "none")
+#: who labels the weak view: the EMA teacher, or the student itself (UniMatch V1)
+PSEUDO_LABELERS = ("teacher", "student")
+#: which unlabeled stream the network's feature perturbation (QPM / dropout) acts on
+PERTURBED_STREAMS = ("strong", "weak", "both")
+#: where each strong view's CutMix partner comes from
+CUTMIX_PARTNERS = ("batch", "second_batch")
+#: whether the strong-view forward updates BatchNorm running statistics
+STRONG_BN_STATS = ("update", "frozen")
 _AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+@contextlib.contextmanager
+def frozen_batchnorm_stats(module: nn.Module) -> Iterator[None]:
+    """BatchNorm layers of ``module`` normalise with the batch's statistics (train mode) but do not update
+    their running statistics inside the block (momentum 0 leaves ``running_mean / var`` unchanged)."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum in zip(norms, saved):
+            m.momentum = momentum
+
+
 class SemiSupervisedForward(nn.Module):
-    """The student's two training forwards of one step as a single ``forward`` call.
+    """The student's training forwards of one step as a single ``forward`` call.
 
     DDP synchronises gradients through hooks set up in ``forward``; calling ``forward_train`` on a
     wrapped network twice would bypass it (or trip "marked ready twice"). Wrap this module, not the
@@ -74,7 +103,7 @@ class SemiSupervisedForward(nn.Module):
     def __init__(self, network: nn.Module) -> None:
         """
         Args:
-            network: a VQ-Seg network with ``forward_train(x, perturb, generator, align_size) -> VQSegOutput``.
+            network: a VQ-Seg network with ``forward_train(x, perturb, generator, align_size, return_clean)``.
         """
         super().__init__()
         if not callable(getattr(network, "forward_train", None)):
@@ -84,32 +113,44 @@ class SemiSupervisedForward(nn.Module):
     def forward(
         self,
         labeled: torch.Tensor,
-        unlabeled: torch.Tensor | None,
-        perturb: bool = True,
+        weak: torch.Tensor | None = None,
+        strong: torch.Tensor | None = None,
+        perturb_weak: bool = False,
+        perturb_strong: bool = True,
+        freeze_strong_bn: bool = False,
         generator: torch.Generator | None = None,
         align_size: Sequence[int] | None = None,
     ) -> tuple[Any, Any]:
         """
         Args:
             labeled: ``(B_l, C, H, W)`` labeled images, never perturbed.
-            unlabeled: ``(B_u', C, H, W)`` strong views, perturbed when ``perturb``; ``None`` skips the
-                unlabeled branch (labeled-only training).
-            perturb: apply the network's feature perturbation (QPM) to the unlabeled branch.
+            weak: ``(B_u, C, H, W)`` weak views run with the labeled batch (``cat(labeled, weak)``), or ``None``.
+            strong: ``(2 B_u, C, H, W)`` the two strong views concatenated, or ``None``.
+            perturb_weak: also decode the feature-perturbed ``cat(labeled, weak)`` (its ``seg_logits``; the
+                clean logits are then ``clean_seg_logits``).
+            perturb_strong: apply the network's perturbation to the strong views.
+            freeze_strong_bn: the strong-view forward leaves BatchNorm running statistics unchanged.
             generator: random generator for the perturbation (on the inputs' device).
             align_size: ``(h, w)`` of the foundation model's feature grid, or ``None`` without PFA.
 
         Returns:
-            ``(VQSegOutput of labeled, VQSegOutput of unlabeled or None)``.
+            ``(VQSegOutput of cat(labeled, weak), VQSegOutput of strong or None)``; the first always has
+            ``clean_seg_logits``.
         """
-        out_l = self.network.forward_train(labeled, perturb=False, generator=generator, align_size=align_size)
-        if unlabeled is None:
-            return out_l, None
-        out_u = self.network.forward_train(unlabeled, perturb=perturb, generator=generator, align_size=align_size)
-        return out_l, out_u
+        first = labeled if weak is None else torch.cat([labeled, weak])
+        out_lw = self.network.forward_train(
+            first, perturb=perturb_weak, generator=generator, align_size=align_size, return_clean=True
+        )
+        if strong is None:
+            return out_lw, None
+        with frozen_batchnorm_stats(self.network) if freeze_strong_bn else contextlib.nullcontext():
+            out_s = self.network.forward_train(strong, perturb=perturb_strong, generator=generator, align_size=align_size)
+        return out_lw, out_s
 
 
 class SemiSupervisedTrainer(SupervisedTrainer):
-    """Weak-to-strong semi-supervised trainer with an EMA teacher, CutMix, QPM, reconstruction and PFA.
+    """Weak-to-strong semi-supervised trainer (EMA teacher or self-labeling student, CutMix, QPM / dropout
+    streams, reconstruction, PFA).
 
     ``self.network`` is the plain student network (for handlers, checkpoints and the EMA);
     ``self.student_step`` the module actually called (a :class:`SemiSupervisedForward`, possibly
@@ -127,19 +168,13 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         teacher: nn.Module,
         optimizer: Optimizer,
         epoch_length: int,
-        supervised_loss: Callable | None = None,
-        unsupervised_loss: Callable | None = None,
+        loss: SemiSupervisedLoss | None = None,
         cutmix: BatchCutMix | None = None,
         foundation_model: nn.Module | None = None,
-        sup_weight: float = 1.0,
-        unsup_weight: float = 1.0,
-        unsup_rampup_iterations: int = 0,
-        unsup_rampup_shape: str = "sigmoid",
-        unsup_dice_weight: float = 0.0,
-        recon_weight: float = 1.0,
-        align_weight: float = 5.0,
-        align_temperature: float = 0.1,
-        vq_weight: float = 1.0,
+        pseudo_labeler: str = "teacher",
+        perturbed_stream: str = "strong",
+        cutmix_partner: str = "batch",
+        strong_bn_stats: str = "update",
         perturb: bool = True,
         grad_clip_norm: float | None = None,
         nan_policy: str = "skip",
@@ -168,20 +203,20 @@ class SemiSupervisedTrainer(SupervisedTrainer):
             teacher: EMA teacher (``make_teacher(network)``); used in eval mode, through ``forward`` only.
             optimizer: optimizer of the student's parameters.
             epoch_length: iterations per epoch (required: the loaders are endless).
-            supervised_loss: ``(logits, labels) -> scalar``; default ``SupervisedSegLoss()`` ((CE + Dice) / 2).
-            unsupervised_loss: ``(logits, pseudo_labels, confidence) -> MaskedCEResult``; default
-                ``ConfidenceMaskedCrossEntropy(threshold=0.95)``.
+            loss: the objective (default ``SemiSupervisedLoss()``: the VQ-Seg paper's weights, CE pseudo-labels).
             cutmix: CutMix of the strong views (``None``: no CutMix).
             foundation_model: frozen FM ``(B, C, H, W) -> (B, C_fm, h, w)`` for PFA, or ``None``
                 (no alignment loss; the network then needs no adapter).
-            sup_weight, unsup_weight, unsup_dice_weight, recon_weight, align_weight, vq_weight: loss
-                weights (>= 0). ``unsup_dice_weight`` adds a confidence-masked Dice to the pseudo-label CE.
-            unsup_rampup_iterations: the pseudo-label terms' weights (``unsup_weight``, ``unsup_dice_weight``)
-                ramp up from ~0 over this many iterations (0: constant from the first step, as in the paper);
-                the current factor is logged as ``output["unsup_rampup"]``.
-            unsup_rampup_shape: ``"sigmoid"`` (``exp(-5 (1 - t)^2)``, SSL4MIS) or ``"linear"``.
-            align_temperature: InfoNCE temperature (> 0).
-            perturb: perturb the student's unlabeled branch (QPM or the network's configured mode).
+            pseudo_labeler: ``"teacher"`` (EMA teacher, eval mode) or ``"student"`` (the student's clean
+                train-mode prediction of the weak view; CutMix partners labeled by the student in eval mode).
+            perturbed_stream: ``"strong"`` (perturb the strong views: VQ-Seg's code, UniMatch V2), ``"weak"``
+                (a separate feature-perturbed weak stream, UniMatch V1's "fp"; needs the loss's ``fp_weight``)
+                or ``"both"``.
+            cutmix_partner: ``"batch"`` (a permutation of the same batch) or ``"second_batch"`` (a second
+                unlabeled batch, UniMatch V1).
+            strong_bn_stats: ``"update"`` or ``"frozen"``: the strong-view forward does not update BatchNorm
+                running statistics (so that they, and the teacher that copies them, come from clean views).
+            perturb: perturb the student (QPM or the network's configured mode) at all.
             grad_clip_norm: clip the global gradient norm to this value (``None``: no clipping).
             nan_policy: ``"skip"``: a step whose loss or gradient norm is not finite leaves parameters
                 and optimizer state unchanged, decided on the device without host sync, counted in
@@ -199,25 +234,18 @@ class SemiSupervisedTrainer(SupervisedTrainer):
             optim_set_to_none: ``optimizer.zero_grad(set_to_none=...)``.
             kwargs: other ``SupervisedTrainer`` arguments (``key_train_metric``, ``event_names``, ...).
         """
-        weights = dict(
-            sup_weight=sup_weight,
-            unsup_weight=unsup_weight,
-            unsup_dice_weight=unsup_dice_weight,
-            recon_weight=recon_weight,
-            align_weight=align_weight,
-            vq_weight=vq_weight,
-        )
-        for name, value in weights.items():
-            if float(value) < 0:
-                raise ValueError(f"{name} must be >= 0, got {value}")
-        if int(unsup_rampup_iterations) < 0:
-            raise ValueError(f"unsup_rampup_iterations must be >= 0, got {unsup_rampup_iterations}")
-        if unsup_rampup_shape not in RAMPUP_SHAPES:
-            raise ValueError(f"unsup_rampup_shape must be one of {RAMPUP_SHAPES}, got {unsup_rampup_shape!r}")
-        if align_temperature <= 0:
-            raise ValueError(f"align_temperature must be > 0, got {align_temperature}")
-        if nan_policy not in NAN_POLICIES:
-            raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}")
+        loss = loss if loss is not None else SemiSupervisedLoss()
+        if not isinstance(loss, SemiSupervisedLoss):
+            raise ValueError(f"loss must be a vqseg_bundle.losses.SemiSupervisedLoss, got {type(loss).__name__}")
+        for name, value, allowed in (
+            ("pseudo_labeler", pseudo_labeler, PSEUDO_LABELERS),
+            ("perturbed_stream", perturbed_stream, PERTURBED_STREAMS),
+            ("cutmix_partner", cutmix_partner, CUTMIX_PARTNERS),
+            ("strong_bn_stats", strong_bn_stats, STRONG_BN_STATS),
+            ("nan_policy", nan_policy, NAN_POLICIES),
+        ):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         if amp_dtype not in _AMP_DTYPES:
             raise ValueError(f"amp_dtype must be one of {tuple(_AMP_DTYPES)}, got {amp_dtype!r}")
         if grad_clip_norm is not None and grad_clip_norm <= 0:
@@ -227,6 +255,11 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         if kwargs.get("decollate"):
             raise ValueError("decollate must be False: the output holds scalar loss terms, not batches")
         kwargs["decollate"] = False
+        if cutmix is not None and cutmix.mode == "monai" and (pseudo_labeler != "teacher" or cutmix_partner != "batch"):
+            raise ValueError(
+                "cutmix mode 'monai' mixes within the batch before the student runs: it needs "
+                "pseudo_labeler='teacher' and cutmix_partner='batch'; use mode 'box'"
+            )
 
         student_step = network if isinstance(network, nn.parallel.DistributedDataParallel) else None
         plain = _unwrap(network)
@@ -238,6 +271,15 @@ class SemiSupervisedTrainer(SupervisedTrainer):
             )
         if not callable(getattr(plain, "forward_train", None)):
             raise ValueError(f"network must be a VQ-Seg network with forward_train, got {type(plain).__name__}")
+        has_perturbation = bool(perturb) and getattr(plain, "perturbation", "none") != "none"
+        streams = loss.pseudo_label_streams
+        if has_perturbation and perturbed_stream in ("weak", "both") and "fp" not in streams:
+            raise ValueError(
+                f"perturbed_stream={perturbed_stream!r} perturbs a weak 'fp' stream, but the loss gives it no "
+                "weight: set fp_weight > 0 (UniMatch: 0.5) or perturbed_stream='strong'"
+            )
+        if has_perturbation and perturbed_stream in ("weak", "both") and plain.perturbation == "complementary_dropout":
+            raise ValueError("complementary_dropout pairs the two strong views: use perturbed_stream='strong'")
         if student_step is None:
             student_step = SemiSupervisedForward(plain)
         if channels_last:
@@ -253,7 +295,7 @@ class SemiSupervisedTrainer(SupervisedTrainer):
             train_data_loader=labeled_loader,
             network=plain,
             optimizer=optimizer,
-            loss_function=supervised_loss if supervised_loss is not None else SupervisedSegLoss(),
+            loss_function=loss,
             epoch_length=int(epoch_length),
             non_blocking=non_blocking,
             inferer=inferer,
@@ -274,20 +316,16 @@ class SemiSupervisedTrainer(SupervisedTrainer):
             else InfiniteLoader(unlabeled_data_loader)
         )
         self._unlabeled_iter: Iterator | None = None
-        self.unsupervised_loss = (
-            unsupervised_loss if unsupervised_loss is not None else ConfidenceMaskedCrossEntropy(threshold=0.95)
-        )
-        self.unsup_dice = MaskedDiceLoss(to_onehot_y=True, softmax=True)
         self.cutmix = cutmix
         self.foundation_model = foundation_model.eval() if foundation_model is not None else None
         if self.foundation_model is not None:
             for p in self.foundation_model.parameters():
                 p.requires_grad_(False)
-        self.weights = {k: float(v) for k, v in weights.items()}
-        self.unsup_rampup_iterations = int(unsup_rampup_iterations)
-        self.unsup_rampup_shape = unsup_rampup_shape
-        self.uses_unlabeled = self._uses_unlabeled(plain)
-        self.align_temperature = float(align_temperature)
+        self.pseudo_labeler = pseudo_labeler
+        self.perturbed_stream = perturbed_stream
+        self.cutmix_partner = cutmix_partner
+        self.strong_bn_stats = strong_bn_stats
+        self.uses_unlabeled = loss.uses_unlabeled(plain, self.foundation_model is not None)
         self.perturb = bool(perturb)
         self.grad_clip_norm = grad_clip_norm
         self.nan_policy = nan_policy
@@ -305,18 +343,6 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         self.add_event_handler(Events.STARTED, self._start_unlabeled)
 
     # ------------------------------------------------------------------ helpers
-    def _uses_unlabeled(self, network: nn.Module) -> bool:
-        """Whether any loss term reads the unlabeled batch; when none does (labeled-only training) the
-        teacher and the student's unlabeled branch are skipped instead of computed with weight 0."""
-        w = self.weights
-        return (
-            w["unsup_weight"] > 0
-            or w["unsup_dice_weight"] > 0
-            or (w["recon_weight"] > 0 and bool(getattr(network, "reconstruction", False)))
-            or (w["align_weight"] > 0 and self.foundation_model is not None)
-            or (w["vq_weight"] > 0 and len(getattr(network, "vq_levels", ())) > 0)
-        )
-
     def _start_unlabeled(self, engine: Engine) -> None:
         # resumed runs re-seed the device generator with the step count, so a resume does not
         # replay the random draws of the first steps
@@ -391,44 +417,34 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         self._skipped += (~finite).long()
         return grad_norm
 
+
     def _foundation_features(self, images: torch.Tensor) -> torch.Tensor:
         with torch.no_grad(), self._autocast():
             return self.foundation_model(images).float()
 
-    def _unlabeled_step_inputs(self, engine: Engine) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Next unlabeled batch -> the student's CutMixed strong views and their pseudo-labels.
+    def _label(self, network: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pseudo-labels and confidences ``(B, H, W)`` of ``images`` from ``network``'s plain forward in
+        eval mode (never perturbed); the student's train / eval mode is restored afterwards."""
+        was_training = network.training
+        network.eval()
+        try:
+            with torch.no_grad(), self._autocast():
+                logits = (self._teacher_forward if network is self.teacher else network)(images)
+        finally:
+            network.train(was_training)
+        return pseudo_labels_from_logits(logits.float())
 
-        The EMA teacher labels the weak view with its plain forward (never perturbed): pseudo-labels =
-        argmax, confidence = max softmax; each strong view is CutMixed with its own boxes and partners,
-        which move the pseudo-labels and confidences identically.
-
-        Returns:
-            ``x_u`` ``(2 B_u, C, H, W)``, ``pseudo`` ``(2 B_u, H, W)`` long, ``confidence`` ``(2 B_u, H, W)``.
-        """
+    def _next_unlabeled(self, engine: Engine) -> dict[str, torch.Tensor]:
         if self._unlabeled_iter is None:
             self._start_unlabeled(engine)
-        unlabeled = next(self._unlabeled_iter)
+        batch = next(self._unlabeled_iter)
         for key in ("image", *STRONG_KEYS):
-            if key not in unlabeled:
+            if key not in batch:
                 raise ValueError(
-                    f"unlabeled batch has no {key!r} (keys: {sorted(unlabeled)}); build the unlabeled dataset "
+                    f"unlabeled batch has no {key!r} (keys: {sorted(batch)}); build the unlabeled dataset "
                     "with vqseg_bundle.transforms.unlabeled_transforms"
                 )
-        x_w = self._to_device(unlabeled["image"], torch.float32)
-        views = [self._to_device(unlabeled[k], torch.float32) for k in STRONG_KEYS]
-        with torch.no_grad(), self._autocast():
-            teacher_logits = self._teacher_forward(x_w)
-        pseudo, conf = pseudo_labels_from_logits(teacher_logits.float())
-        mixed, pls, confs = [], [], []
-        for view in views:
-            if self.cutmix is not None:
-                view, (pl_v, conf_v) = self.cutmix(view, [pseudo, conf], generator=self.generator)
-            else:
-                pl_v, conf_v = pseudo, conf
-            mixed.append(view)
-            pls.append(pl_v)
-            confs.append(conf_v)
-        return torch.cat(mixed), torch.cat(pls), torch.cat(confs)
+        return {k: self._to_device(batch[k], torch.float32) for k in ("image", *STRONG_KEYS)}
 
     # ------------------------------------------------------------------ iteration
     def _iteration(self, engine: Engine, batchdata: dict[str, torch.Tensor]) -> list[dict]:  # type: ignore[override]
@@ -439,64 +455,123 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         y_l = self._to_device(batchdata["label"], torch.long)
         if y_l.ndim == 4:
             y_l = y_l[:, 0]
-        w = self.weights
+        loss_fn: SemiSupervisedLoss = self.loss_function
+        streams = loss_fn.pseudo_label_streams
         gen = self.generator
-        x_u = pl_u = conf_u = None
-        if self.uses_unlabeled:
-            x_u, pl_u, conf_u = self._unlabeled_step_inputs(engine)
+        b_l = x_l.shape[0]
 
-        fm_l = fm_u = None
+        x_w = x_s = None
+        draws: list = []
+        partner_labels: list[tuple[torch.Tensor, torch.Tensor]] = []
+        teacher_labels = None
+        monai_mixed = None
+        if self.uses_unlabeled:
+            unl = self._next_unlabeled(engine)
+            x_w = unl["image"]
+            views = [unl[k] for k in STRONG_KEYS]
+            partner = None
+            if self.cutmix is not None and self.cutmix_partner == "second_batch":
+                partner = self._next_unlabeled(engine)
+            if self.pseudo_labeler == "teacher" and streams:
+                teacher_labels = self._label(self.teacher, x_w)
+            if self.cutmix is not None and self.cutmix.mode == "monai":
+                # monai.transforms.CutMix draws its own boxes: mix images and teacher labels at once
+                targets = list(teacher_labels) if teacher_labels is not None else []
+                monai_mixed = [self.cutmix(v, targets, generator=gen) for v in views]
+                views = [m[0] for m in monai_mixed]
+            elif self.cutmix is not None:
+                b_u, _, h, w = x_w.shape
+                for k, view in zip(STRONG_KEYS, views):
+                    draws.append(self.cutmix.draw(b_u, (h, w), gen, x_w.device, second_batch=partner is not None))
+                views = [
+                    self.cutmix.mix(d, v, None if partner is None else partner[k])
+                    for d, v, k in zip(draws, views, STRONG_KEYS)
+                ]
+                if partner is not None and streams:
+                    labeler = self.teacher if self.pseudo_labeler == "teacher" else self.network
+                    p_pl, p_conf = self._label(labeler, partner["image"])
+                    partner_labels = [(p_pl, p_conf)] * len(views)
+            need_weak = "fp" in streams or (self.pseudo_labeler == "student" and bool(streams))
+            if not need_weak:
+                x_w = None
+            if "strong" in streams or not streams:
+                x_s = torch.cat(views)
+
+        perturb_weak = self.perturb and x_w is not None and self.perturbed_stream in ("weak", "both")
+        perturb_strong = self.perturb and self.perturbed_stream in ("strong", "both")
+        first_input = x_l if x_w is None else torch.cat([x_l, x_w])
+        fm_first = fm_strong = None
         align_size = None
-        if self.foundation_model is not None and w["align_weight"] > 0:
-            fm_l = self._foundation_features(x_l)
-            fm_u = self._foundation_features(x_u)
-            align_size = tuple(fm_l.shape[-2:])
+        if self.foundation_model is not None and loss_fn.weights["align_weight"] > 0:
+            fm_first = self._foundation_features(first_input)
+            fm_strong = self._foundation_features(x_s) if x_s is not None else None
+            align_size = tuple(fm_first.shape[-2:])
 
         out: dict[str, Any] = {}
         engine.state.output = [out]
         self.student_step.train()
         self.optimizer.zero_grad(set_to_none=self.optim_set_to_none)
         with self._autocast():
-            out_l, out_u = self.student_step(x_l, x_u, perturb=self.perturb, generator=gen, align_size=align_size)
+            out_lw, out_s = self.student_step(
+                x_l,
+                x_w,
+                x_s,
+                perturb_weak=perturb_weak,
+                perturb_strong=perturb_strong,
+                freeze_strong_bn=self.strong_bn_stats == "frozen",
+                generator=gen,
+                align_size=align_size,
+            )
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
 
-        terms: dict[str, torch.Tensor] = {}
-        terms["loss_sup"] = self.loss_function(out_l.seg_logits.float(), y_l)
-        total = w["sup_weight"] * terms["loss_sup"]
-        mask_ratio = None
-        rampup = rampup_factor(engine.state.iteration - 1, self.unsup_rampup_iterations, self.unsup_rampup_shape)
-        if out_u is not None:
-            unsup = self.unsupervised_loss(out_u.seg_logits, pl_u, conf_u)
-            terms["loss_unsup"] = unsup.loss
-            mask_ratio = unsup.kept_ratio
-            total = total + rampup * w["unsup_weight"] * terms["loss_unsup"]
-            if w["unsup_dice_weight"] > 0:
-                threshold = getattr(self.unsupervised_loss, "threshold", 0.95)
-                keep = (conf_u >= threshold).unsqueeze(1).float()
-                terms["loss_unsup_dice"] = self.unsup_dice(out_u.seg_logits.float(), pl_u.unsqueeze(1), mask=keep)
-                total = total + rampup * w["unsup_dice_weight"] * terms["loss_unsup_dice"]
-        if out_l.reconstruction is not None:
-            terms["loss_rec_labeled"] = reconstruction_l1_loss(out_l.reconstruction, x_l)
-            rec = terms["loss_rec_labeled"]
-            if out_u is not None and out_u.reconstruction is not None:
-                terms["loss_rec_unlabeled"] = reconstruction_l1_loss(out_u.reconstruction, x_u)
-                rec = rec + terms["loss_rec_unlabeled"]
-            total = total + w["recon_weight"] * rec
-        if fm_l is not None:
-            if out_l.aligned is None or out_u.aligned is None:
+        clean = out_lw.clean_seg_logits
+        labeled_logits = clean[:b_l]
+        strong_targets, fp_target = [], None
+        if streams:
+            if teacher_labels is not None:
+                pl_w, conf_w = teacher_labels
+            else:  # the student labels its own weak view (clean, train mode), as UniMatch V1
+                pl_w, conf_w = pseudo_labels_from_logits(clean[b_l:].detach().float())
+            if "fp" in streams:
+                fp_logits = out_lw.seg_logits[b_l:] if perturb_weak else clean[b_l:]
+                fp_target = (fp_logits, pl_w, conf_w)
+            if "strong" in streams:
+                chunks = out_s.seg_logits.chunk(len(STRONG_KEYS))
+                for i, logits_v in enumerate(chunks):
+                    if monai_mixed is not None:
+                        pl_v, conf_v = monai_mixed[i][1]
+                    elif draws:
+                        p = partner_labels[i] if partner_labels else (None, None)
+                        pl_v = self.cutmix.mix(draws[i], pl_w, p[0])
+                        conf_v = self.cutmix.mix(draws[i], conf_w, p[1])
+                    else:
+                        pl_v, conf_v = pl_w, conf_w
+                    strong_targets.append((logits_v, pl_v, conf_v))
+
+        calls = [(first_input, out_lw, fm_first)] + ([(x_s, out_s, fm_strong)] if out_s is not None else [])
+        reconstructions = [(o.reconstruction, x) for x, o, _ in calls if o.reconstruction is not None]
+        aligned = None
+        if fm_first is not None:
+            if any(o.aligned is None for _, o, _ in calls):
                 raise ValueError(
                     "align_weight > 0 and a foundation model is set, but the network returned no PFA output: "
                     "build the network with an adapter for the foundation model's channels (pfa_channels)"
                 )
-            terms["loss_align"] = patch_infonce_loss(
-                torch.cat([out_l.aligned, out_u.aligned]), torch.cat([fm_l, fm_u]), self.align_temperature
-            )
-            total = total + w["align_weight"] * terms["loss_align"]
+            aligned = (torch.cat([o.aligned for _, o, _ in calls]), torch.cat([f for _, _, f in calls]))
+        vq_outputs = [o for _, o, _ in calls if o.vq_loss is not None]
+        terms = loss_fn(
+            engine.state.iteration - 1,
+            labeled_logits,
+            y_l,
+            strong=strong_targets,
+            fp=fp_target,
+            reconstructions=reconstructions,
+            aligned=aligned,
+            vq_losses=[o.vq_loss for o in vq_outputs],
+        )
+        total = terms["loss"]
         vq_terms: dict[str, torch.Tensor] = {}
-        vq_outputs = [o for o in (out_l, out_u) if o is not None and o.vq_loss is not None]
         if vq_outputs:
-            terms["loss_vq"] = sum(o.vq_loss for o in vq_outputs) / len(vq_outputs)
-            total = total + w["vq_weight"] * terms["loss_vq"]
             for name in set.intersection(*(set(o.vq_loss_terms) for o in vq_outputs)):
                 if "/" not in name:  # per-level terms stay out of the logs
                     vq_terms[f"vq_{name}"] = sum(o.vq_loss_terms[name] for o in vq_outputs) / len(vq_outputs)
@@ -510,12 +585,8 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
         grad_norm = self._guarded_step(total)
 
-        out["loss"] = total.detach()
         for k, v in {**terms, **vq_terms}.items():
-            out[k] = v.detach()
-        if mask_ratio is not None:
-            out["mask_ratio"] = mask_ratio.detach()
-            out["unsup_rampup"] = rampup
+            out[k] = v.detach() if torch.is_tensor(v) else v
         out["grad_norm"] = grad_norm.detach()
         out["skipped_steps"] = self._skipped.clone()
         out["lr"] = float(self.optimizer.param_groups[0]["lr"])

@@ -13,12 +13,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ._reduction import check_reduction
+from .dice import masked_dice_loss
 
 __all__ = [
     "MaskedCEResult",
     "pseudo_labels_from_logits",
     "confidence_masked_cross_entropy",
     "ConfidenceMaskedCrossEntropy",
+    "PseudoLabelLoss",
 ]
 
 DENOMINATORS = ("kept", "valid")
@@ -162,3 +164,52 @@ class ConfidenceMaskedCrossEntropy(nn.Module):
         return confidence_masked_cross_entropy(
             logits, pseudo_labels, confidence, self.threshold, ignore_mask, self.reduction, self.denominator
         )
+
+
+class PseudoLabelLoss(nn.Module):
+    """The loss of one student stream against (CutMixed) pseudo-labels: confidence-masked CE, Dice, or both.
+
+    ``loss = ce_weight * CE + dice_weight * Dice`` where both see only the pixels with
+    ``confidence >= threshold``: CE is :func:`confidence_masked_cross_entropy` (``denominator`` as there),
+    Dice is :func:`~vqseg_bundle.losses.dice.masked_dice_loss` over the kept pixels (batch-level,
+    background included, squared denominators: UniMatch medical's unlabeled loss).
+
+    Args:
+        ce_weight, dice_weight: weights of the two terms (>= 0, not both 0).
+        threshold: confidence threshold in [0, 1].
+        denominator: CE normalisation, ``"valid"`` (all pixels) or ``"kept"``.
+        dice_batch: one Dice over the batch (True) or per sample.
+
+    ``forward(logits (B, C, H, W), pseudo_labels (B, H, W), confidence (B, H, W)) -> MaskedCEResult``
+    (``loss`` scalar, ``kept_ratio`` the share of pixels above the threshold).
+    """
+
+    def __init__(
+        self,
+        ce_weight: float = 1.0,
+        dice_weight: float = 0.0,
+        threshold: float = 0.95,
+        denominator: str = "valid",
+        dice_batch: bool = True,
+    ) -> None:
+        super().__init__()
+        _check_options("PseudoLabelLoss", threshold, "mean", denominator)
+        if ce_weight < 0 or dice_weight < 0 or ce_weight + dice_weight <= 0:
+            raise ValueError(
+                f"PseudoLabelLoss: ce_weight and dice_weight must be >= 0 and not both 0, got {ce_weight}, {dice_weight}."
+            )
+        self.ce_weight = float(ce_weight)
+        self.dice_weight = float(dice_weight)
+        self.threshold = float(threshold)
+        self.denominator = denominator
+        self.dice_batch = bool(dice_batch)
+
+    def forward(self, logits: torch.Tensor, pseudo_labels: torch.Tensor, confidence: torch.Tensor) -> MaskedCEResult:
+        ce = confidence_masked_cross_entropy(
+            logits, pseudo_labels, confidence, self.threshold, None, "mean", self.denominator
+        )
+        loss = self.ce_weight * ce.loss if self.ce_weight > 0 else ce.loss.new_zeros(())
+        if self.dice_weight > 0:
+            keep = confidence >= self.threshold
+            loss = loss + self.dice_weight * masked_dice_loss(logits, pseudo_labels, keep, batch=self.dice_batch)
+        return MaskedCEResult(loss, ce.kept_ratio)

@@ -20,6 +20,10 @@ class SupervisedSegLoss(nn.Module):
         include_background: whether the Dice term averages over the background class too.
         reduction: ``"mean"`` or ``"sum"`` (DiceCELoss supports no ``"none"`` reduction).
         smooth: Dice smoothing added to numerator and denominator.
+        batch: one Dice per class over the whole batch (UniMatch / SSL4MIS) instead of one per sample and
+            class. Per-sample Dice scores a class absent from a slice as ~0 for any false positive, which on
+            ACDC (many slices without RV or Myo) pulls early training towards all-background.
+        squared_pred: squared probabilities and labels in the Dice denominator (UniMatch / SSL4MIS).
 
     ``forward(logits (B, C, H, W), labels (B, H, W) or (B, 1, H, W) int) -> scalar``.
     """
@@ -31,6 +35,8 @@ class SupervisedSegLoss(nn.Module):
         include_background: bool = True,
         reduction: str = "mean",
         smooth: float = 1e-5,
+        batch: bool = True,
+        squared_pred: bool = True,
     ) -> None:
         super().__init__()
         if lambda_ce < 0 or lambda_dice < 0:
@@ -48,6 +54,8 @@ class SupervisedSegLoss(nn.Module):
             lambda_dice=lambda_dice,
             smooth_nr=smooth,
             smooth_dr=smooth,
+            batch=batch,
+            squared_pred=squared_pred,
         )
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

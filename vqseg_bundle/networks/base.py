@@ -133,7 +133,8 @@ class VQSegNetworkBase(nn.Module):
         self.perturbation = perturbation
         self.qpm: QuantizedPerturbation | None = None
         self.feature_perturbation: nn.Module | None = None
-        if perturbation == "qpm":
+        self.dropout_levels: tuple[int, ...] = ()
+        if perturbation in ("qpm", "qpm_dropout"):
             if not self.vq_levels:
                 raise ValueError(
                     f"{cls}: perturbation='qpm' needs at least one quantized level (vq_levels is empty)."
@@ -151,6 +152,9 @@ class VQSegNetworkBase(nn.Module):
             self.qpm = QuantizedPerturbation(
                 qpm_mode, qpm_eps, qpm_temperature, qpm_distance, qpm_strategy, max_chunk_elements
             )
+            if perturbation == "qpm_dropout":  # QPM on the codes, then UniMatch's dropout on every level
+                self.feature_perturbation = FeatureDropout(dropout_rate)
+                self.dropout_levels = tuple(range(num_levels))
         else:
             levels = (
                 tuple(range(num_levels))
@@ -163,6 +167,7 @@ class VQSegNetworkBase(nn.Module):
                 self.feature_perturbation = ComplementaryDropout(dropout_rate, complementary_keep_ratio)
             else:
                 levels = ()
+            self.dropout_levels = levels
         self.perturb_levels = levels
 
         if recon_input not in RECON_INPUTS:
@@ -252,6 +257,7 @@ class VQSegNetworkBase(nn.Module):
         perturb: bool = False,
         generator: torch.Generator | None = None,
         align_size: Sequence[int] | None = None,
+        return_clean: bool = False,
     ) -> VQSegOutput:
         """Training-mode forward returning every output of the method.
 
@@ -264,6 +270,9 @@ class VQSegNetworkBase(nn.Module):
             generator: optional ``torch.Generator`` (on ``x``'s device) for reproducible perturbations.
             align_size: ``(h, w)`` of the foundation model's token grid; with a PFA adapter the output's
                 ``aligned`` is the adapter applied to the unperturbed post-VQ map of ``pfa_level``.
+            return_clean: also decode the unperturbed features (``clean_seg_logits``). With a perturbation,
+                the clean and perturbed feature maps go through the decoder as one batch of ``2 B`` (UniMatch's
+                "fp" forward: one encoding, the decoder's BatchNorm sees both).
 
         Returns:
             :class:`~vqseg_bundle.networks.outputs.VQSegOutput`.
@@ -291,7 +300,7 @@ class VQSegNetworkBase(nn.Module):
 
         seg_input = post
         perturbed_indices = None
-        if perturb and self.perturbation == "qpm":
+        if perturb and self.qpm is not None:
             seg_input = list(post)
             perturbed_indices = []
             for key, quantizer in self.quantizers.items():
@@ -304,14 +313,21 @@ class VQSegNetworkBase(nn.Module):
                 else:
                     new_idx = idx
                 perturbed_indices.append(new_idx)
-        elif perturb and self.feature_perturbation is not None:
-            seg_input = list(post)
-            levels = list(self.perturb_levels)
-            for level, value in zip(levels, self.feature_perturbation([post[l] for l in levels], generator)):
+        if perturb and self.feature_perturbation is not None:
+            seg_input = list(seg_input)
+            levels = list(self.dropout_levels)
+            for level, value in zip(levels, self.feature_perturbation([seg_input[l] for l in levels], generator)):
                 seg_input[level] = value
 
         out_size = x.shape[-2:]
-        seg_logits = self.decode_seg(seg_input, out_size)
+        clean_seg_logits = None
+        if return_clean and seg_input is not post:
+            both = self.decode_seg([torch.cat([c, p]) for c, p in zip(post, seg_input)], out_size)
+            clean_seg_logits, seg_logits = both.chunk(2)
+        else:
+            seg_logits = self.decode_seg(seg_input, out_size)
+            if return_clean:
+                clean_seg_logits = seg_logits
         reconstruction = None
         if self.reconstruction:
             rec_input = post
@@ -327,6 +343,7 @@ class VQSegNetworkBase(nn.Module):
             aligned = self.adapter(pfa_input, align_size)
         return VQSegOutput(
             seg_logits=seg_logits,
+            clean_seg_logits=clean_seg_logits,
             reconstruction=reconstruction,
             pre_vq=pre_vq,
             post_vq=post_vq,

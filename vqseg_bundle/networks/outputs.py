@@ -16,6 +16,8 @@ class VQSegOutput:
     Attributes:
         seg_logits: ``(B, num_classes, H, W)`` segmentation logits, computed from the *perturbed* post-VQ
             features when ``forward_train(perturb=True)``, else from the unperturbed ones.
+        clean_seg_logits: ``(B, num_classes, H, W)`` logits of the *unperturbed* features when
+            ``forward_train(return_clean=True)`` (equal to ``seg_logits`` without a perturbation), else ``None``.
         reconstruction: ``(B, in_channels, H, W)`` image reconstruction, always from the *unperturbed*
             post-VQ features, or ``None`` when the network has no reconstruction decoder.
         pre_vq: one ``(B, D_l, h_l, w_l)`` encoder feature map per quantized level (shallow to deep).
@@ -31,6 +33,7 @@ class VQSegOutput:
     """
 
     seg_logits: torch.Tensor
+    clean_seg_logits: torch.Tensor | None = None
     reconstruction: torch.Tensor | None = None
     pre_vq: list[torch.Tensor] = field(default_factory=list)
     post_vq: list[torch.Tensor] = field(default_factory=list)

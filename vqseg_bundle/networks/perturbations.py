@@ -14,7 +14,7 @@ import torch.nn as nn
 
 __all__ = ["PERTURBATIONS", "FeatureDropout", "ComplementaryDropout"]
 
-PERTURBATIONS = ("qpm", "none", "dropout", "complementary_dropout")
+PERTURBATIONS = ("qpm", "none", "dropout", "complementary_dropout", "qpm_dropout")
 
 
 class FeatureDropout(nn.Module):

@@ -14,6 +14,7 @@ from .decoders import UNetDecoder
 __all__ = ["VQSegUNet"]
 
 SSL4MIS_DROPOUT = (0.05, 0.1, 0.2, 0.3, 0.5)
+DROPOUT_CONVS = ("first", "both")
 
 
 class VQSegUNet(VQSegNetworkBase):
@@ -33,6 +34,9 @@ class VQSegUNet(VQSegNetworkBase):
         features: encoder widths, shallow to deep (at least 2 levels).
         dropout: encoder dropout per level (one float for all, or one per level); ``None``: SSL4MIS's
             ``(0.05, 0.1, 0.2, 0.3, 0.5)`` for five levels, else linearly spaced from 0.05 to 0.5.
+        dropout_convs: which of the two convolutions of an encoder block drop out: ``"first"`` (SSL4MIS /
+            UniMatch: dropout after the first conv's activation only) or ``"both"`` (MONAI ``TwoConv``: after
+            each conv's normalisation). No parameters depend on it (same state dict either way).
         decoder_dropout: dropout in the decoder blocks.
         act, norm: MONAI layer-factory specs.
         upsample: decoder upsampling: ``"nontrainable"`` (default: 1 x 1 conv + bilinear x2, the SSL4MIS
@@ -47,8 +51,9 @@ class VQSegUNet(VQSegNetworkBase):
         codebook_size: K, one int or one per quantized level (16384 in the paper).
         commitment_beta: commitment loss weight.
         usage_entropy_weight, usage_entropy_temperature: code-usage entropy loss (0 = off).
-        perturbation: ``"qpm"``, ``"none"``, ``"dropout"`` (UniMatch) or ``"complementary_dropout"``
-            (UniMatch V2; ``forward_train`` then expects the two strong views concatenated along the batch).
+        perturbation: ``"qpm"``, ``"none"``, ``"dropout"`` (UniMatch), ``"complementary_dropout"``
+            (UniMatch V2; ``forward_train`` then expects the two strong views concatenated along the batch) or
+            ``"qpm_dropout"`` (QPM on the quantized levels, then UniMatch's dropout on every level).
         perturb_levels: levels perturbed; ``None`` = the quantized levels for QPM, every level for the
             dropout baselines (as UniMatch does).
         dropout_rate: rate of the dropout baselines.
@@ -74,6 +79,7 @@ class VQSegUNet(VQSegNetworkBase):
         num_classes: int = 4,
         features: Sequence[int] = (16, 32, 64, 128, 256),
         dropout: float | Sequence[float] | None = None,
+        dropout_convs: str = "first",
         decoder_dropout: float = 0.0,
         act: str | tuple = ("leakyrelu", {"negative_slope": 0.01, "inplace": True}),
         norm: str | tuple = ("batch", {"affine": True}),
@@ -121,6 +127,8 @@ class VQSegUNet(VQSegNetworkBase):
                 f"VQSegUNet: dropout must be one float in [0, 1) or one per level ({len(features)}), "
                 f"got {dropout}."
             )
+        if dropout_convs not in DROPOUT_CONVS:
+            raise ValueError(f"VQSegUNet: dropout_convs must be one of {DROPOUT_CONVS}, got {dropout_convs!r}.")
         self.in_channels = int(in_channels)
         self.num_classes = int(num_classes)
         self.features = tuple(features)
@@ -129,6 +137,10 @@ class VQSegUNet(VQSegNetworkBase):
         self.encoder = nn.ModuleList([TwoConv(2, self.in_channels, features[0], act, norm, True, drops[0])])
         for level in range(1, len(features)):
             self.encoder.append(Down(2, features[level - 1], features[level], act, norm, True, drops[level]))
+        if dropout_convs == "first":
+            for block in self.encoder:
+                two_conv = block if isinstance(block, TwoConv) else block.convs
+                two_conv.conv_1.adn.D = nn.Identity()
         self.seg_decoder = UNetDecoder(features, self.num_classes, act, norm, True, decoder_dropout, upsample)
         self.rec_decoder = (
             UNetDecoder(features, self.in_channels, act, norm, True, decoder_dropout, upsample)

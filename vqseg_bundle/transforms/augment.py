@@ -30,14 +30,21 @@ from monai.transforms import (
     Compose,
     CopyItemsd,
     EnsureTyped,
+    Identityd,
+    OneOf,
     RandAdjustContrastd,
+    RandAxisFlipd,
     RandFlipd,
     RandGaussianNoised,
     RandGaussianSmoothd,
+    RandomOrder,
+    RandRotate90d,
     RandRotated,
     RandScaleIntensityd,
+    RandScaleIntensityFixedMeand,
     RandShiftIntensityd,
     RandZoomd,
+    ScaleIntensityRanged,
 )
 
 __all__ = ["STRONG_KEYS", "weak_transforms", "strong_intensity_transforms", "labeled_transforms", "unlabeled_transforms"]
@@ -67,6 +74,7 @@ def weak_transforms(
     flip_prob: float = 0.5,
     zoom_range: Sequence[float] = (0.9, 1.1),
     zoom_prob: float = 0.5,
+    rot90_prob: float = 0.0,
 ) -> list:
     """Geometric (weak) augmentation of an image and, when present in ``keys``, its label.
 
@@ -78,6 +86,9 @@ def weak_transforms(
         flip_prob: probability of a flip, drawn independently for each of the two in-plane axes.
         zoom_range: ``(min, max)`` scale factor; the output keeps the input size (crop or pad).
         zoom_prob: probability of scaling.
+        rot90_prob: probability that a sample takes UniMatch's ``random_rot_flip`` instead of the chain above:
+            rotation by ``k x 90`` degrees, ``k`` uniform in 0..3, then a flip of one random axis (UniMatch:
+            0.5, with ``rotate_prob`` 0.5 and no flip or zoom in the chain).
 
     Returns:
         A list of MONAI dictionary transforms (compose it or extend it).
@@ -95,7 +106,8 @@ def weak_transforms(
     zoom_range = _check_range("zoom_range", zoom_range, positive=True)
     interp = tuple("nearest" if "label" in k else "bilinear" for k in keys)
     angle = math.radians(rotate_degrees)
-    return [
+    rot90_prob = _check_prob("rot90_prob", rot90_prob)
+    chain = [
         RandRotated(keys, range_x=angle, prob=rotate_prob, mode=interp, padding_mode="zeros", keep_size=True),
         RandFlipd(keys, prob=flip_prob, spatial_axis=0),
         RandFlipd(keys, prob=flip_prob, spatial_axis=1),
@@ -109,6 +121,11 @@ def weak_transforms(
             keep_size=True,
         ),
     ]
+    if rot90_prob == 0.0:
+        return chain
+    # RandRotate90 draws k in 1..max_k when applied: prob 3/4 makes k uniform in 0..3
+    rot_flip = Compose([RandRotate90d(keys, prob=0.75, max_k=3), RandAxisFlipd(keys, prob=1.0)])
+    return [OneOf([rot_flip, Compose(chain)], weights=[rot90_prob, 1.0 - rot90_prob])]
 
 
 def strong_intensity_transforms(
@@ -121,6 +138,10 @@ def strong_intensity_transforms(
     blur_sigma: Sequence[float] = (0.1, 1.5),
     noise_prob: float = 0.5,
     noise_std: float = 0.05,
+    jitter_prob: float = 0.0,
+    brightness: float = 0.0,
+    contrast: float = 0.0,
+    clip_range: Sequence[float] | None = None,
 ) -> list:
     """Intensity-only (strong) augmentation of one image key; geometry is left untouched.
 
@@ -136,6 +157,12 @@ def strong_intensity_transforms(
         blur_sigma: ``(min, max)`` of the blur standard deviation in pixels.
         noise_prob: probability of additive Gaussian noise.
         noise_std: maximum standard deviation of that noise (drawn uniformly below it).
+        jitter_prob: probability of a grey-level colour jitter, applied first (UniMatch: 0.8): brightness
+            ``x * U(1 +- brightness)`` and contrast ``mean + U(1 +- contrast) (x - mean)`` in random order
+            (torchvision ``ColorJitter``; its saturation and hue do nothing to one grey channel).
+        brightness, contrast: jitter strengths (UniMatch: 0.5 and 0.5).
+        clip_range: ``(low, high)`` clipping after each jitter step (as the 8-bit images of torchvision /
+            PIL are); ``None``: no clipping.
 
     Returns:
         A list of MONAI dictionary transforms.
@@ -151,7 +178,25 @@ def strong_intensity_transforms(
         raise ValueError(
             f"scale_range, shift_range and noise_std must be >= 0, got {scale_range}, {shift_range}, {noise_std}"
         )
+    jitter_prob = _check_prob("jitter_prob", jitter_prob)
+    if brightness < 0 or contrast < 0:
+        raise ValueError(f"brightness and contrast must be >= 0, got {brightness}, {contrast}")
+    jitter = []
+    if jitter_prob > 0:
+        clip = (
+            []
+            if clip_range is None
+            else [ScaleIntensityRanged(key, *(_check_range("clip_range", clip_range) * 2), clip=True)]
+        )
+        steps = RandomOrder(
+            [
+                Compose([RandScaleIntensityd(key, factors=brightness, prob=1.0), *clip]),
+                Compose([RandScaleIntensityFixedMeand(key, factors=contrast, fixed_mean=True, prob=1.0), *clip]),
+            ]
+        )
+        jitter = [OneOf([steps, Identityd(key)], weights=[jitter_prob, 1.0 - jitter_prob])]
     return [
+        *jitter,
         RandAdjustContrastd(key, prob=contrast_prob, gamma=gamma_range, retain_stats=True),
         RandScaleIntensityd(key, factors=scale_range, prob=contrast_prob),
         RandShiftIntensityd(key, offsets=shift_range, prob=contrast_prob),

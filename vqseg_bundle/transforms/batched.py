@@ -21,7 +21,8 @@ tested in ``tests/speed``):
   both rotated and zoomed (slightly smoother images), and its zoom of labels uses legacy
   ``interpolate(mode="nearest")``, which shifts labels by up to half a pixel against the image;
   here labels are sampled at pixel centres, aligned with the image.
-* strong (intensity only), drawn independently per sample and per view: gamma contrast with
+* strong (intensity only), drawn independently per sample and per view: optionally a grey-level colour
+  jitter first (brightness, contrast about the mean, random order, clipped; UniMatch's ``ColorJitter``), gamma contrast with
   retained mean / std (``RandAdjustContrastd(retain_stats=True)``), intensity scaling ``x (1 + u)``,
   shift ``x + u`` (each with ``contrast_prob``), Gaussian blur with ``sigma_h, sigma_w ~ U(blur_sigma)``
   (MONAI's "erf" kernel truncated at 4 sigma, zero padding) with ``blur_prob``, additive Gaussian
@@ -121,8 +122,10 @@ class BatchedWeakAugment:
         flip_prob: float = 0.5,
         zoom_range: Sequence[float] = (0.9, 1.1),
         zoom_prob: float = 0.5,
+        rot90_prob: float = 0.0,
     ) -> None:
         """Arguments as :func:`vqseg_bundle.transforms.weak_transforms` (same meaning, same defaults)."""
+        self.rot90_prob = _prob("rot90_prob", rot90_prob)
         if float(rotate_degrees) < 0:
             raise ValueError(f"rotate_degrees must be >= 0, got {rotate_degrees}")
         self.rotate = math.radians(float(rotate_degrees))
@@ -135,7 +138,11 @@ class BatchedWeakAugment:
         self, batch_size: int, spatial_size: Sequence[int], device: torch.device, generator: torch.Generator | None
     ) -> dict[str, torch.Tensor]:
         """Draw the per-sample parameters of a batch: ``angle`` (radians), ``flip_h`` / ``flip_w`` (``-1``:
-        flipped), ``zoom`` (1 when not applied), each ``(B,)``; and ``zoomed`` / ``rotated`` flags (bool)."""
+        flipped), ``zoom`` (1 when not applied), each ``(B,)``; and ``zoomed`` / ``rotated`` flags (bool).
+
+        With ``rot90_prob > 0`` a sample takes, with that probability, UniMatch's ``random_rot_flip`` instead
+        of the rotation / flip / zoom chain: a rotation by ``k x 90`` degrees (``k`` uniform in 0..3) and a
+        flip of one random axis (exact on square images: pixel centres map onto pixel centres)."""
         u = torch.rand(6, batch_size, device=device, generator=generator)
         rotated = u[0] < self.rotate_prob
         angle = torch.where(rotated, (2.0 * u[1] - 1.0) * self.rotate, torch.zeros_like(u[1]))
@@ -144,6 +151,17 @@ class BatchedWeakAugment:
         lo, hi = self.zoom_range
         zoomed = u[4] < self.zoom_prob
         zoom = torch.where(zoomed, lo + (hi - lo) * u[5], torch.ones_like(u[5]))
+        if self.rot90_prob > 0:  # UniMatch's rot90 + flip branch replaces the chain for these samples
+            v = torch.rand(3, batch_size, device=device, generator=generator)
+            r90 = v[0] < self.rot90_prob
+            k = torch.floor(v[1] * 4.0).clamp_max(3.0)
+            axis_h = v[2] < 0.5
+            angle = torch.where(r90, k * (math.pi / 2.0), angle)
+            flip_h = torch.where(r90, torch.where(axis_h, -1.0, 1.0), flip_h)
+            flip_w = torch.where(r90, torch.where(axis_h, 1.0, -1.0), flip_w)
+            zoom = torch.where(r90, torch.ones_like(zoom), zoom)
+            zoomed = zoomed & ~r90
+            rotated = rotated | r90
         return {"angle": angle, "flip_h": flip_h, "flip_w": flip_w, "zoom": zoom, "zoomed": zoomed, "rotated": rotated}
 
     @staticmethod
@@ -260,8 +278,17 @@ class BatchedStrongAugment:
         blur_sigma: Sequence[float] = (0.1, 1.5),
         noise_prob: float = 0.5,
         noise_std: float = 0.05,
+        jitter_prob: float = 0.0,
+        brightness: float = 0.0,
+        contrast: float = 0.0,
+        clip_range: Sequence[float] | None = None,
     ) -> None:
         """Arguments as :func:`vqseg_bundle.transforms.strong_intensity_transforms` (same meaning and defaults)."""
+        self.jitter_prob = _prob("jitter_prob", jitter_prob)
+        if float(brightness) < 0 or float(contrast) < 0:
+            raise ValueError(f"brightness and contrast must be >= 0, got {brightness}, {contrast}")
+        self.brightness, self.contrast = float(brightness), float(contrast)
+        self.clip_range = None if clip_range is None else _pair("clip_range", clip_range)
         self.contrast_prob = _prob("contrast_prob", contrast_prob)
         self.blur_prob = _prob("blur_prob", blur_prob)
         self.noise_prob = _prob("noise_prob", noise_prob)
@@ -277,6 +304,29 @@ class BatchedStrongAugment:
         self.blur_tail = int(max(self.blur_sigma[1] * _TRUNCATED, 0.5) + 0.5)
 
     # -------------------------------------------------------------- stages
+    def _clip(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.clip_range is None else x.clamp(*self.clip_range)
+
+    def _jitter(self, x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
+        """Grey-level ColorJitter (torchvision's brightness and contrast; saturation and hue are no-ops on one
+        channel): with ``jitter_prob``, ``x * b`` and ``mean + c (x - mean)`` in random order, ``b ~ U(1 +- brightness)``,
+        ``c ~ U(1 +- contrast)``, each followed by clipping to ``clip_range``."""
+        b = x.shape[0]
+        apply = _bernoulli(b, self.jitter_prob, x, g).view(b, 1, 1, 1)
+        factor_b = _uniform(b, 1.0 - self.brightness, 1.0 + self.brightness, x, g).view(b, 1, 1, 1).to(x.dtype)
+        factor_c = _uniform(b, 1.0 - self.contrast, 1.0 + self.contrast, x, g).view(b, 1, 1, 1).to(x.dtype)
+        contrast_first = _bernoulli(b, 0.5, x, g).view(b, 1, 1, 1)
+
+        def bright(t: torch.Tensor) -> torch.Tensor:
+            return self._clip(t * factor_b)
+
+        def contr(t: torch.Tensor) -> torch.Tensor:
+            mean = t.mean(dim=(1, 2, 3), keepdim=True)
+            return self._clip(mean + factor_c * (t - mean))
+
+        out = torch.where(contrast_first, bright(contr(x)), contr(bright(x)))
+        return torch.where(apply, out, x)
+
     def _gamma(self, x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
         b = x.shape[0]
         apply = _bernoulli(b, self.contrast_prob, x, g)
@@ -336,7 +386,8 @@ class BatchedStrongAugment:
             ``(B, C, H, W)`` strong view, same dtype.
         """
         _check_image(image)
-        x = self._gamma(image, generator)
+        x = self._jitter(image, generator) if self.jitter_prob > 0 else image
+        x = self._gamma(x, generator)
         x = self._scale_shift(x, generator)
         x = self._blur(x, generator)
         return self._noise(x, generator)

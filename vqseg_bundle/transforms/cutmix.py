@@ -14,18 +14,20 @@ Two modes (a config choice, ``mode``):
   ``randomize=False``. It loops over samples in Python and draws from NumPy.
 
 The partner of sample ``i`` is ``perm[i]`` for a random permutation of the batch (UniMatch V2
-pairs with the reversed batch; UniMatch V1 with a second unlabeled batch). With a batch of one
-sample the partner is the sample itself and CutMix is a no-op.
+pairs with the reversed batch), or sample ``i`` of a second batch passed as ``partner`` (UniMatch V1
+mixes with a second unlabeled batch: no sample is mixed with itself; with an in-batch permutation of
+4 samples a quarter of the boxes are). With a batch of one sample and no partner batch CutMix is a no-op.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from monai.transforms import CutMix as MonaiCutMix
 
-__all__ = ["CUTMIX_MODES", "random_box_masks", "BatchCutMix"]
+__all__ = ["CUTMIX_MODES", "CutMixDraw", "random_box_masks", "BatchCutMix"]
 
 CUTMIX_MODES = ("box", "monai", "none")
 
@@ -81,6 +83,14 @@ def random_box_masks(
     return inside_r & inside_c & apply.view(-1, 1, 1)
 
 
+class CutMixDraw(NamedTuple):
+    """The random part of one CutMix of a batch: ``box`` ``(B, H, W)`` bool, and ``perm`` ``(B,)`` (the in-batch
+    partner of each sample) or ``None`` when the partners are a second batch."""
+
+    box: torch.Tensor
+    perm: torch.Tensor | None
+
+
 class BatchCutMix:
     """Mix each sample of a batch with a partner sample inside a box; same boxes for all targets.
 
@@ -124,6 +134,7 @@ class BatchCutMix:
         image: torch.Tensor,
         targets: Sequence[torch.Tensor] = (),
         generator: torch.Generator | None = None,
+        partner: tuple[torch.Tensor, Sequence[torch.Tensor]] | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """
         Args:
@@ -131,6 +142,8 @@ class BatchCutMix:
             targets: tensors ``(B, H, W)`` or ``(B, C', H, W)`` (pseudo-labels, confidences, ...)
                 mixed with the same boxes and partners; dtypes are kept.
             generator: random generator on ``image.device`` (``"box"`` mode).
+            partner: ``(partner image, partner targets)`` of the same shapes: sample ``i`` is mixed with
+                sample ``i`` of this second batch (``"box"`` mode) instead of a permuted sample of its own.
 
         Returns:
             ``(mixed image, [mixed targets])``.
@@ -141,15 +154,61 @@ class BatchCutMix:
         for i, t in enumerate(targets):
             if t.shape[0] != b or tuple(t.shape[-2:]) != (h, w) or t.ndim not in (3, 4):
                 raise ValueError(f"target {i} must be (B, H, W) or (B, C, H, W) matching image, got {tuple(t.shape)}")
-        if self.mode == "none" or b == 1:
+        if partner is not None:
+            p_image, p_targets = partner[0], list(partner[1])
+            if p_image.shape != image.shape or len(p_targets) != len(targets) or any(
+                pt.shape != t.shape for pt, t in zip(p_targets, targets)
+            ):
+                raise ValueError(
+                    f"partner batch must match the batch: image {tuple(p_image.shape)} vs {tuple(image.shape)}, "
+                    f"targets {[tuple(t.shape) for t in p_targets]} vs {[tuple(t.shape) for t in targets]}"
+                )
+            if self.mode == "monai":
+                raise ValueError("a partner batch needs mode 'box' (monai.transforms.CutMix mixes within its batch)")
+        if self.mode == "none" or (b == 1 and partner is None):
             return image, list(targets)
         if self.mode == "monai":
             return self._monai(image, targets)
-        box = random_box_masks(b, (h, w), self.prob, self.area_range, self.ratio_range, generator, image.device)
-        perm = torch.randperm(b, device=image.device, generator=generator)
-        mixed = torch.where(box.unsqueeze(1), image[perm], image)
-        out = [torch.where(box if t.ndim == 3 else box.unsqueeze(1), t[perm], t) for t in targets]
+        d = self.draw(b, (h, w), generator, image.device, second_batch=partner is not None)
+        if partner is None:
+            return self.mix(d, image), [self.mix(d, t) for t in targets]
+        mixed = self.mix(d, image, p_image)
+        out = [self.mix(d, t, pt) for t, pt in zip(targets, p_targets)]
         return mixed, out
+
+    def draw(
+        self,
+        batch_size: int,
+        spatial_size: Sequence[int],
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        second_batch: bool = False,
+    ) -> CutMixDraw:
+        """Boxes (and in-batch partners unless ``second_batch``) for :meth:`mix`, so that images can be mixed
+        before their pseudo-labels exist (a student that labels its own weak view in the training forward).
+        ``"box"`` and ``"none"`` modes only (``"none"`` gives empty boxes)."""
+        if self.mode == "monai":
+            raise ValueError("BatchCutMix.draw needs mode 'box' or 'none' (monai.transforms.CutMix draws its own boxes)")
+        if self.mode == "none":
+            box = torch.zeros(batch_size, *spatial_size, dtype=torch.bool, device=device)
+            return CutMixDraw(box, None if second_batch else torch.arange(batch_size, device=device))
+        box = random_box_masks(
+            batch_size, spatial_size, self.prob, self.area_range, self.ratio_range, generator, device
+        )
+        perm = None if second_batch else torch.randperm(batch_size, device=box.device, generator=generator)
+        return CutMixDraw(box, perm)
+
+    @staticmethod
+    def mix(draw: CutMixDraw, x: torch.Tensor, partner: torch.Tensor | None = None) -> torch.Tensor:
+        """``x`` (``(B, H, W)`` or ``(B, C, H, W)``) with the boxes of ``draw`` filled from ``partner`` (a second
+        batch of the same shape) or, for an in-batch draw, from ``x[perm]``."""
+        if (partner is None) == (draw.perm is None):
+            raise ValueError("CutMix.mix: give a partner batch exactly when the draw has no in-batch permutation")
+        source = x[draw.perm] if partner is None else partner
+        if source.shape != x.shape:
+            raise ValueError(f"CutMix.mix: partner {tuple(source.shape)} does not match {tuple(x.shape)}")
+        box = draw.box if x.ndim == 3 else draw.box.unsqueeze(1)
+        return torch.where(box, source, x)
 
     def _monai(self, image: torch.Tensor, targets: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         cutmix = MonaiCutMix(batch_size=image.shape[0], alpha=self.alpha)
