@@ -37,7 +37,7 @@ def test_cli_training_writes_flat_teacher_and_logs_terms(unet_run, demo_dir):
     tmp, proc = unet_run
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     log = proc.stdout + proc.stderr
-    for term in ("loss_sup", "loss_unsup", "loss_rec_labeled", "loss_align", "loss_vq", "mask_ratio", "codebook_usage"):
+    for term in ("loss_sup", "loss_unsup", "loss_rec", "loss_align", "loss_vq", "mask_ratio", "codebook_usage"):
         assert term in log, term
     assert "val_mean_dice" in log
     # models/model.pt: a flat state dict of network_def (the EMA teacher), loadable strictly

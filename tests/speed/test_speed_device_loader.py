@@ -11,7 +11,7 @@ from speed_helpers import SIZE, assert_same_distribution, marker_image
 from vqseg_bundle.data import InMemorySliceDataset
 from vqseg_bundle.data.device_loader import DeviceBatchLoader
 from vqseg_bundle.engines import EMATeacher, InfiniteLoader, SemiSupervisedTrainer, make_teacher
-from vqseg_bundle.losses import SupervisedSegLoss
+from vqseg_bundle.losses import SemiSupervisedLoss, SupervisedSegLoss
 from vqseg_bundle.networks import VQSegUNet
 from vqseg_bundle.transforms import BatchCutMix, labeled_transforms, unlabeled_transforms
 from vqseg_bundle.transforms.batched import BatchedLabeledAugment, BatchedUnlabeledAugment
@@ -109,7 +109,8 @@ def test_trainer_runs_on_device_loaders_like_on_dataloaders():
             )
         opt = torch.optim.SGD(net.parameters(), lr=0.01)
         trainer = SemiSupervisedTrainer(
-            "cpu", 1, *loaders, net, teacher, opt, epoch_length=5, cutmix=BatchCutMix(), align_weight=0.0,
+            "cpu", 1, *loaders, net, teacher, opt, epoch_length=5, cutmix=BatchCutMix(),
+            loss=SemiSupervisedLoss(align_weight=0.0),
             train_handlers=[EMATeacher(teacher, net, decay=0.99)],
         )
         trainer.run()

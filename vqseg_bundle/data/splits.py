@@ -137,6 +137,7 @@ def build_splits(
     image_size: Sequence[int] = (256, 256),
     slice_axis: int = -1,
     normalization: str = "minmax",
+    image_resize_mode: str = "bilinear",
     num_classes: int = 4,
     cache_dir: str | os.PathLike | None = None,
     labeled_transform: Callable | None = None,
@@ -157,6 +158,8 @@ def build_splits(
             ``N`` (the first ``N`` patients in list order), or ``"all"``.
         image_size: ``(S0, S1)`` the training slices are resized to once, at load time
             (image bilinear, label nearest).
+        image_resize_mode: interpolation of the training images to ``image_size``: ``"bilinear"`` (as the
+            validation / inference resize) or ``"nearest-exact"`` (as UniMatch's ``zoom(order=0)``).
         slice_axis: axis of the NIfTI volumes cut into training slices (ACDC slices are 2D already).
         normalization: per-volume intensity normalisation, ``"minmax"`` (SSL4MIS), ``"zscore"``,
             ``"percentile"`` (0.5-99.5 clip, then [0, 1]) or ``"none"``.
@@ -203,13 +206,13 @@ def build_splits(
 
     label_dtype = torch.uint8 if num_classes <= 256 else torch.int64
     labeled_ds = InMemorySliceDataset(
-        resize_slices(raw.labeled_images, size, "bilinear"),
+        resize_slices(raw.labeled_images, size, image_resize_mode),
         resize_slices(raw.labeled_labels, size, "nearest-exact", dtype=label_dtype),
         raw.labeled_names,
         labeled_transform,
     )
     if raw.unlabeled_images:
-        unlabeled_images = resize_slices(raw.unlabeled_images, size, "bilinear")
+        unlabeled_images = resize_slices(raw.unlabeled_images, size, image_resize_mode)
     else:
         unlabeled_images = torch.empty((0, 1, *size))
     unlabeled_ds = InMemorySliceDataset(unlabeled_images, None, raw.unlabeled_names, unlabeled_transform)

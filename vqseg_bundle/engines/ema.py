@@ -7,10 +7,10 @@ EMA schedule, and (3) the update is a few fused ``torch._foreach`` kernels, with
 
 Buffer policy (``buffers``):
 
-* ``"copy"`` (default, as UniMatch V2 and ignite's default): the teacher takes the student's
-  buffers (BatchNorm running statistics, VQ codebook buffers) after every step;
-* ``"ema"``: floating-point buffers are averaged like the parameters, integer buffers
-  (``num_batches_tracked``) copied;
+* ``"copy"`` (default, as ignite's ``EMAHandler``): the teacher takes the student's buffers (BatchNorm
+  running statistics, VQ codebook buffers) after every step;
+* ``"ema"`` (UniMatch V2, which averages every state-dict entry): floating-point buffers are averaged like
+  the parameters, integer buffers (``num_batches_tracked``) copied;
 * ``"none"``: buffers are left alone (only sensible when the teacher updates its own buffers).
 
 The teacher is always kept in eval mode without gradients; it only ever runs ``forward``, which
