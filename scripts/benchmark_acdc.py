@@ -256,6 +256,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "description": "plain U-Net (no VQ), supervised loss only (unlabeled weight 0, no perturbation); EMA teacher evaluated",
         "overrides": {**_PLAIN_UNET, **_NO_PFA, "perturbation": "none", "perturb": False, "unsup_weight": 0.0},
     },
+    "labeled_only_bilinear": {
+        "description": "labeled_only with the training slices resized bilinearly (image_resize_mode bilinear)",
+        "overrides": {**_PLAIN_UNET, **_NO_PFA, "perturbation": "none", "perturb": False, "unsup_weight": 0.0,
+                      "image_resize_mode": "bilinear"},
+    },
     "labeled_only_sample_dice": {
         "description": "labeled_only with the supervised Dice per sample (MONAI's default) instead of over the batch",
         "overrides": {**_PLAIN_UNET, **_NO_PFA, "perturbation": "none", "perturb": False, "unsup_weight": 0.0,
@@ -267,6 +272,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
             "weak stream + two strong streams, masked batch Dice, (L_x + 0.25 L_s1 + 0.25 L_s2 + 0.5 L_fp) / 2"
         ),
         "overrides": {**_PLAIN_UNET, **_NO_PFA, "perturbation": "dropout", **_UNIMATCH_RECIPE},
+    },
+    "unimatch_bilinear": {
+        "description": "unimatch with the training slices resized bilinearly (image_resize_mode bilinear)",
+        "overrides": {**_PLAIN_UNET, **_NO_PFA, "perturbation": "dropout", **_UNIMATCH_RECIPE,
+                      "image_resize_mode": "bilinear"},
     },
     "unimatch_ema": {
         "description": "unimatch, but the shipped (validated) model is an EMA teacher of the student (decay 0.99)",

@@ -137,7 +137,7 @@ def build_splits(
     image_size: Sequence[int] = (256, 256),
     slice_axis: int = -1,
     normalization: str = "minmax",
-    image_resize_mode: str = "bilinear",
+    image_resize_mode: str = "nearest-exact",
     num_classes: int = 4,
     cache_dir: str | os.PathLike | None = None,
     labeled_transform: Callable | None = None,
@@ -157,9 +157,10 @@ def build_splits(
             list files; for ``dataset.json`` data the first 3 / 7 patients of ``"training"``), an int
             ``N`` (the first ``N`` patients in list order), or ``"all"``.
         image_size: ``(S0, S1)`` the training slices are resized to once, at load time
-            (image bilinear, label nearest).
-        image_resize_mode: interpolation of the training images to ``image_size``: ``"bilinear"`` (as the
-            validation / inference resize) or ``"nearest-exact"`` (as UniMatch's ``zoom(order=0)``).
+            (image per ``image_resize_mode``, label nearest).
+        image_resize_mode: interpolation of the training images to ``image_size``: ``"nearest-exact"`` (as
+            UniMatch's ``zoom(order=0)``; the labels are resized so too, so image and label stay sampled at the
+            same points) or ``"bilinear"`` (as the validation / inference resize).
         slice_axis: axis of the NIfTI volumes cut into training slices (ACDC slices are 2D already).
         normalization: per-volume intensity normalisation, ``"minmax"`` (SSL4MIS), ``"zscore"``,
             ``"percentile"`` (0.5-99.5 clip, then [0, 1]) or ``"none"``.
