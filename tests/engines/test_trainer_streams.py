@@ -113,3 +113,21 @@ def test_recipe_switches_that_cannot_work_are_refused():
     with pytest.raises(ValueError, match="complementary"):
         make_trainer(net=tiny_unet(vq_levels=[], reconstruction=False, perturbation="complementary_dropout"),
                      perturbed_stream="weak", fp_weight=0.5)
+
+
+def test_qpm_on_the_weak_stream_leaves_the_strong_views_unperturbed():
+    net = tiny_unet(reconstruction=False, perturbation="qpm", qpm_eps=0.9)
+    trainer, net, _, _ = make_trainer(net=net, ema=False, epoch_length=1, **UNIMATCH)
+    outputs = []
+    original = trainer.student_step.forward
+
+    def spy(labeled, weak=None, strong=None, **kwargs):
+        out = original(labeled, weak, strong, **kwargs)
+        outputs.append(out)
+        return out
+
+    trainer.student_step.forward = spy
+    trainer.run()
+    out_lw, out_s = outputs[0]
+    assert out_lw.perturbed_indices is not None and (out_lw.perturbed_indices[0] != out_lw.indices[0]).any()
+    assert out_s.perturbed_indices is None
