@@ -192,19 +192,14 @@ PROTOCOLS: dict[str, Protocol] = {
 # The UniMatch peer's own CPU recipe (`../shared/peers/run_unimatch_cpu.py --size 64 --batch 4 --iters 2000`):
 # train.yaml's SGD lr 0.01, momentum 0.9, wd 1e-4, poly 0.9 over 2000 iterations, no ramp-up; the side-by-side
 # protocol of the bundle against the peer's own code (docs/results.md, "Side by side with the UniMatch peer").
-PROTOCOLS["cpu_peer"] = Protocol(
+PROTOCOLS["cpu_peer"] = replace(
+    PROTOCOLS["cpu"],
     name="cpu_peer",
     description=(
         "the UniMatch peer's CPU recipe: 64 px U-Net (16-256), batch 4 + 4, 2000 iterations, SGD lr 0.01 momentum "
         "0.9 wd 1e-4 poly 0.9, no ramp-up, 1 thread, validation every 250"
     ),
-    config_files=("configs/train.yaml",),
-    image_size=64,
-    iterations=2000,
     val_every=250,
-    batch_labeled=4,
-    batch_unlabeled=4,
-    threads=1,
     overrides={"num_workers": 0, "log_every": 10},
     notes=(
         "cpu_peer caveats: 2000 iterations at 64 px and batch 4 + 4 are early training (the literature runs 30k "
@@ -251,51 +246,49 @@ _TEACHER_STRONG = {"pseudo_labeler": "teacher", "perturbed_stream": "strong", "c
                    "sup_weight": 0.5, "unsup_weight": 0.5, "strong_weight": 1.0, "fp_weight": 0.0,
                    "unsup_ce_weight": 0.0, "unsup_dice_weight": 1.0}
 
+_LABELED_ONLY = {**_PLAIN_UNET, **_NO_PFA, "perturbation": "none", "perturb": False, "unsup_weight": 0.0}
+_UNIMATCH = {**_PLAIN_UNET, **_NO_PFA, "perturbation": "dropout", **_UNIMATCH_RECIPE}
+_VQ_NO_REC = {**_NO_PFA, "network_def#reconstruction": False, "recon_weight": 0.0}
+
 VARIANTS: dict[str, dict[str, Any]] = {
     "labeled_only": {
         "description": "plain U-Net (no VQ), supervised loss only (unlabeled weight 0, no perturbation); EMA teacher evaluated",
-        "overrides": {**_PLAIN_UNET, **_NO_PFA, "perturbation": "none", "perturb": False, "unsup_weight": 0.0},
+        "overrides": dict(_LABELED_ONLY),
     },
     "labeled_only_bilinear": {
         "description": "labeled_only with the training slices resized bilinearly (image_resize_mode bilinear)",
-        "overrides": {**_PLAIN_UNET, **_NO_PFA, "perturbation": "none", "perturb": False, "unsup_weight": 0.0,
-                      "image_resize_mode": "bilinear"},
+        "overrides": {**_LABELED_ONLY, "image_resize_mode": "bilinear"},
     },
     "labeled_only_sample_dice": {
         "description": "labeled_only with the supervised Dice per sample (MONAI's default) instead of over the batch",
-        "overrides": {**_PLAIN_UNET, **_NO_PFA, "perturbation": "none", "perturb": False, "unsup_weight": 0.0,
-                      "sup_dice_batch": False},
+        "overrides": {**_LABELED_ONLY, "sup_dice_batch": False},
     },
     "unimatch": {
         "description": (
             "UniMatch V1 (medical) inside the bundle: self-labeling student, second-batch CutMix, feature-dropout "
             "weak stream + two strong streams, masked batch Dice, (L_x + 0.25 L_s1 + 0.25 L_s2 + 0.5 L_fp) / 2"
         ),
-        "overrides": {**_PLAIN_UNET, **_NO_PFA, "perturbation": "dropout", **_UNIMATCH_RECIPE},
+        "overrides": dict(_UNIMATCH),
     },
     "unimatch_bilinear": {
         "description": "unimatch with the training slices resized bilinearly (image_resize_mode bilinear)",
-        "overrides": {**_PLAIN_UNET, **_NO_PFA, "perturbation": "dropout", **_UNIMATCH_RECIPE,
-                      "image_resize_mode": "bilinear"},
+        "overrides": {**_UNIMATCH, "image_resize_mode": "bilinear"},
     },
     "unimatch_ema": {
         "description": "unimatch, but the shipped (validated) model is an EMA teacher of the student (decay 0.99)",
-        "overrides": {**_PLAIN_UNET, **_NO_PFA, "perturbation": "dropout", **_UNIMATCH_RECIPE, "ema_decay": 0.99},
+        "overrides": {**_UNIMATCH, "ema_decay": 0.99},
     },
     "vq_unimatch": {
         "description": "unimatch with the bottleneck quantized and QPM (eps 0.7) instead of dropout in the fp stream",
-        "overrides": {**_NO_PFA, "network_def#reconstruction": False, "recon_weight": 0.0, **_UNIMATCH_RECIPE,
-                      "perturbation": "qpm", "qpm_eps": 0.7},
+        "overrides": {**_VQ_NO_REC, **_UNIMATCH_RECIPE, "perturbation": "qpm", "qpm_eps": 0.7},
     },
     "vq_unimatch_qpm_dropout": {
         "description": "unimatch with the bottleneck quantized; the fp stream gets QPM (eps 0.7) and then feature dropout",
-        "overrides": {**_NO_PFA, "network_def#reconstruction": False, "recon_weight": 0.0, **_UNIMATCH_RECIPE,
-                      "perturbation": "qpm_dropout", "qpm_eps": 0.7},
+        "overrides": {**_VQ_NO_REC, **_UNIMATCH_RECIPE, "perturbation": "qpm_dropout", "qpm_eps": 0.7},
     },
     "vqseg_teacher_strong": {
         "description": "VQ-Seg code's streams: EMA teacher labels, QPM (eps 0.7) on the strong views, masked batch Dice",
-        "overrides": {**_NO_PFA, "network_def#reconstruction": False, "recon_weight": 0.0, **_TEACHER_STRONG,
-                      "perturbation": "qpm", "qpm_eps": 0.7},
+        "overrides": {**_VQ_NO_REC, **_TEACHER_STRONG, "perturbation": "qpm", "qpm_eps": 0.7},
     },
     "dropout_mt": {
         "description": "mean teacher + UniMatch feature dropout (p 0.5 on every encoder level), plain U-Net (no VQ)",
@@ -303,8 +296,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     },
     "vq_qpm": {
         "description": "VQ (bottleneck, K 16384) + QPM kernel eps 0.7; no reconstruction, no PFA",
-        "overrides": {**_NO_PFA, "perturbation": "qpm", "qpm_mode": "kernel", "qpm_eps": 0.7,
-                      "network_def#reconstruction": False, "recon_weight": 0.0},
+        "overrides": {**_VQ_NO_REC, "perturbation": "qpm", "qpm_mode": "kernel", "qpm_eps": 0.7},
     },
     "vq_qpm_rec": {
         "description": "VQ + QPM eps 0.7 + reconstruction branch (weight 1); no PFA",
@@ -703,6 +695,13 @@ def _plot(protocol: str, labeled: int, runs: dict[str, dict[str, Any]], path: Pa
                 axes[1].plot(*zip(*pts), label=variant)
     axes[0].set(xlabel="iteration", ylabel="validation mean Dice (%)", title=f"ACDC {protocol}, {labeled} labeled")
     axes[1].set(xlabel="iteration", ylabel="confident pseudo-label fraction", title="mask ratio (threshold 0.95)")
+    _save_figure(fig, axes, path)
+
+
+def _save_figure(fig: Any, axes: Sequence[Any], path: Path) -> None:
+    """Grid and legend on every axis, then the PNG (80 dpi) at ``path``."""
+    import matplotlib.pyplot as plt
+
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -831,14 +830,16 @@ SIDE_BY_SIDE_POINTS = (500, 1000, 1500, 2000)
 PEER_ROWS = (("peer supervised", "supervised_64"), ("peer UniMatch", "unimatch_64"))
 
 
-def _peer_curves(peers_dir: Path, stem: str, labeled: int) -> list[dict[int, float]]:
-    """Mean-Dice curves (%) of the peer's own runs, one ``{iteration: dice}`` per seed."""
+def _peer_curves(peers_dir: Path, stem: str, labeled: int) -> tuple[list[dict[int, float]], list[float]]:
+    """Mean-Dice curves (%) of the peer's own runs, one ``{iteration: dice}`` per seed, and their wall minutes
+    (the CSV's ``seconds`` at the last row)."""
     files = sorted(peers_dir.glob(f"{stem}_s*.csv")) if labeled == 3 else sorted(peers_dir.glob(f"{stem}_l{labeled}.csv"))
-    curves = []
+    curves, minutes = [], []
     for f in files:
         rows = [r for r in _read_csv(f) if r.get("iter", "").isdigit()]
         curves.append({int(r["iter"]): _num(r["mean"]) for r in rows})
-    return curves
+        minutes.append(_num(rows[-1].get("seconds")) / 60 if rows else float("nan"))
+    return curves, minutes
 
 
 def _bundle_curves(ldir: Path) -> dict[str, list[tuple[dict[int, float], dict[str, Any]]]]:
@@ -890,9 +891,9 @@ def build_side_by_side(results_dir: Path, docs_dir: Path, docs_file: Path, peers
         bundle = _bundle_curves(ldir)
         rows: list[tuple[str, str, list[dict[int, float]], list[float]]] = []
         for label, stem in PEER_ROWS:
-            curves = _peer_curves(peers_dir, stem, labeled)
+            curves, minutes = _peer_curves(peers_dir, stem, labeled)
             if curves:
-                rows.append((label, "peer's own code", curves, []))
+                rows.append((label, "peer's own code", curves, minutes))
         order = list(VARIANTS)
         for variant in sorted(bundle, key=lambda v: order.index(v) if v in order else len(order)):
             runs = bundle[variant]
@@ -958,12 +959,7 @@ def _plot_side_by_side(rows: list, labeled: int, path: Path) -> None:
         ax.plot(points, means, marker="o", linestyle="--" if code.startswith("peer") else "-", label=f"{label} ({len(curves)})")
     ax.set(xlabel="iteration", ylabel="validation mean Dice (%)",
            title=f"ACDC, {labeled} labeled, 64 px, batch 4 + 4, SGD (dashed: peer's own code)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    _save_figure(fig, [ax], path)
 
 
 def _target_lines(protocol: str, labeled: int, summaries: dict[str, dict[str, Any]]) -> list[str]:
