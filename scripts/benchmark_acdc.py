@@ -228,10 +228,18 @@ PROTOCOLS["cpu_short"] = replace(
 # ---------------------------------------------------------------------------------------------- variants
 # A variant is a named set of config overrides on top of train.yaml's defaults (QPM kernel mode, eps 0.7,
 # codebook 16384 on the bottleneck, reconstruction weight 1, PFA weight 5, EMA teacher, CutMix, threshold 0.95).
-_PLAIN_UNET = {"vq_levels": [], "network_def#reconstruction": False, "recon_weight": 0.0}
+_PLAIN_UNET = {"vq_levels": [], "reconstruction": False, "recon_weight": 0.0}
+_VQ_BOTTLENECK = {"vq_levels": ["bottleneck"]}
+# the VQ-Seg paper's streams and losses (configs/recipe_paper.yaml): EMA-teacher CE pseudo-labels, the perturbation
+# on the strong views, in-batch CutMix partners, every weight 1
+_PAPER_STREAMS = {
+    "pseudo_labeler": "teacher", "perturbed_stream": "strong", "cutmix_partner": "batch", "ema_decay": 0.99,
+    "sup_weight": 1.0, "unsup_weight": 1.0, "strong_weight": 1.0, "fp_weight": 0.0,
+    "unsup_ce_weight": 1.0, "unsup_dice_weight": 0.0,
+}
 _NO_PFA = {"fm_name": "none", "align_weight": 0.0}
-_FULL = {"perturbation": "qpm", "qpm_mode": "kernel", "qpm_eps": 0.7, "network_def#reconstruction": True,
-         "recon_weight": 1.0, "align_weight": 5.0, "fm_name": "@PFA"}
+_FULL = {**_PAPER_STREAMS, **_VQ_BOTTLENECK, "perturbation": "qpm", "qpm_mode": "kernel", "qpm_eps": 0.7,
+         "reconstruction": True, "recon_weight": 1.0, "align_weight": 5.0, "fm_name": "@PFA"}
 
 # UniMatch V1 (medical): the student labels its own weak view (no EMA: the validated teacher is a copy of the
 # student), a second unlabeled batch gives the CutMix partners, a feature-dropout weak stream ("fp") beside the
@@ -248,7 +256,7 @@ _TEACHER_STRONG = {"pseudo_labeler": "teacher", "perturbed_stream": "strong", "c
 
 _LABELED_ONLY = {**_PLAIN_UNET, **_NO_PFA, "perturbation": "none", "perturb": False, "unsup_weight": 0.0}
 _UNIMATCH = {**_PLAIN_UNET, **_NO_PFA, "perturbation": "dropout", **_UNIMATCH_RECIPE}
-_VQ_NO_REC = {**_NO_PFA, "network_def#reconstruction": False, "recon_weight": 0.0}
+_VQ_NO_REC = {**_NO_PFA, **_VQ_BOTTLENECK, "reconstruction": False, "recon_weight": 0.0}
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "labeled_only": {
@@ -292,16 +300,16 @@ VARIANTS: dict[str, dict[str, Any]] = {
     },
     "dropout_mt": {
         "description": "mean teacher + UniMatch feature dropout (p 0.5 on every encoder level), plain U-Net (no VQ)",
-        "overrides": {**_PLAIN_UNET, **_NO_PFA, "perturbation": "dropout"},
+        "overrides": {**_PLAIN_UNET, **_NO_PFA, **_PAPER_STREAMS, "perturbation": "dropout"},
     },
     "vq_qpm": {
         "description": "VQ (bottleneck, K 16384) + QPM kernel eps 0.7; no reconstruction, no PFA",
-        "overrides": {**_VQ_NO_REC, "perturbation": "qpm", "qpm_mode": "kernel", "qpm_eps": 0.7},
+        "overrides": {**_VQ_NO_REC, **_PAPER_STREAMS, "perturbation": "qpm", "qpm_mode": "kernel", "qpm_eps": 0.7},
     },
     "vq_qpm_rec": {
         "description": "VQ + QPM eps 0.7 + reconstruction branch (weight 1); no PFA",
-        "overrides": {**_NO_PFA, "perturbation": "qpm", "qpm_mode": "kernel", "qpm_eps": 0.7,
-                      "network_def#reconstruction": True, "recon_weight": 1.0},
+        "overrides": {**_NO_PFA, **_PAPER_STREAMS, **_VQ_BOTTLENECK, "perturbation": "qpm", "qpm_mode": "kernel",
+                      "qpm_eps": 0.7, "reconstruction": True, "recon_weight": 1.0},
     },
     "vqseg_full": {
         "description": "full VQ-Seg: VQ + QPM eps 0.7 + reconstruction + PFA (FM: EfficientNet-Lite0, DINOv2 for ViT)",

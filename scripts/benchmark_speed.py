@@ -1,7 +1,8 @@
 """Training-speed benchmark of the real VQ-Seg training iteration (not a test: it prints one table).
 
-What is timed is what users run: the trainer is built from ``configs/train.yaml`` (plus
-``configs/train_dinov2.yaml`` for the ViT) with ``monai.bundle.ConfigParser`` and a few overrides (the
+What is timed is what users run: the trainer is built from ``configs/train.yaml`` + ``configs/recipe_paper.yaml``
+(the VQ-Seg recipe: quantized bottleneck, QPM on the strong views, EMA teacher; plus ``configs/train_dinov2.yaml``
+for the ViT) with ``monai.bundle.ConfigParser`` and a few overrides (the
 schedule, QPM eps, precision / memory-format / compile switches, the data backend), and its ignite
 ``run()`` executes ``warmup + iterations`` iterations. Per-iteration handlers users run are kept (LR
 schedule, EMA teacher, codebook usage, NaN logger); validation, checkpoints, TensorBoard and the
@@ -195,7 +196,7 @@ def run_one(args: argparse.Namespace, backbone: str, eps: float, variant: str) -
     # CUDA: a first set for ms/it (no sync inside the iteration), a second for the breakdown
     per_set = int(args.iterations)
     total = int(args.warmup) + per_set * (2 if device.type == "cuda" else 1)
-    files = [str(ROOT / "configs" / "train.yaml")]
+    files = [str(ROOT / "configs" / "train.yaml"), str(ROOT / "configs" / "recipe_paper.yaml")]
     if backbone == "vit":
         files.append(str(ROOT / "configs" / "train_dinov2.yaml"))
     parser = ConfigParser()

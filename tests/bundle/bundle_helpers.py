@@ -10,6 +10,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 TRAIN = str(ROOT / "configs" / "train.yaml")
+PAPER = str(ROOT / "configs" / "recipe_paper.yaml")
 DINOV2 = str(ROOT / "configs" / "train_dinov2.yaml")
 MULTI_GPU = str(ROOT / "configs" / "multi_gpu_train.yaml")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from bundle_helpers import DINOV2, MULTI_GPU, TINY, TINY_VIT, TRAIN, cli_args, run_cli
+from bundle_helpers import DINOV2, MULTI_GPU, PAPER, TINY, TINY_VIT, TRAIN, cli_args, run_cli
 from ignite.engine import Events
 from monai.bundle import ConfigParser, ConfigWorkflow
 
@@ -26,9 +26,10 @@ def _overrides(tmp: Path, demo_dir: str, vit: bool = False, **extra) -> dict:
 
 @pytest.fixture(scope="module")
 def unet_run(tmp_path_factory, demo_dir):
-    """One real CLI training run of the U-Net variant (with the EfficientNet-Lite0 PFA foundation model)."""
+    """One real CLI training run of the U-Net with the paper's recipe (configs/recipe_paper.yaml: quantized
+    bottleneck, QPM, reconstruction) and the EfficientNet-Lite0 PFA foundation model."""
     tmp = tmp_path_factory.mktemp("unet_run")
-    args = ["--config_file", TRAIN] + cli_args(_overrides(tmp, demo_dir, fm_name="efficientnet_lite0"))
+    args = ["--config_file", repr([TRAIN, PAPER])] + cli_args(_overrides(tmp, demo_dir, fm_name="efficientnet_lite0"))
     proc = run_cli(args)
     return tmp, proc
 
@@ -44,7 +45,7 @@ def test_cli_training_writes_flat_teacher_and_logs_terms(unet_run, demo_dir):
     state = torch.load(tmp / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert all(torch.is_tensor(v) for v in state.values())
     parser = ConfigParser()
-    parser.read_config(TRAIN)
+    parser.read_config([TRAIN, PAPER])
     parser.update(_overrides(tmp, demo_dir, fm_name="efficientnet_lite0"))
     net = parser.get_parsed_content("network_def")
     net.load_state_dict(state, strict=True)

@@ -57,19 +57,25 @@ def test_summary_and_patients(demo_splits):
     assert demo_splits.patients()["labeled"] == ["phantom_000", "phantom_001"]
 
 
-def test_resize_once_image_bilinear_label_nearest(nifti_factory, tmp_path):
+def test_resize_once_image_nearest_or_bilinear_label_nearest(nifti_factory, tmp_path):
     root = nifti_factory(tmp_path / "d", shape=(16, 12, 3))
     raw = load_nifti_splits(root, labeled="all", normalization="minmax")
     same = build_splits(str(root), labeled="all", image_size=(16, 12))
     np.testing.assert_array_equal(same.labeled.images[:, 0].numpy(), np.stack(raw.labeled_images))
     np.testing.assert_array_equal(same.labeled.labels[:, 0].numpy(), np.stack(raw.labeled_labels))
-    double = build_splits(str(root), labeled="all", image_size=(32, 24))
+    double = build_splits(str(root), labeled="all", image_size=(32, 24), image_resize_mode="bilinear")
     # nearest-exact upsampling by 2 repeats every label pixel
     expected = np.stack(raw.labeled_labels).repeat(2, axis=1).repeat(2, axis=2)
     np.testing.assert_array_equal(double.labeled.labels[:, 0].numpy(), expected)
     # bilinear: new values in between, same range
     assert double.labeled.images.min() >= 0 and double.labeled.images.max() <= 1
     assert len(torch.unique(double.labeled.images)) > len(np.unique(np.stack(raw.labeled_images)))
+    # nearest-exact (the default, as UniMatch): images sampled at the label's points, no new values
+    nearest = build_splits(str(root), labeled="all", image_size=(32, 24))
+    expected = np.stack(raw.labeled_images).repeat(2, axis=1).repeat(2, axis=2)
+    np.testing.assert_array_equal(nearest.labeled.images[:, 0].numpy(), expected)
+    with pytest.raises(ValueError, match="mode"):
+        build_splits(str(root), labeled="all", image_size=(32, 24), image_resize_mode="bicubic")
 
 
 def test_resize_slices_of_different_shapes():

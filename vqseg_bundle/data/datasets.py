@@ -14,6 +14,10 @@ from vqseg_bundle.data.integrity import patient_id_from_name
 __all__ = ["InMemorySliceDataset", "resize_slices"]
 
 
+#: interpolation modes of :func:`resize_slices`
+RESIZE_MODES = ("bilinear", "nearest-exact")
+
+
 def resize_slices(
     slices: Sequence[np.ndarray], size: Sequence[int], mode: str, dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
@@ -34,8 +38,8 @@ def resize_slices(
     Returns:
         Tensor ``(N, 1, S0, S1)`` of ``dtype``.
     """
-    if mode not in ("bilinear", "nearest-exact"):
-        raise ValueError(f"mode must be 'bilinear' or 'nearest-exact', got {mode!r}")
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"mode must be one of {RESIZE_MODES}, got {mode!r}")
     size = tuple(int(s) for s in size)
     if len(size) != 2 or min(size) < 1:
         raise ValueError(f"size must be two positive integers, got {size}")

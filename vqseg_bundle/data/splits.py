@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from vqseg_bundle.data.acdc import is_acdc_layout, load_acdc_splits
-from vqseg_bundle.data.datasets import InMemorySliceDataset, resize_slices
+from vqseg_bundle.data.datasets import RESIZE_MODES, InMemorySliceDataset, resize_slices
 from vqseg_bundle.data.integrity import DataIntegrityError, patient_id_from_name
 from vqseg_bundle.data.nifti import DATASET_JSON, load_nifti_splits
 from vqseg_bundle.data.records import RawSplits
@@ -180,6 +180,8 @@ def build_splits(
     start = time.perf_counter()
     if dataset_format not in DATASET_FORMATS:
         raise ValueError(f"dataset_format must be one of {DATASET_FORMATS}, got {dataset_format!r}")
+    if image_resize_mode not in RESIZE_MODES:
+        raise ValueError(f"image_resize_mode must be one of {RESIZE_MODES}, got {image_resize_mode!r}")
     size = tuple(
         int(s) for s in (image_size if isinstance(image_size, Sequence) else (image_size, image_size))
     )
