@@ -462,7 +462,7 @@ class SemiSupervisedTrainer(SupervisedTrainer):
 
         x_w = x_s = None
         draws: list = []
-        partner_labels: list[tuple[torch.Tensor, torch.Tensor]] = []
+        partner_labels: tuple[torch.Tensor, torch.Tensor] | tuple[None, None] = (None, None)
         teacher_labels = None
         monai_mixed = None
         if self.uses_unlabeled:
@@ -481,16 +481,16 @@ class SemiSupervisedTrainer(SupervisedTrainer):
                 views = [m[0] for m in monai_mixed]
             elif self.cutmix is not None:
                 b_u, _, h, w = x_w.shape
-                for k, view in zip(STRONG_KEYS, views):
-                    draws.append(self.cutmix.draw(b_u, (h, w), gen, x_w.device, second_batch=partner is not None))
+                draws = [
+                    self.cutmix.draw(b_u, (h, w), gen, x_w.device, second_batch=partner is not None) for _ in views
+                ]
                 views = [
                     self.cutmix.mix(d, v, None if partner is None else partner[k])
                     for d, v, k in zip(draws, views, STRONG_KEYS)
                 ]
                 if partner is not None and streams:
                     labeler = self.teacher if self.pseudo_labeler == "teacher" else self.network
-                    p_pl, p_conf = self._label(labeler, partner["image"])
-                    partner_labels = [(p_pl, p_conf)] * len(views)
+                    partner_labels = self._label(labeler, partner["image"])
             need_weak = "fp" in streams or (self.pseudo_labeler == "student" and bool(streams))
             if not need_weak:
                 x_w = None
@@ -541,9 +541,8 @@ class SemiSupervisedTrainer(SupervisedTrainer):
                     if monai_mixed is not None:
                         pl_v, conf_v = monai_mixed[i][1]
                     elif draws:
-                        p = partner_labels[i] if partner_labels else (None, None)
-                        pl_v = self.cutmix.mix(draws[i], pl_w, p[0])
-                        conf_v = self.cutmix.mix(draws[i], conf_w, p[1])
+                        pl_v = self.cutmix.mix(draws[i], pl_w, partner_labels[0])
+                        conf_v = self.cutmix.mix(draws[i], conf_w, partner_labels[1])
                     else:
                         pl_v, conf_v = pl_w, conf_w
                     strong_targets.append((logits_v, pl_v, conf_v))

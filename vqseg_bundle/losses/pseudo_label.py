@@ -205,11 +205,14 @@ class PseudoLabelLoss(nn.Module):
         self.dice_batch = bool(dice_batch)
 
     def forward(self, logits: torch.Tensor, pseudo_labels: torch.Tensor, confidence: torch.Tensor) -> MaskedCEResult:
-        ce = confidence_masked_cross_entropy(
-            logits, pseudo_labels, confidence, self.threshold, None, "mean", self.denominator
-        )
-        loss = self.ce_weight * ce.loss if self.ce_weight > 0 else ce.loss.new_zeros(())
-        if self.dice_weight > 0:
-            keep = confidence >= self.threshold
+        keep = confidence >= self.threshold
+        loss = logits.new_zeros((), dtype=torch.float32)
+        if self.ce_weight > 0:
+            ce = confidence_masked_cross_entropy(
+                logits, pseudo_labels, confidence, self.threshold, None, "mean", self.denominator
+            )
+            loss = loss + self.ce_weight * ce.loss
+        if self.dice_weight > 0:  # checks the shapes itself
             loss = loss + self.dice_weight * masked_dice_loss(logits, pseudo_labels, keep, batch=self.dice_batch)
-        return MaskedCEResult(loss, ce.kept_ratio)
+        # no ignore mask here, so every pixel is valid: the kept share is the mean of the mask
+        return MaskedCEResult(loss, keep.float().mean().detach())
