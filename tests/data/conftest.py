@@ -64,6 +64,18 @@ def make_tiny_acdc(
     return root
 
 
+def to_canonical(array: np.ndarray, affine: np.ndarray | None = None, axcodes: str = "PLS") -> np.ndarray:
+    """``array`` (file voxel order, ``affine`` default identity) in the bundle's canonical orientation,
+    computed with nibabel's orientation functions (independently of the MONAI transform the bundle uses)."""
+    from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
+
+    n = array.ndim
+    affine = np.eye(4) if affine is None else np.asarray(affine, dtype=float)
+    nd = np.eye(n + 1)
+    nd[:n, :n], nd[:n, n] = affine[:n, :n], affine[:n, 3]
+    return apply_orientation(array, ornt_transform(io_orientation(nd), axcodes2ornt(axcodes[:n])))
+
+
 def save_nifti(path: Path, array: np.ndarray, affine: np.ndarray | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(nib.Nifti1Image(array, np.eye(4) if affine is None else affine), path)
@@ -136,6 +148,12 @@ def nifti_factory():
 @pytest.fixture
 def nifti_saver():
     return save_nifti
+
+
+@pytest.fixture
+def canonical():
+    """:func:`to_canonical` as a fixture."""
+    return to_canonical
 
 
 @pytest.fixture(scope="session")

@@ -171,7 +171,7 @@ def test_trailing_singleton_dimension_is_not_4d(nifti_dataset, nifti_saver):
         nifti_dataset / "images_training" / "case00_frame01.nii.gz", np.ones((16, 12, 5, 1), np.float32)
     )
     raw = load_nifti_splits(nifti_dataset, labeled="all")
-    assert raw.labeled_images[0].shape == (16, 12)
+    assert raw.labeled_images[0].shape == (12, 16)  # (X, Y) of an identity affine, in "PLS": (Y, X)
 
 
 @pytest.mark.parametrize(

@@ -76,9 +76,11 @@ def test_tiny_conversion_layout(tiny_acdc, tmp_path):
     assert len(data["training"]) == 6 and len(data["unlabeled"]) == 4 and len(data["validation"]) == 4
     assert all(set(e) == {"image"} for e in data["unlabeled"]) and not any((out / "labelsUnl").glob("*"))
     img = nib.load(out / "imagesTr" / "patient009_frame01.nii")
-    assert img.shape == (20, 24, 3)
-    np.testing.assert_array_equal(img.affine, np.eye(4))  # HDF5 stores no spacing: identity, said so
-    assert "identity" in data["description"]
+    # as the challenge distributes it: (X, Y, Z) for HDF5 slices (Y, X) = (20, 24), the challenge's affine
+    # signs, spacing 1 (the HDF5 stores none, said so)
+    assert img.shape == (24, 20, 3)
+    np.testing.assert_array_equal(img.affine, np.diag([-1.0, -1.0, 1.0, 1.0]))
+    assert "(X, Y, Z)" in data["description"] and "spacing 1" in data["description"]
     with pytest.raises(FileExistsError, match=r"dataset\.json exists"):
         convert_acdc_to_nifti(tiny_acdc, out)
 

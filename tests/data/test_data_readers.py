@@ -107,29 +107,45 @@ def test_unlabeled_needs_no_label_file(nifti_factory, tmp_path):
     assert raw.unlabeled_names[0] == "case02_frame01_slice_0"
 
 
-def test_nifti_slices_along_last_axis(nifti_dataset):
+def test_nifti_slices_along_last_axis(nifti_dataset, canonical):
+    """Slices of the volume in the canonical orientation (an identity affine is "RAS": (X, Y, Z) becomes
+    (Y, X, Z), both in-plane axes reversed)."""
     raw = load_nifti_splits(nifti_dataset, labeled="all", normalization="none")
     import nibabel as nib
 
     image = np.asarray(nib.load(nifti_dataset / "images_training" / "case01_frame01.nii.gz").dataobj)
     label = np.asarray(nib.load(nifti_dataset / "labels_training" / "case01_frame01.nii.gz").dataobj)
     assert len(raw.labeled_images) == 10
-    assert raw.labeled_images[5].shape == (16, 12)
+    assert raw.labeled_images[5].shape == (12, 16)
+    np.testing.assert_array_equal(canonical(image), image.transpose(1, 0, 2)[::-1, ::-1])
+    for k in range(5):
+        np.testing.assert_array_equal(raw.labeled_images[5 + k], canonical(image)[..., k])
+        np.testing.assert_array_equal(raw.labeled_labels[5 + k], canonical(label)[..., k])
+    assert raw.validation[0].image.shape == (12, 16, 5)
+
+
+def test_nifti_stored_order_without_orientation(nifti_dataset):
+    """``orientation=None``: the files' voxel order, as before the canonical orientation."""
+    raw = load_nifti_splits(nifti_dataset, labeled="all", normalization="none", orientation=None)
+    import nibabel as nib
+
+    image = np.asarray(nib.load(nifti_dataset / "images_training" / "case01_frame01.nii.gz").dataobj)
     for k in range(5):
         np.testing.assert_array_equal(raw.labeled_images[5 + k], image[..., k])
-        np.testing.assert_array_equal(raw.labeled_labels[5 + k], label[..., k])
-    assert raw.validation[0].image.shape == (16, 12, 5)
+    with pytest.raises(ValueError, match=r"orientation must"):
+        load_nifti_splits(nifti_dataset, orientation="XYZ")
 
 
-@pytest.mark.parametrize("axis, n_slices, shape", [(0, 16, (12, 5)), (1, 12, (16, 5)), (-3, 16, (12, 5))])
-def test_nifti_slice_axis(nifti_dataset, axis, n_slices, shape):
+@pytest.mark.parametrize("axis, n_slices, shape", [(0, 12, (16, 5)), (1, 16, (12, 5)), (-3, 12, (16, 5))])
+def test_nifti_slice_axis(nifti_dataset, canonical, axis, n_slices, shape):
+    """``slice_axis`` is an axis of the reoriented (12, 16, 5) volume."""
     raw = load_nifti_splits(nifti_dataset, labeled="all", slice_axis=axis, normalization="none")
     import nibabel as nib
 
     image = np.asarray(nib.load(nifti_dataset / "images_training" / "case00_frame01.nii.gz").dataobj)
     assert len(raw.labeled_images) == 2 * n_slices
     assert raw.labeled_images[0].shape == shape
-    np.testing.assert_array_equal(raw.labeled_images[3], np.take(image, 3, axis=axis))
+    np.testing.assert_array_equal(raw.labeled_images[3], np.take(canonical(image), 3, axis=axis))
     # validation volumes keep every slice, with the slice axis moved last
     assert raw.validation[0].image.shape == (*shape, n_slices)
 
@@ -166,11 +182,13 @@ def test_nifti_two_frames_of_one_patient_stay_together(nifti_factory, tmp_path):
 
 
 @pytest.mark.parametrize("mode", ["minmax", "zscore", "percentile", "none"])
-def test_nifti_normalisation_per_volume(nifti_dataset, mode):
+def test_nifti_normalisation_per_volume(nifti_dataset, canonical, mode):
     raw = load_nifti_splits(nifti_dataset, labeled="all", normalization=mode)
     import nibabel as nib
 
-    original = np.asarray(nib.load(nifti_dataset / "images_training" / "case01_frame01.nii.gz").dataobj)
+    original = canonical(
+        np.asarray(nib.load(nifti_dataset / "images_training" / "case01_frame01.nii.gz").dataobj)
+    )
     volume = np.stack(raw.labeled_images[5:10], axis=-1)
     if mode == "minmax":
         assert volume.min() == 0.0 and volume.max() == pytest.approx(1.0)
@@ -200,9 +218,10 @@ def test_to_slices_last_of_2d_image():
     assert to_slices_last(np.zeros((5, 6)), -1).shape == (5, 6, 1)
 
 
-@pytest.mark.parametrize("axis, expected", [(-1, (1.5, 1.25, 8.0)), (0, (1.25, 8.0, 1.5)), (1, (1.5, 8.0, 1.25))])
+@pytest.mark.parametrize("axis, expected", [(-1, (1.25, 1.5, 8.0)), (0, (1.5, 8.0, 1.25)), (1, (1.25, 8.0, 1.5))])
 def test_nifti_validation_spacing_follows_the_slice_axis(nifti_factory, tmp_path, axis, expected):
-    """Validation items carry the label file's voxel size (slice axis last), so HD95 / ASD come in mm too."""
+    """Validation items carry the label file's voxel size along the reoriented axes (x 1.5, y 1.25, z 8
+    in the file; "PLS" puts y first), slice axis last, so HD95 / ASD come in mm too."""
     import nibabel as nib
 
     from vqseg_bundle.data import build_splits

@@ -34,7 +34,8 @@ def test_items_follow_the_contract(demo_splits):
     # the phantoms are NIfTI files, so the voxel size comes along (mm, slice axis last)
     assert set(val) == {"image", "label", "name", "spacing"} and val["name"] == "phantom_007"
     assert val["spacing"].shape == (3,) and bool((val["spacing"] > 0).all())
-    assert val["image"].shape == val["label"].shape == (1, 48, 40, 4)  # original in-plane size
+    # original in-plane size, in the canonical orientation ("RAS" phantoms of (48, 40, 4) become (40, 48, 4))
+    assert val["image"].shape == val["label"].shape == (1, 40, 48, 4)
     assert val["image"].dtype == torch.float32 and val["label"].dtype == torch.int64
     assert set(torch.unique(val["label"]).tolist()) == {0, 1, 2, 3}
 
@@ -60,10 +61,10 @@ def test_summary_and_patients(demo_splits):
 def test_resize_once_image_nearest_or_bilinear_label_nearest(nifti_factory, tmp_path):
     root = nifti_factory(tmp_path / "d", shape=(16, 12, 3))
     raw = load_nifti_splits(root, labeled="all", normalization="minmax")
-    same = build_splits(str(root), labeled="all", image_size=(16, 12))
+    same = build_splits(str(root), labeled="all", image_size=(12, 16))  # (16, 12, 3) reoriented: (12, 16, 3)
     np.testing.assert_array_equal(same.labeled.images[:, 0].numpy(), np.stack(raw.labeled_images))
     np.testing.assert_array_equal(same.labeled.labels[:, 0].numpy(), np.stack(raw.labeled_labels))
-    double = build_splits(str(root), labeled="all", image_size=(32, 24), image_resize_mode="bilinear")
+    double = build_splits(str(root), labeled="all", image_size=(24, 32), image_resize_mode="bilinear")
     # nearest-exact upsampling by 2 repeats every label pixel
     expected = np.stack(raw.labeled_labels).repeat(2, axis=1).repeat(2, axis=2)
     np.testing.assert_array_equal(double.labeled.labels[:, 0].numpy(), expected)
@@ -71,11 +72,11 @@ def test_resize_once_image_nearest_or_bilinear_label_nearest(nifti_factory, tmp_
     assert double.labeled.images.min() >= 0 and double.labeled.images.max() <= 1
     assert len(torch.unique(double.labeled.images)) > len(np.unique(np.stack(raw.labeled_images)))
     # nearest-exact (the default, as UniMatch): images sampled at the label's points, no new values
-    nearest = build_splits(str(root), labeled="all", image_size=(32, 24))
+    nearest = build_splits(str(root), labeled="all", image_size=(24, 32))
     expected = np.stack(raw.labeled_images).repeat(2, axis=1).repeat(2, axis=2)
     np.testing.assert_array_equal(nearest.labeled.images[:, 0].numpy(), expected)
     with pytest.raises(ValueError, match="mode"):
-        build_splits(str(root), labeled="all", image_size=(32, 24), image_resize_mode="bicubic")
+        build_splits(str(root), labeled="all", image_size=(24, 32), image_resize_mode="bicubic")
 
 
 def test_resize_slices_of_different_shapes():

@@ -37,6 +37,20 @@ def phantom_label(shape: tuple[int, ...]) -> np.ndarray:
     return lab
 
 
+def canonical_shape(shape: tuple[int, ...], affine: np.ndarray, axcodes: str = "PLS") -> tuple[int, ...]:
+    """The array shape after reorientation to ``axcodes`` (the network's view), with nibabel's functions."""
+    from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
+
+    n = len(shape)
+    nd = np.eye(n + 1)
+    nd[:n, :n], nd[:n, n] = affine[:n, :n], affine[:n, 3]
+    ornt = ornt_transform(io_orientation(nd), axcodes2ornt(axcodes[:n]))
+    out = [0] * n
+    for axis, (target, _) in enumerate(ornt):
+        out[int(target)] = shape[axis]
+    return tuple(out)
+
+
 def image_of(label: np.ndarray) -> np.ndarray:
     return (100.0 + 500.0 * label.astype(np.float32) / 3.0).astype(np.float32)
 

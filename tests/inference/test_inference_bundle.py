@@ -11,7 +11,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from inference_helpers import BUNDLE_ROOT, INFERENCE_CONFIG, NUM_CLASSES, ORACLE_DEF
+from inference_helpers import BUNDLE_ROOT, INFERENCE_CONFIG, NUM_CLASSES, ORACLE_DEF, canonical_shape
 from monai.bundle import ConfigWorkflow, run
 
 from vqseg_bundle.metrics import compute_case_metrics
@@ -44,7 +44,8 @@ def check_output(path: Path, label: np.ndarray, affine: np.ndarray) -> np.ndarra
 
 
 def test_perfect_prediction_keeps_geometry_and_scores_perfectly(scans, tmp_path):
-    """No resize (roi = in-plane size): the oracle reproduces the label voxel for voxel."""
+    """No resize (roi = in-plane size of the reoriented volume): the oracle reproduces the label voxel for
+    voxel, written back in the input's array order and affine."""
     data_dir = tmp_path / "in"
     data_dir.mkdir()
     os.symlink(scans["nifti_dir"] / "oblique.nii.gz", data_dir / "oblique.nii.gz")
@@ -53,7 +54,10 @@ def test_perfect_prediction_keeps_geometry_and_scores_perfectly(scans, tmp_path)
         data_dir,
         tmp_path / "out",
         scans["oracle_ckpt"],
-        inferer={"_target_": "vqseg_bundle.inferers.ResizedSliceInferer", "roi_size": list(label.shape[:2])},
+        inferer={
+            "_target_": "vqseg_bundle.inferers.ResizedSliceInferer",
+            "roi_size": list(canonical_shape(label.shape, affine)[:2]),
+        },
     )
     pred = check_output(tmp_path / "out" / "oblique_seg.nii.gz", label, affine)
     np.testing.assert_array_equal(pred, label)
@@ -84,7 +88,8 @@ def test_metaimage_input_through_itk(scans, tmp_path):
         image_size=19,
         inferer={
             "_target_": "vqseg_bundle.inferers.ResizedSliceInferer",
-            "roi_size": [19, 27],
+            # the (19, 27, 3) volume in "PLS" (its RAS codes are "LPS"): (27, 19, 3)
+            "roi_size": list(canonical_shape(scans["labels"]["lps"].shape, scans["affines"]["lps"])[:2]),
             "sw_batch_size": 2,
         },
     )

@@ -7,6 +7,12 @@ Layout (``dataset_dir``)::
     val.list                     validation volume names
     data/slices/<name>.h5        2D training slices: "image" float32 (H, W), "label" uint8 (H, W)
     data/<name>.h5               3D validation volumes: "image" (D, H, W), "label" (D, H, W)
+
+The arrays are SimpleITK's ``GetArrayFromImage`` of the challenge's NIfTI files: a volume is
+``(Z, Y, X)``, a slice ``(Y, X)``. They carry no affine; the reader maps them to the bundle's
+canonical orientation as the challenge files they came from (see
+:mod:`vqseg_bundle.data.orientation`), which for the default ``"PLS"`` is the stored slice ``(Y, X)``
+and a volume ``(Y, X, Z)``: the same network input as the challenge's NIfTI file of the case.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from vqseg_bundle.data.integrity import (
     patient_id_from_name,
 )
 from vqseg_bundle.data.intensity import NORMALIZATION_MODES, normalize_intensity
+from vqseg_bundle.data.orientation import CANONICAL_AXCODES, acdc_h5_to_canonical, check_orientation
 from vqseg_bundle.data.records import RawSplits, VolumeRecord
 from vqseg_bundle.data.selection import cases_in_name, first_patients, parse_labeled
 
@@ -154,22 +161,27 @@ def load_acdc_splits(
     labeled: str | int = "labeled_3_cases",
     normalization: str = "minmax",
     num_classes: int = 4,
+    orientation: str | None = CANONICAL_AXCODES,
 ) -> RawSplits:
     """Load ACDC (SSL4MIS layout) into labeled / unlabeled training slices and validation volumes.
 
     Intensity normalisation is per *volume*: training slices are grouped back by
     ``patientNNN_frameFF`` and share one set of statistics (the HDF5 copy is already min-max
     normalised per volume, so ``"minmax"`` leaves it unchanged). Unlabeled slices are read without
-    their label. Validation volumes stored ``(D, H, W)`` are returned ``(H, W, D)``.
+    their label. Slices and volumes are returned in ``orientation``
+    (:func:`vqseg_bundle.data.orientation.acdc_h5_to_canonical`): for the default ``"PLS"``, slices
+    as stored ``(H, W)`` and validation volumes stored ``(D, H, W)`` as ``(H, W, D)``.
 
     Args:
         dataset_dir: the ACDC folder.
         labeled: labeled subset, see :func:`select_acdc_labeled`.
         normalization: one of ``"minmax"``, ``"zscore"``, ``"percentile"``, ``"none"``.
         num_classes: valid labels are ``0 .. num_classes-1``.
+        orientation: the canonical axis codes (:data:`~vqseg_bundle.data.orientation.CANONICAL_AXCODES`),
+            or ``None`` for the stored axes.
 
     Returns:
-        :class:`RawSplits` with slices ``(H, W)`` and volumes ``(H, W, D)``.
+        :class:`RawSplits` with slices ``(H, W)`` and volumes ``(H, W, D)`` (slice axis last).
 
     Raises:
         DataIntegrityError: for any bad file or split (all problems are listed).
@@ -177,6 +189,7 @@ def load_acdc_splits(
     """
     if normalization not in NORMALIZATION_MODES:
         raise ValueError(f"normalization must be one of {NORMALIZATION_MODES}, got {normalization!r}")
+    orientation = check_orientation(orientation)
     dataset_dir = os.fspath(dataset_dir)
     train_list = os.path.join(dataset_dir, TRAIN_LIST)
     val_list = os.path.join(dataset_dir, VAL_LIST)
@@ -214,8 +227,8 @@ def load_acdc_splits(
         if name in labeled_set:
             if not check_label_array(arrays["label"], path, num_classes, arrays["image"].shape, path, report):
                 continue
-            labels[name] = arrays["label"]
-        images[name] = arrays["image"]
+            labels[name] = acdc_h5_to_canonical(arrays["label"], orientation)
+        images[name] = acdc_h5_to_canonical(arrays["image"], orientation)
 
     validation: list[VolumeRecord] = []
     for name in val_names:
@@ -225,10 +238,8 @@ def load_acdc_splits(
             continue
         if not check_label_array(arrays["label"], path, num_classes, arrays["image"].shape, path, report):
             continue
-        image = np.ascontiguousarray(
-            np.transpose(normalize_intensity(arrays["image"], normalization), (1, 2, 0))
-        )
-        label = np.ascontiguousarray(np.transpose(arrays["label"].astype(np.int64), (1, 2, 0)))
+        image = acdc_h5_to_canonical(normalize_intensity(arrays["image"], normalization), orientation)
+        label = acdc_h5_to_canonical(arrays["label"].astype(np.int64), orientation)
         validation.append(VolumeRecord(name=name, image=image, label=label))
     report.raise_if_any()
 

@@ -1,11 +1,17 @@
 """ACDC (SSL4MIS HDF5 layout) -> NIfTI volumes + Decathlon-style ``dataset.json``.
 
 The front end is ``scripts/prepare_acdc.py``. Training slices are grouped back into one 3D
-volume per ``patientNNN_frameFF`` (slices stacked along the last axis in slice-number order);
-labeled patients' volumes (image + label) go to ``"training"``, the other training volumes
-(image only) to ``"unlabeled"``, the validation volumes (``(D, H, W)`` in HDF5, written
-``(H, W, D)``) to ``"validation"``. The HDF5 copy stores no voxel spacing, so every volume gets
-the identity affine (1 mm isotropic, voxel units): metrics in "mm" on this output are voxel units.
+volume per ``patientNNN_frameFF`` (slice-number order); labeled patients' volumes (image + label)
+go to ``"training"``, the other training volumes (image only) to ``"unlabeled"``, the validation
+volumes to ``"validation"``.
+
+The files are written as the ACDC challenge distributes them: the HDF5 arrays are SimpleITK's
+``GetArrayFromImage`` of the challenge files, ``(Z, Y, X)``, so each NIfTI holds their transpose,
+``(X, Y, Z)`` as nibabel reads it, with the challenge's affine signs ``diag(-1, -1, 1)`` (what ITK
+writes for the identity direction, :data:`vqseg_bundle.data.orientation.ACDC_H5_AFFINE`). The HDF5
+copy stores no voxel spacing, so the spacing is 1 (voxel units): metrics in "mm" on this output are
+voxel units. Read back through the bundle's canonical orientation, every case gives the network the
+same arrays as the HDF5 reader.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from vqseg_bundle.data.integrity import (
     check_split_not_empty,
     patient_id_from_name,
 )
+from vqseg_bundle.data.orientation import ACDC_H5_AFFINE
 from vqseg_bundle.data.selection import cases_in_name, ordered_patients, parse_labeled
 
 __all__ = ["choose_labeled_patients", "convert_acdc_to_nifti"]
@@ -71,8 +78,10 @@ def choose_labeled_patients(
     return [p for i, p in enumerate(patients) if i in picked]
 
 
-def _save(array: np.ndarray, path: Path) -> None:
-    img = nib.Nifti1Image(array, np.eye(4))  # identity: the HDF5 copy stores no spacing
+def _save(array_zyx: np.ndarray, path: Path, dtype: type) -> None:
+    """Write an HDF5-layout volume ``(Z, Y, X)`` as the challenge file it came from: ``(X, Y, Z)``."""
+    array = np.ascontiguousarray(np.transpose(array_zyx, (2, 1, 0)), dtype=dtype)
+    img = nib.Nifti1Image(array, ACDC_H5_AFFINE)  # the challenge's signs; spacing 1: the HDF5 stores none
     img.header.set_xyzt_units("mm")
     nib.save(img, path)
 
@@ -143,13 +152,13 @@ def convert_acdc_to_nifti(
                 slice_paths[members[0]], f"slices of volume {key} have different shapes {sorted(shapes)}"
             )
             continue
-        image = np.stack([a["image"] for a in arrays], axis=-1).astype(np.float32)
+        image = np.stack([a["image"] for a in arrays]).astype(np.float32)  # (Z, Y, X), as the HDF5 volumes
         if not check_image_array(image, slice_paths[members[0]], 3, report):
             continue
-        _save(image, out / ("imagesTr" if is_labeled else "imagesUnl") / f"{key}{ext}")
+        _save(image, out / ("imagesTr" if is_labeled else "imagesUnl") / f"{key}{ext}", np.float32)
         if is_labeled:
-            label = np.stack([a["label"] for a in arrays], axis=-1).astype(np.uint8)
-            _save(label, out / "labelsTr" / f"{key}{ext}")
+            label = np.stack([a["label"] for a in arrays])
+            _save(label, out / "labelsTr" / f"{key}{ext}", np.uint8)
             training.append({"image": f"imagesTr/{key}{ext}", "label": f"labelsTr/{key}{ext}"})
         else:
             unlabeled.append({"image": f"imagesUnl/{key}{ext}"})
@@ -157,16 +166,17 @@ def convert_acdc_to_nifti(
         arrays = read_h5_arrays(val_paths[name], ("image", "label"), report)
         if arrays is None or not check_image_array(arrays["image"], val_paths[name], 3, report):
             continue
-        _save(np.transpose(arrays["image"], (1, 2, 0)).astype(np.float32), out / "imagesVal" / f"{name}{ext}")
-        _save(np.transpose(arrays["label"], (1, 2, 0)).astype(np.uint8), out / "labelsVal" / f"{name}{ext}")
+        _save(arrays["image"], out / "imagesVal" / f"{name}{ext}", np.float32)
+        _save(arrays["label"], out / "labelsVal" / f"{name}{ext}", np.uint8)
         validation.append({"image": f"imagesVal/{name}{ext}", "label": f"labelsVal/{name}{ext}"})
     report.raise_if_any()
 
     data = {
         "name": "ACDC (SSL4MIS preprocessing), converted to NIfTI",
         "description": "Training slices regrouped into 3D volumes (slice order), min-max normalised per "
-        "volume by SSL4MIS. The HDF5 source stores no voxel spacing: every affine is the identity "
-        "(spacing 1, voxel units).",
+        "volume by SSL4MIS, written as the challenge distributes its NIfTI files: the transpose (X, Y, Z) of "
+        "the HDF5 (Z, Y, X) arrays, affine diag(-1, -1, 1). The HDF5 source stores no voxel spacing: "
+        "spacing 1 (voxel units).",
         "reference": "Bernard et al., IEEE TMI 37(11), 2018; research and education use only",
         "tensorImageSize": "3D",
         "modality": {"0": "cine-MRI"},

@@ -7,14 +7,18 @@
     "validation": [{"image": ..., "label": ...}, ...]
     "test":       ["imagesTs/c.nii.gz", ...]  (not used for training; read by inference)
 
-Training volumes are cut into 2D slices along ``slice_axis``; validation volumes are kept whole
-with the slice axis moved last. Unlabeled images never need a label file.
+Every volume is first reoriented from its affine to the bundle's canonical orientation (default
+``"PLS"``, see :mod:`vqseg_bundle.data.orientation`), whatever the file's array order or reader.
+Training volumes are then cut into 2D slices along ``slice_axis`` (an axis of the reoriented
+volume; default the last, ``S``); validation volumes are kept whole with the slice axis moved last.
+Unlabeled images never need a label file.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from typing import NamedTuple
 
 import nibabel as nib
 import numpy as np
@@ -30,6 +34,13 @@ from vqseg_bundle.data.integrity import (
     patient_id_from_name,
 )
 from vqseg_bundle.data.intensity import NORMALIZATION_MODES, normalize_intensity
+from vqseg_bundle.data.orientation import (
+    CANONICAL_AXCODES,
+    axis_permutation,
+    check_orientation,
+    orientation_codes,
+    reorient,
+)
 from vqseg_bundle.data.records import RawSplits, VolumeRecord
 from vqseg_bundle.data.selection import cases_in_name, first_patients, parse_labeled
 
@@ -38,6 +49,8 @@ __all__ = [
     "resolve_dataset_json",
     "load_datalist",
     "read_volume_array",
+    "read_volume",
+    "Volume",
     "to_slices_last",
     "load_nifti_splits",
 ]
@@ -145,8 +158,96 @@ def read_volume_array(path: str, report: IntegrityReport, dtype: type | None = N
     return array.astype(dtype, copy=False) if dtype is not None else array
 
 
+def _file_geometry(path: str) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    """Array in the file's voxel order, its RAS affine (4 x 4) and voxel sizes, from nibabel for NIfTI
+    and MONAI's ``LoadImage`` (ITK: MetaImage, NRRD, DICOM series, ...) otherwise."""
+    if path.lower().endswith(_NIFTI_SUFFIXES):
+        img = nib.load(path)
+        array = np.asanyarray(img.dataobj)
+        affine = np.asarray(img.affine, dtype=np.float64)
+        zooms = tuple(float(z) for z in img.header.get_zooms()[:3])  # pixdim, as ITK reads it
+    else:
+        from monai.transforms import LoadImage
+
+        loaded = LoadImage(image_only=True)(path)  # (x, y[, z]) with a RAS affine (ITK's LPS converted)
+        array = np.asarray(loaded)
+        small = np.asarray(loaded.affine, dtype=np.float64)
+        n = small.shape[0] - 1
+        affine = np.eye(4)
+        affine[:n, :n], affine[:n, 3] = small[:n, :n], small[:n, n]
+        zooms = tuple(float(z) for z in np.linalg.norm(affine[:3, :n], axis=0))
+    return array, affine, zooms
+
+
+class Volume(NamedTuple):
+    """A decoded volume: ``array`` in the canonical orientation, ``stored`` in the file's voxel order,
+    the axis ``codes`` of the file's affine (e.g. ``"LPS"``) and the voxel size along ``array``'s axes
+    (``None`` when not positive and finite)."""
+
+    array: np.ndarray
+    stored: np.ndarray
+    codes: str
+    spacing: tuple[float, ...] | None
+
+
+def read_volume(
+    path: str,
+    report: IntegrityReport,
+    dtype: type | None = None,
+    orientation: str | None = CANONICAL_AXCODES,
+) -> Volume | None:
+    """Decode an image file into a numpy array in the canonical orientation.
+
+    The array is read with nibabel (NIfTI) or MONAI's ``LoadImage`` (other formats, through ITK) and
+    reoriented from its affine with MONAI's ``Orientation`` to ``orientation``
+    (:func:`vqseg_bundle.data.orientation.reorient`): the same array whatever the file's axis order
+    or reader. Trailing singleton dimensions beyond the third are dropped.
+
+    Args:
+        path: the file.
+        report: collector of problems; ``None`` is returned when the file cannot be read.
+        dtype: cast to this dtype (``None`` keeps the stored dtype, used for labels).
+        orientation: target axis codes, or ``None`` for the stored voxel order.
+
+    Returns:
+        A :class:`Volume`, or ``None`` for an unreadable file.
+    """
+    try:
+        array, affine, zooms = _file_geometry(path)
+        while array.ndim > 3 and array.shape[-1] == 1:
+            array = array[..., 0]
+        if dtype is not None:
+            array = array.astype(dtype, copy=False)
+        codes = orientation_codes(affine, min(array.ndim, 3))
+        spacing: tuple[float, ...] | None = zooms[: array.ndim]
+        oriented = array
+        if array.ndim in (2, 3):
+            oriented, new_affine = reorient(array, affine, orientation)
+            if oriented is not array:
+                spacing = tuple(zooms[i] for i in axis_permutation(affine, new_affine, array.ndim))
+    except Exception as exc:  # any decoder failure is a data problem to report, not a crash
+        report.add(path, f"unreadable image file ({type(exc).__name__}: {exc})")
+        return None
+    if not all(np.isfinite(z) and z > 0 for z in spacing):
+        spacing = None
+    return Volume(oriented, array, codes, spacing)
+
+
+def spacing_slices_last(spacing: tuple[float, ...] | None, slice_axis: int) -> tuple[float, float, float] | None:
+    """Voxel size (mm) in the order of :func:`to_slices_last` (a 2D image gets 1.0 through-plane)."""
+    if spacing is None:
+        return None
+    if len(spacing) == 2:
+        return (float(spacing[0]), float(spacing[1]), 1.0)
+    if len(spacing) != 3:
+        return None
+    order = [0, 1, 2]
+    order.append(order.pop(_check_slice_axis(slice_axis) % 3))
+    return tuple(float(spacing[i]) for i in order)
+
+
 def read_spacing(path: str, slice_axis: int) -> tuple[float, float, float] | None:
-    """Voxel size (mm) of a NIfTI file in the order of :func:`to_slices_last` (slice axis last).
+    """Voxel size (mm) of a NIfTI file in its stored axis order with ``slice_axis`` last (no reorientation).
 
     From the header's ``pixdim`` (``get_zooms``); a 2D image gets 1.0 through-plane. ``None`` for other
     formats and for zooms that are not positive finite numbers (then distances stay in voxels).
@@ -154,20 +255,12 @@ def read_spacing(path: str, slice_axis: int) -> tuple[float, float, float] | Non
     if not path.lower().endswith(_NIFTI_SUFFIXES):
         return None
     try:
-        zooms = [float(z) for z in nib.load(path).header.get_zooms()[:3]]
+        zooms = tuple(float(z) for z in nib.load(path).header.get_zooms()[:3])
     except Exception:  # the array was readable; an odd header only costs the mm metrics
-        return None
-    if len(zooms) == 2:  # a 2D image is one slice (H, W, 1)
-        zooms.append(1.0)
-        order = [0, 1, 2]
-    elif len(zooms) == 3:
-        order = list(range(3))
-        order.append(order.pop(_check_slice_axis(slice_axis) % 3))
-    else:
         return None
     if not all(np.isfinite(z) and z > 0 for z in zooms):
         return None
-    return tuple(zooms[i] for i in order)
+    return spacing_slices_last(zooms, slice_axis)
 
 
 def to_slices_last(volume: np.ndarray, slice_axis: int) -> np.ndarray:
@@ -214,6 +307,7 @@ def load_nifti_splits(
     slice_axis: int = -1,
     normalization: str = "minmax",
     num_classes: int = 4,
+    orientation: str | None = CANONICAL_AXCODES,
 ) -> RawSplits:
     """Load a ``dataset.json`` dataset into labeled / unlabeled 2D slices and validation volumes.
 
@@ -221,18 +315,22 @@ def load_nifti_splits(
     :func:`vqseg_bundle.data.integrity.patient_id_from_name`): ``"all"`` keeps them all, ``N`` or
     ``"labeled_N_cases"`` keeps the first ``N`` patients in list order and moves the other
     training volumes to the unlabeled set (their labels are not read). ``"unlabeled"`` entries are
-    always unlabeled. Intensities are normalised per volume before slicing.
+    always unlabeled. Every volume is reoriented from its affine to ``orientation`` (the canonical
+    ``"PLS"`` by default, as the ACDC HDF5 reader and the inference config), then intensities are
+    normalised per volume and the volume is sliced. A label file must have its image's axis codes.
 
     Args:
         dataset: folder with ``dataset.json`` or the json file.
         labeled: labeled subset (see above).
-        slice_axis: the axis of each 3D volume along which 2D slices are cut (default: last).
+        slice_axis: the axis of each reoriented 3D volume along which 2D slices are cut (default:
+            last, the ``S`` axis of ``"PLS"``).
         normalization: one of ``"minmax"``, ``"zscore"``, ``"percentile"``, ``"none"``.
         num_classes: valid labels are ``0 .. num_classes-1``.
+        orientation: canonical axis codes, or ``None`` for the files' stored voxel order.
 
     Returns:
         :class:`RawSplits`: slices ``(H, W)`` (the two remaining axes, in order), validation
-        volumes ``(H, W, D)`` with the slice axis last.
+        volumes ``(H, W, D)`` with the slice axis last, with the label's voxel size along those axes.
 
     Raises:
         DataIntegrityError: for any bad file or split (all problems are listed).
@@ -241,6 +339,7 @@ def load_nifti_splits(
     if normalization not in NORMALIZATION_MODES:
         raise ValueError(f"normalization must be one of {NORMALIZATION_MODES}, got {normalization!r}")
     slice_axis = _check_slice_axis(slice_axis)
+    orientation = check_orientation(orientation)
     json_path = resolve_dataset_json(dataset)
     lists = load_datalist(json_path)
     check_split_not_empty("training", lists["training"], f"{json_path} 'training'")
@@ -269,26 +368,35 @@ def load_nifti_splits(
     check_files_exist([e["label"] for e in lists["validation"]], "validation label", report)
     report.raise_if_any()
 
-    def load_pair(entry: dict[str, str]) -> tuple[np.ndarray, np.ndarray | None] | None:
-        image = read_volume_array(entry["image"], report, np.float32)
-        if image is None or not check_image_array(image, entry["image"], (2, 3), report):
+    def load_pair(entry: dict[str, str]) -> tuple[np.ndarray, np.ndarray | None, tuple | None] | None:
+        img = read_volume(entry["image"], report, np.float32, orientation)
+        if img is None or not check_image_array(img.stored, entry["image"], (2, 3), report):
             return None
-        label = None
+        label, spacing = None, img.spacing
         if "label" in entry:
-            label = read_volume_array(entry["label"], report)
-            if label is None or not check_label_array(
-                label, entry["label"], num_classes, image.shape, entry["image"], report
+            lab = read_volume(entry["label"], report, None, orientation)
+            # checked in the files' voxel order, so that messages quote the shapes the files have
+            if lab is None or not check_label_array(
+                lab.stored, entry["label"], num_classes, img.stored.shape, entry["image"], report
             ):
                 return None
-            label = to_slices_last(label, slice_axis)
-        return to_slices_last(normalize_intensity(image, normalization), slice_axis), label
+            if orientation is not None and lab.codes != img.codes:
+                report.add(
+                    entry["label"],
+                    f"label orientation {lab.codes} differs from its image's {img.codes} ({entry['image']}): "
+                    "the two files must share one voxel grid (affine)",
+                )
+                return None
+            label, spacing = to_slices_last(lab.array, slice_axis), lab.spacing
+        image = to_slices_last(normalize_intensity(img.array, normalization), slice_axis)
+        return image, label, spacing_slices_last(spacing, slice_axis)
 
     raw = RawSplits(source=json_path, format="nifti", labeled_rule=rule)
     for entry in labeled_entries:
         loaded = load_pair(entry)
         if loaded is None:
             continue
-        image, label = loaded
+        image, label, _ = loaded
         stem = _stem(entry["image"])
         for k in range(image.shape[-1]):
             raw.labeled_images.append(image[..., k])
@@ -298,7 +406,7 @@ def load_nifti_splits(
         loaded = load_pair(entry)
         if loaded is None:
             continue
-        image, _ = loaded
+        image, _, _ = loaded
         stem = _stem(entry["image"])
         for k in range(image.shape[-1]):
             raw.unlabeled_images.append(image[..., k])
@@ -307,13 +415,13 @@ def load_nifti_splits(
         loaded = load_pair(entry)
         if loaded is None:
             continue
-        image, label = loaded
+        image, label, spacing = loaded
         raw.validation.append(
             VolumeRecord(
                 name=_stem(entry["image"]),
                 image=image,
                 label=label.astype(np.int64),
-                spacing=read_spacing(entry["label"], slice_axis),
+                spacing=spacing,
             )
         )
     report.raise_if_any()

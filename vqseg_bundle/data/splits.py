@@ -15,6 +15,7 @@ from vqseg_bundle.data.acdc import is_acdc_layout, load_acdc_splits
 from vqseg_bundle.data.datasets import RESIZE_MODES, InMemorySliceDataset, resize_slices
 from vqseg_bundle.data.integrity import DataIntegrityError, patient_id_from_name
 from vqseg_bundle.data.nifti import DATASET_JSON, load_nifti_splits
+from vqseg_bundle.data.orientation import CANONICAL_AXCODES, check_orientation
 from vqseg_bundle.data.records import RawSplits
 
 __all__ = ["DATASET_FORMATS", "SemiSupervisedSplits", "detect_format", "default_demo_dir", "build_splits"]
@@ -41,6 +42,7 @@ class SemiSupervisedSplits:
         labeled_rule: how the labeled subset was chosen.
         image_size: ``(S0, S1)``.
         normalization: the per-volume intensity normalisation used.
+        orientation: the axis codes slices and volumes are given in (``None``: the stored order).
         load_seconds: wall time of :func:`build_splits`.
     """
 
@@ -52,6 +54,7 @@ class SemiSupervisedSplits:
     labeled_rule: str = ""
     image_size: tuple[int, int] = (256, 256)
     normalization: str = "minmax"
+    orientation: str | None = CANONICAL_AXCODES
     load_seconds: float = 0.0
     extra: dict = field(default_factory=dict)
 
@@ -83,7 +86,8 @@ class SemiSupervisedSplits:
                 f"validation: {len(self.validation)} volumes from {len(pats['validation'])} patient(s): "
                 f"{listed(pats['validation'])}",
                 f"training slices resized to {self.image_size[0]}x{self.image_size[1]}, "
-                f"per-volume normalization '{self.normalization}'",
+                f"per-volume normalization '{self.normalization}', "
+                f"orientation {self.orientation or 'as stored'}",
             ]
         )
 
@@ -142,6 +146,7 @@ def build_splits(
     cache_dir: str | os.PathLike | None = None,
     labeled_transform: Callable | None = None,
     unlabeled_transform: Callable | None = None,
+    orientation: str | None = CANONICAL_AXCODES,
 ) -> SemiSupervisedSplits:
     """Load, check, normalise and resize a semi-supervised dataset, by patient.
 
@@ -161,7 +166,8 @@ def build_splits(
         image_resize_mode: interpolation of the training images to ``image_size``: ``"nearest-exact"`` (as
             UniMatch's ``zoom(order=0)``; the labels are resized so too, so image and label stay sampled at the
             same points) or ``"bilinear"`` (as the validation / inference resize).
-        slice_axis: axis of the NIfTI volumes cut into training slices (ACDC slices are 2D already).
+        slice_axis: axis of the (reoriented) NIfTI volumes cut into training slices (ACDC slices are 2D
+            already).
         normalization: per-volume intensity normalisation, ``"minmax"`` (SSL4MIS), ``"zscore"``,
             ``"percentile"`` (0.5-99.5 clip, then [0, 1]) or ``"none"``.
         num_classes: ``C``; labels must be integers in ``0 .. C-1``.
@@ -169,6 +175,11 @@ def build_splits(
         labeled_transform: callable applied to labeled items in ``__getitem__`` (can also be set later
             with ``splits.labeled.with_transform(...)``).
         unlabeled_transform: same for unlabeled items.
+        orientation: the anatomical orientation every slice and volume is given in, as MONAI axis codes
+            (default ``"PLS"``, :mod:`vqseg_bundle.data.orientation`; ``configs/inference.yaml`` uses the
+            same), whatever the file's array order: NIfTI / ITK volumes are reoriented from their
+            affine, the ACDC HDF5 arrays as the challenge files they were made from. ``None`` keeps
+            the stored array order.
 
     Returns:
         :class:`SemiSupervisedSplits`.
@@ -189,6 +200,7 @@ def build_splits(
         raise ValueError(f"image_size must be two positive integers, got {image_size!r}")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+    orientation = check_orientation(orientation)
 
     path = "" if dataset_dir is None else os.fspath(dataset_dir).strip()
     if path in _DEMO_NAMES:
@@ -201,10 +213,17 @@ def build_splits(
     if fmt == "acdc_h5":
         if not is_acdc_layout(path):
             raise DataIntegrityError(f"{path}: dataset_format='acdc_h5' but there is no train_slices.list")
-        raw = load_acdc_splits(path, labeled=labeled, normalization=normalization, num_classes=num_classes)
+        raw = load_acdc_splits(
+            path, labeled=labeled, normalization=normalization, num_classes=num_classes, orientation=orientation
+        )
     else:
         raw = load_nifti_splits(
-            path, labeled=labeled, slice_axis=slice_axis, normalization=normalization, num_classes=num_classes
+            path,
+            labeled=labeled,
+            slice_axis=slice_axis,
+            normalization=normalization,
+            num_classes=num_classes,
+            orientation=orientation,
         )
 
     label_dtype = torch.uint8 if num_classes <= 256 else torch.int64
@@ -228,6 +247,7 @@ def build_splits(
         labeled_rule=raw.labeled_rule,
         image_size=size,
         normalization=normalization,
+        orientation=orientation,
     )
     splits.load_seconds = time.perf_counter() - start
     logger.info("data splits:\n%s", splits.summary())
