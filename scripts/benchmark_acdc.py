@@ -257,6 +257,10 @@ _TEACHER_STRONG = {"pseudo_labeler": "teacher", "perturbed_stream": "strong", "c
 _LABELED_ONLY = {**_PLAIN_UNET, **_NO_PFA, "perturbation": "none", "perturb": False, "unsup_weight": 0.0}
 _UNIMATCH = {**_PLAIN_UNET, **_NO_PFA, "perturbation": "dropout", **_UNIMATCH_RECIPE}
 _VQ_NO_REC = {**_NO_PFA, **_VQ_BOTTLENECK, "reconstruction": False, "recon_weight": 0.0}
+# the collapse guards of the VQ literature together (docs/results.md, "Codebook health"): a learnable codebook in a
+# 32-d l2-normalised lookup space (ViT-VQGAN), k-means initialisation, dead-code re-seeding, the rotation trick
+_GUARDED_QUANTIZER = {"codebook_type": "learnable", "codebook_dim": 32, "cosine": True, "kmeans_init": True,
+                      "dead_code_steps": 50, "gradient": "rotation"}
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "labeled_only": {
@@ -293,6 +297,36 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "vq_unimatch_qpm_dropout": {
         "description": "unimatch with the bottleneck quantized; the fp stream gets QPM (eps 0.7) and then feature dropout",
         "overrides": {**_VQ_NO_REC, **_UNIMATCH_RECIPE, "perturbation": "qpm_dropout", "qpm_eps": 0.7},
+    },
+    "vq_unimatch_qpm_dropout_guarded": {
+        "description": (
+            "vq_unimatch_qpm_dropout with the collapse-guarded quantizer: learnable 32-d cosine codebook (factorised "
+            "lookup), k-means initialisation, dead codes re-seeded after 50 unused forwards, rotation trick"
+        ),
+        "overrides": {**_VQ_NO_REC, **_UNIMATCH_RECIPE, "perturbation": "qpm_dropout", "qpm_eps": 0.7,
+                      "quantizer": _GUARDED_QUANTIZER},
+    },
+    "vq_unimatch_qpm_guarded": {
+        "description": "vq_unimatch (QPM eps 0.7 alone in the fp stream, no dropout) with the collapse-guarded quantizer",
+        "overrides": {**_VQ_NO_REC, **_UNIMATCH_RECIPE, "perturbation": "qpm", "qpm_eps": 0.7,
+                      "quantizer": _GUARDED_QUANTIZER},
+    },
+    "vq2_unimatch_qpm_dropout_guarded": {
+        "description": (
+            "vq_unimatch_qpm_dropout_guarded with the deepest skip quantized too (levels 3 and 4), so that QPM is not "
+            "bypassed by that skip"
+        ),
+        "overrides": {**_VQ_NO_REC, **_UNIMATCH_RECIPE, "perturbation": "qpm_dropout", "qpm_eps": 0.7,
+                      "quantizer": _GUARDED_QUANTIZER, "vq_levels": [-2, -1]},
+    },
+    "vq_unimatch_qpm_dropout_guarded_recq": {
+        "description": (
+            "vq_unimatch_qpm_dropout_guarded plus the reconstruction branch (weight 1) fed by the quantized level only "
+            "(recon_input quantized), so that reconstruction pressure reaches the codebook"
+        ),
+        "overrides": {**_VQ_NO_REC, **_UNIMATCH_RECIPE, "perturbation": "qpm_dropout", "qpm_eps": 0.7,
+                      "quantizer": _GUARDED_QUANTIZER, "reconstruction": True, "recon_weight": 1.0,
+                      "network_def#recon_input": "quantized"},
     },
     "vqseg_teacher_strong": {
         "description": "VQ-Seg code's streams: EMA teacher labels, QPM (eps 0.7) on the strong views, masked batch Dice",
@@ -673,7 +707,7 @@ def summarize_run(res_dir: Path) -> dict[str, Any]:
         vals = [v for v in vals if not math.isnan(v)]
         return sum(vals) / len(vals) if vals else float("nan")
 
-    for key in ("mask_ratio", "codebook_usage", "codebook_perplexity", "loss_sup", "loss_unsup", "loss_vq",
+    for key in ("mask_ratio", "codebook_usage", "codebook_perplexity", "codebook_batch_distinct", "loss_sup", "loss_unsup", "loss_vq",
                 "loss_rec_unlabeled", "loss_rec", "loss_align"):
         out[f"late_{key}"] = late_mean(key)
     if math.isnan(out["late_loss_rec_unlabeled"]):  # runs since the loss module: one reconstruction term
@@ -798,16 +832,18 @@ def build_report(results_dir: Path, docs_dir: Path, docs_file: Path) -> str:
                 lines += [
                     "",
                     "Training diagnostics (means over the last 20 % of logged iterations): confident pseudo-label "
-                    "fraction (mask ratio), codebook usage (fraction of codes hit per logging window) and "
-                    "perplexity, loss terms.",
+                    "fraction (mask ratio), codebook usage (fraction of codes hit per logging window), "
+                    "perplexity and distinct codes per batch (fraction of the batch's tokens; 1 / tokens at "
+                    "collapse; runs before 2026-12-02 did not log it), loss terms.",
                     "",
-                    "| variant | mask ratio | code usage | perplexity | L_sup | L_unsup | L_vq | L_rec | L_align |",
-                    "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+                    "| variant | mask ratio | code usage | perplexity | distinct / batch | L_sup | L_unsup | L_vq | L_rec | L_align |",
+                    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
                 ]
                 for name, s in summaries.items():
                     lines.append(
                         f"| {name} | {_f(s['late_mask_ratio'], 1, 3)} | {_f(s['late_codebook_usage'], 1, 4)} | "
-                        f"{_f(s['late_codebook_perplexity'], 1, 0)} | {_f(s['late_loss_sup'], 1, 3)} | "
+                        f"{_f(s['late_codebook_perplexity'], 1, 0)} | {_f(s['late_codebook_batch_distinct'], 1, 3)} | "
+                        f"{_f(s['late_loss_sup'], 1, 3)} | "
                         f"{_f(s['late_loss_unsup'], 1, 3)} | {_f(s['late_loss_vq'], 1, 3)} | "
                         f"{_f(s['late_loss_rec_unlabeled'], 1, 3)} | {_f(s['late_loss_align'], 1, 3)} |"
                     )

@@ -48,11 +48,26 @@ def test_output_has_every_term_and_events_fire_in_order():
         assert key in out, key
     assert 0.0 <= float(out["mask_ratio"]) <= 1.0
     assert 0.0 < out["codebook_usage"] <= 1.0
+    assert 0.0 < out["codebook_batch_distinct"] <= 1.0
+    assert out["codebook_level4/codes_used"] + out["codebook_level4/dead"] == out["codebook_level4/size"]
     assert math.isfinite(float(out["loss"]))
     # the total is the weighted sum of the logged terms (default weights 1, no PFA)
     expected = out["loss_sup"] + out["loss_unsup"] + out["loss_rec"] + out["loss_vq"]
     assert torch.allclose(out["loss"], expected, atol=1e-5)
     assert trainer.state.iteration == 2
+
+
+def test_codebook_epoch_usage_is_published_logged_and_reset(caplog):
+    trainer, net, _, _ = make_trainer()
+    handler = CodebookUsageHandler(net, interval=1)
+    handler.attach(trainer)
+    with caplog.at_level("INFO"):
+        trainer.run()
+    metrics = trainer.state.metrics
+    assert 0 < metrics["codebook_epoch_level4/codes_used"] <= metrics["codebook_epoch_level4/size"]
+    assert metrics["codebook_epoch_usage"] > 0
+    assert any("codebook: level4:" in r.getMessage() and "codes used" in r.getMessage() for r in caplog.records)
+    assert net.codebook_epoch_usage()["level4/codes_used"] == 0  # reset after the epoch
 
 
 def _capture_student(trainer):

@@ -62,11 +62,14 @@ def scalar_output(output: Any) -> dict[str, Any]:
 
 
 class CodebookUsageHandler:
-    """Every ``interval`` iterations: read the network's codebook usage, publish and log it, then reset.
+    """Codebook health of the student: every ``interval`` iterations (a window) and at the end of every epoch.
 
-    The values (fraction of codes used, perplexity, per the network's ``codebook_usage()``) are put
-    into ``engine.state.output`` as ``codebook_<name>`` (so ``StatsHandler`` / TensorBoard / MLflow
-    pick them up when they log on the same iterations) and into ``engine.state.metrics``.
+    Window values (per the network's ``codebook_usage()``: fraction of codes used, perplexity, distinct codes
+    per batch as a fraction of its tokens, codes used, dead codes, K; per level and averaged) are put into
+    ``engine.state.output`` as ``codebook_<name>`` (so ``StatsHandler`` / TensorBoard / MLflow pick them up when
+    they log on the same iterations) and into ``engine.state.metrics``; the window statistics are then reset.
+    At ``EPOCH_COMPLETED`` the epoch histogram (``codebook_epoch_<name>``: usage, codes used, perplexity, per
+    level) goes into ``engine.state.metrics`` and one log line, then is reset.
     Attach it *before* the logging handlers so that its values are there when they run.
     """
 
@@ -86,9 +89,12 @@ class CodebookUsageHandler:
             raise ValueError(f"network {type(net).__name__} has no codebook_usage() method")
         self.network, self.interval, self.reset, self.prefix = net, int(interval), bool(reset), prefix
         self.last: dict[str, float] = {}
+        self.last_epoch: dict[str, float] = {}
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.interval), self)
+        if callable(getattr(self.network, "codebook_epoch_usage", None)):
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
 
     def __call__(self, engine: Engine) -> None:
         usage = self.network.codebook_usage()
@@ -99,6 +105,22 @@ class CodebookUsageHandler:
         engine.state.metrics.update(self.last)
         if self.reset and callable(getattr(self.network, "reset_codebook_usage", None)):
             self.network.reset_codebook_usage()
+
+    def epoch_completed(self, engine: Engine) -> None:
+        usage = self.network.codebook_epoch_usage()
+        if not usage:
+            return
+        self.last_epoch = {f"{self.prefix}epoch_{k}": float(v) for k, v in usage.items()}
+        engine.state.metrics.update(self.last_epoch)
+        levels = sorted({k.split("/")[0] for k in usage if "/" in k})
+        parts = [
+            f"{lv}: {usage[f'{lv}/codes_used']:.0f}/{usage.get(f'{lv}/size', float('nan')):.0f} codes used, "
+            f"perplexity {usage[f'{lv}/perplexity']:.1f}"
+            for lv in levels
+            if f"{lv}/codes_used" in usage
+        ]
+        engine.logger.info(f"Epoch {engine.state.epoch} codebook: " + "; ".join(parts))
+        self.network.reset_codebook_usage("epoch")
 
 
 class NaNSkipLogger:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -99,6 +100,7 @@ class VQSegNetworkBase(nn.Module):
         max_chunk_elements: int,
         codebook_seed: int | None,
         pfa_gradient: str = "codebook",
+        quantizer: Mapping[str, Any] | None = None,
     ) -> None:
         cls = type(self).__name__
         num_levels = len(level_channels)
@@ -113,6 +115,13 @@ class VQSegNetworkBase(nn.Module):
                     f"{cls}: codebook_size has {len(sizes)} entries but vq_levels {self.vq_levels} has "
                     f"{len(self.vq_levels)}; give one int or one size per level."
                 )
+        quantizer_options = dict(quantizer or {})
+        reserved = sorted(set(quantizer_options) & {"embedding_dim", "num_embeddings", "seed"})
+        if reserved:
+            raise ValueError(
+                f"{cls}: quantizer options {reserved} are set by the network (level channels, codebook_size, "
+                "codebook_seed); remove them from `quantizer`."
+            )
         self.quantizers = nn.ModuleDict(
             {
                 str(level): VectorQuantizer(
@@ -123,6 +132,7 @@ class VQSegNetworkBase(nn.Module):
                     usage_entropy_temperature,
                     max_chunk_elements,
                     seed=None if codebook_seed is None else int(codebook_seed) + level,
+                    **quantizer_options,
                 )
                 for level, size in zip(self.vq_levels, sizes)
             }
@@ -307,9 +317,9 @@ class VQSegNetworkBase(nn.Module):
                 level = int(key)
                 idx, codebook = codebooks[level]
                 if level in self.perturb_levels:
-                    codebook = codebook.detach()  # straight-through passes no gradient to the codewords
+                    codebook = codebook.detach()  # the estimator passes no gradient to the codewords
                     new_idx = self.qpm(idx, codebook, generator)
-                    seg_input[level] = quantizer.straight_through(features[level], quantizer.lookup(new_idx, codebook))
+                    seg_input[level] = quantizer.substitute(features[level], new_idx, codebook)
                 else:
                     new_idx = idx
                 perturbed_indices.append(new_idx)
@@ -356,22 +366,30 @@ class VQSegNetworkBase(nn.Module):
 
     # ------------------------------------------------------------------ codebook health
     def codebook_usage(self) -> dict[str, float]:
-        """Usage statistics since the last reset: ``level<l>/usage``, ``level<l>/perplexity`` per quantized
-        level and their means ``usage`` / ``perplexity``. Empty when nothing is quantized."""
+        """Codebook health since the last window reset, per quantized level ``level<l>/<stat>`` (``usage``,
+        ``perplexity``, ``batch_distinct``, ``codes_used``, ``dead``, ``size``: see
+        :meth:`~vqseg_bundle.networks.quantizer.VectorQuantizer.codebook_usage`) and the means over levels of
+        ``usage``, ``perplexity`` and ``batch_distinct``. Empty when nothing is quantized."""
+        return self._level_stats({key: q.codebook_usage() for key, q in self.quantizers.items()})
+
+    def codebook_epoch_usage(self) -> dict[str, float]:
+        """Like :meth:`codebook_usage` for the epoch histogram (``usage``, ``codes_used``, ``perplexity``)."""
+        return self._level_stats({key: q.epoch_usage() for key, q in self.quantizers.items()})
+
+    @staticmethod
+    def _level_stats(per_level: dict[str, dict[str, float]]) -> dict[str, float]:
         stats: dict[str, float] = {}
-        usages, perplexities = [], []
-        for key, quantizer in self.quantizers.items():
-            s = quantizer.codebook_usage()
-            stats[f"level{key}/usage"] = s["usage"]
-            stats[f"level{key}/perplexity"] = s["perplexity"]
-            usages.append(s["usage"])
-            perplexities.append(s["perplexity"])
-        if usages:
-            stats["usage"] = sum(usages) / len(usages)
-            stats["perplexity"] = sum(perplexities) / len(perplexities)
+        for key, level_stats in per_level.items():
+            for name in ("usage", "perplexity", "batch_distinct", "codes_used", "dead", "size"):
+                if name in level_stats:
+                    stats[f"level{key}/{name}"] = level_stats[name]
+        for name in ("usage", "perplexity", "batch_distinct"):
+            values = [level_stats[name] for level_stats in per_level.values() if name in level_stats]
+            if values:
+                stats[name] = sum(values) / len(values)
         return stats
 
-    def reset_codebook_usage(self) -> None:
-        """Zero the usage counts of every quantizer."""
+    def reset_codebook_usage(self, scope: str = "window") -> None:
+        """Zero the window statistics (``scope="window"``) or the epoch histograms (``"epoch"``) of every quantizer."""
         for quantizer in self.quantizers.values():
-            quantizer.reset_codebook_usage()
+            quantizer.reset_codebook_usage(scope)

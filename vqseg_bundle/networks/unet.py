@@ -68,6 +68,10 @@ class VQSegUNet(VQSegNetworkBase):
         max_chunk_elements: memory bound (float32 elements) of one ``(tokens, K)`` block in the nearest-code
             search and in QPM.
         codebook_seed: seed of the frozen base codebooks (level l uses ``seed + l``).
+        quantizer: further options of every level's
+            :class:`~vqseg_bundle.networks.quantizer.VectorQuantizer` (``codebook_type``, ``codebook_dim``,
+            ``cosine``, ``kmeans_init``, ``kmeans_iters``, ``dead_code_steps``, ``gradient``, ...); ``None``:
+            the paper's SimVQ quantizer.
 
     Input ``(B, in_channels, H, W)`` with ``H, W >= 2 ** (len(features) - 1)``; any such size works (odd sizes
     are padded back after each upsampling).
@@ -105,6 +109,7 @@ class VQSegUNet(VQSegNetworkBase):
         pfa_gradient: str = "codebook",
         max_chunk_elements: int = 2**24,
         codebook_seed: int | None = 0,
+        quantizer: dict | None = None,
     ) -> None:
         super().__init__()
         features = [int(f) for f in features]
@@ -170,6 +175,7 @@ class VQSegUNet(VQSegNetworkBase):
             max_chunk_elements,
             codebook_seed,
             pfa_gradient,
+            quantizer,
         )
 
     def _check_input(self, x: torch.Tensor) -> None:

@@ -182,7 +182,7 @@ class VQSegViT(VQSegNetworkBase):
         vit_kwargs: extra ``timm.create_model`` arguments (tiny models in tests).
         reconstruction, recon_input, vq_levels, codebook_size, commitment_beta, usage_entropy_weight,
         usage_entropy_temperature, perturbation, perturb_levels, dropout_rate, complementary_keep_ratio,
-        qpm_*, pfa_channels, pfa_level, pfa_gradient, max_chunk_elements, codebook_seed: as in
+        qpm_*, pfa_channels, pfa_level, pfa_gradient, max_chunk_elements, codebook_seed, quantizer: as in
         :class:`~vqseg_bundle.networks.unet.VQSegUNet` (levels here are the four ViT levels).
     """
 
@@ -222,6 +222,7 @@ class VQSegViT(VQSegNetworkBase):
         pfa_gradient: str = "codebook",
         max_chunk_elements: int = 2**24,
         codebook_seed: int | None = 0,
+        quantizer: dict | None = None,
     ) -> None:
         super().__init__()
         if int(in_channels) not in (1, 3):
@@ -285,6 +286,7 @@ class VQSegViT(VQSegNetworkBase):
             max_chunk_elements,
             codebook_seed,
             pfa_gradient,
+            quantizer,
         )
 
     def _vit_input(self, x: torch.Tensor) -> torch.Tensor:
