@@ -207,6 +207,19 @@ PROTOCOLS["cpu_peer"] = replace(
         "machine type; two runs shared the 2 cores (one thread each)."
     ),
 )
+# Codebook health of each quantizer option alone (docs/results.md, "Codebook health"): the cpu_peer recipe for 300
+# iterations, the quantizer statistics of the training log being the result (Dice after 300 iterations is early).
+PROTOCOLS["cpu_health"] = replace(
+    PROTOCOLS["cpu_peer"],
+    name="cpu_health",
+    description="cpu_peer for 300 iterations (validation at 300): codebook health of each quantizer option",
+    iterations=300,
+    val_every=300,
+    notes=(
+        "cpu_health caveats: 300 iterations, so the Dice columns are from the start of training; the result is the "
+        "codebook health (distinct codes per batch, usage, perplexity) in the diagnostics table."
+    ),
+)
 # The first CPU protocol (kept to reproduce its table): the "cpu" protocol with 400 iterations and a constant
 # pseudo-label weight.
 PROTOCOLS["cpu_short"] = replace(
@@ -305,6 +318,21 @@ VARIANTS: dict[str, dict[str, Any]] = {
         ),
         "overrides": {**_VQ_NO_REC, **_UNIMATCH_RECIPE, "perturbation": "qpm_dropout", "qpm_eps": 0.7,
                       "quantizer": _GUARDED_QUANTIZER},
+    },
+    **{
+        f"vq_guard_{name}": {
+            "description": f"vq_unimatch_qpm_dropout with one quantizer option: {option}",
+            "overrides": {**_VQ_NO_REC, **_UNIMATCH_RECIPE, "perturbation": "qpm_dropout", "qpm_eps": 0.7,
+                          "quantizer": option},
+        }
+        for name, option in (
+            ("learnable", {"codebook_type": "learnable"}),
+            ("dim32", {"codebook_dim": 32}),
+            ("cosine", {"cosine": True}),
+            ("kmeans", {"kmeans_init": True}),
+            ("dead", {"dead_code_steps": 50}),
+            ("rotation", {"gradient": "rotation"}),
+        )
     },
     "vq_unimatch_qpm_guarded": {
         "description": "vq_unimatch (QPM eps 0.7 alone in the fp stream, no dropout) with the collapse-guarded quantizer",

@@ -81,3 +81,27 @@ def test_backbone_param_groups():
     assert [g["lr"] for g in opt.param_groups] == [1e-5, 1e-3]
     with pytest.raises(ValueError, match="starts with"):
         backbone_param_groups(net, 1e-3, 1e-5, backbone_prefixes=("encoder.",))
+
+
+@pytest.mark.parametrize("tty", [False, True])
+def test_progress_bar_is_drawn_on_a_terminal_only(monkeypatch, tty):
+    import sys
+
+    from vqseg_bundle.engines.handlers import ProgressBarHandler
+
+    class Stream:
+        def isatty(self):
+            return tty
+
+        def write(self, text):
+            return len(text)
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(sys, "stderr", Stream())
+    engine = Engine(lambda e, b: {"loss": 1.0})
+    before = sum(len(v) for v in engine._event_handlers.values())
+    ProgressBarHandler(interval=1).attach(engine)
+    attached = sum(len(v) for v in engine._event_handlers.values()) - before
+    assert (attached > 0) == tty

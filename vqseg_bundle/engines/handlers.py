@@ -8,6 +8,7 @@ Each handler has ``attach(engine)`` so it can be an inline dict in ``train#handl
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -166,18 +167,27 @@ class TerminateOnNonFinite:
 
 
 class ProgressBarHandler:
-    """ignite ``ProgressBar`` refreshed every ``interval`` iterations with the chosen output values."""
+    """ignite ``ProgressBar`` refreshed every ``interval`` iterations with the chosen output values.
 
-    def __init__(self, interval: int = 10, keys: Sequence[str] = ("loss",), persist: bool = False) -> None:
+    The bar is drawn on a terminal only (``terminal_only``): when stderr is a file or a pipe (a log file, CI, a
+    batch job) tqdm's carriage-return fragments would be glued to the log lines, and the ``StatsHandler`` lines
+    already report the same values.
+    """
+
+    def __init__(
+        self, interval: int = 10, keys: Sequence[str] = ("loss",), persist: bool = False, terminal_only: bool = True
+    ) -> None:
         """
         Args:
             interval: iterations between refreshes (each reads ``keys`` from the device once).
             keys: ``engine.state.output`` entries shown next to the bar.
             persist: keep the finished bar on screen.
+            terminal_only: attach nothing unless ``sys.stderr`` is a terminal.
         """
         if interval < 1:
             raise ValueError(f"interval must be >= 1, got {interval}")
         self.interval, self.keys, self.persist = int(interval), tuple(keys), bool(persist)
+        self.terminal_only = bool(terminal_only)
 
     def _transform(self, output: Any) -> dict[str, float]:
         output = output_dict(output)
@@ -186,6 +196,8 @@ class ProgressBarHandler:
         return {k: float(output[k]) for k in self.keys if k in output}
 
     def attach(self, engine: Engine) -> None:
+        if self.terminal_only and not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty()):
+            return
         ProgressBar(persist=self.persist).attach(
             engine, output_transform=self._transform, event_name=Events.ITERATION_COMPLETED(every=self.interval)
         )
