@@ -61,7 +61,8 @@ def write_challenge_nifti(dataset_dir: Path, out_dir: Path) -> Path:
         (out_dir / sub).mkdir(exist_ok=True)
 
     def save(array_zyx: np.ndarray, path: Path, dtype: type) -> None:
-        img = nib.Nifti1Image(np.ascontiguousarray(array_zyx.transpose(2, 1, 0)).astype(dtype), CHALLENGE_AFFINE)
+        array = np.ascontiguousarray(array_zyx.transpose(2, 1, 0)).astype(dtype)
+        img = nib.Nifti1Image(array, CHALLENGE_AFFINE)
         img.header.set_xyzt_units("mm")
         nib.save(img, path)
 
@@ -114,7 +115,10 @@ def mean_dice(summary_csv: Path) -> dict[str, float]:
         return {row["class_name"]: 100.0 * float(row["dice_mean"]) for row in csv.DictReader(f)}
 
 
-def evaluate(base_args: list[str], dataset_dir: Path, labeled: str, out_dir: Path, ckpt: Path, log: Path) -> dict:
+def evaluate(
+    base_args: list[str], dataset_dir: Path, labeled: str, out_dir: Path, ckpt: Path, log: Path
+) -> dict:
+    """One run of the bundle's evaluation; its command, Dice per class (%) and wall time."""
     cmd = [
         sys.executable,
         "-m",
@@ -177,8 +181,9 @@ def main(
         raise FileNotFoundError(f"no model at {ckpt}")
     nifti_dir = write_challenge_nifti(src, work / "nifti")
     labeled = str(record.get("labeled", 3))
-    h5 = evaluate(base_args, src, f"labeled_{labeled}_cases", work / f"eval_h5{tag}", ckpt, work / f"eval_h5{tag}.log")
-    nii = evaluate(base_args, nifti_dir, "all", work / f"eval_nifti{tag}", ckpt, work / f"eval_nifti{tag}.log")
+    h5_out, nii_out = work / f"eval_h5{tag}", work / f"eval_nifti{tag}"
+    h5 = evaluate(base_args, src, f"labeled_{labeled}_cases", h5_out, ckpt, work / f"eval_h5{tag}.log")
+    nii = evaluate(base_args, nifti_dir, "all", nii_out, ckpt, work / f"eval_nifti{tag}.log")
     git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
     result = {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -218,7 +218,9 @@ def test_to_slices_last_of_2d_image():
     assert to_slices_last(np.zeros((5, 6)), -1).shape == (5, 6, 1)
 
 
-@pytest.mark.parametrize("axis, expected", [(-1, (1.25, 1.5, 8.0)), (0, (1.5, 8.0, 1.25)), (1, (1.25, 8.0, 1.5))])
+@pytest.mark.parametrize(
+    "axis, expected", [(-1, (1.25, 1.5, 8.0)), (0, (1.5, 8.0, 1.25)), (1, (1.25, 8.0, 1.5))]
+)
 def test_nifti_validation_spacing_follows_the_slice_axis(nifti_factory, tmp_path, axis, expected):
     """Validation items carry the label file's voxel size along the reoriented axes (x 1.5, y 1.25, z 8
     in the file; "PLS" puts y first), slice axis last, so HD95 / ASD come in mm too."""

@@ -170,4 +170,5 @@ def test_acdc_hdf5_and_challenge_nifti_give_identical_network_inputs(tmp_path):
     np.testing.assert_array_equal(case.image, record.image)
     np.testing.assert_array_equal(case.label, record.label)
     # the inference config (min-max, as the training data; equal up to float rounding of the rescale)
-    np.testing.assert_allclose(_inference_input(tmp_path / "images" / f"{name}.nii.gz"), record.image, atol=1e-6)
+    inference_input = _inference_input(tmp_path / "images" / f"{name}.nii.gz")
+    np.testing.assert_allclose(inference_input, record.image, atol=1e-6)

@@ -233,7 +233,9 @@ def read_volume(
     return Volume(oriented, array, codes, spacing)
 
 
-def spacing_slices_last(spacing: tuple[float, ...] | None, slice_axis: int) -> tuple[float, float, float] | None:
+def spacing_slices_last(
+    spacing: tuple[float, ...] | None, slice_axis: int
+) -> tuple[float, float, float] | None:
     """Voxel size (mm) in the order of :func:`to_slices_last` (a 2D image gets 1.0 through-plane)."""
     if spacing is None:
         return None

@@ -36,6 +36,7 @@ __all__ = [
     "check_orientation",
     "orientation_codes",
     "reorient",
+    "axis_permutation",
     "acdc_h5_to_canonical",
 ]
 

@@ -214,7 +214,11 @@ def build_splits(
         if not is_acdc_layout(path):
             raise DataIntegrityError(f"{path}: dataset_format='acdc_h5' but there is no train_slices.list")
         raw = load_acdc_splits(
-            path, labeled=labeled, normalization=normalization, num_classes=num_classes, orientation=orientation
+            path,
+            labeled=labeled,
+            normalization=normalization,
+            num_classes=num_classes,
+            orientation=orientation,
         )
     else:
         raw = load_nifti_splits(
