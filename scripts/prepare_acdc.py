@@ -5,7 +5,10 @@ Training slices are regrouped into one volume per patient and frame (slice order
 patients' volumes go to "training" (image + label), the others to "unlabeled" (image only), the
 20 validation volumes to "validation". The labeled subset is chosen by patient, never by slice:
 the first N patients of train_slices.list (or the benchmark's list file), or N patients drawn with
-a seed. The HDF5 copy stores no voxel spacing, so every NIfTI gets the identity affine (spacing 1).
+a seed. The files are written as the ACDC challenge distributes its NIfTI: the HDF5 arrays are
+SimpleITK's GetArrayFromImage of the challenge files, (Z, Y, X), so each NIfTI holds their transpose,
+(X, Y, Z) as nibabel reads it, with the challenge's affine signs diag(-1, -1, 1). The HDF5 copy stores
+no voxel spacing, so the spacing is 1 (voxel units).
 
 Examples:
     python scripts/prepare_acdc.py --src ../shared/data/acdc --dst data_cache/acdc_nifti
@@ -16,7 +19,8 @@ Examples:
 "training" holds exactly the labeled patients, so train with --labeled all (a smaller N or
 "labeled_N_cases" would take the first N of them and move the rest to the unlabeled set).
 
-The output loads through vqseg_bundle.data.build_splits and gives arrays identical to the HDF5 reader.
+The output loads through vqseg_bundle.data.build_splits and, both readers reorienting to the bundle's
+canonical orientation (docs/README.md, "Orientation"), gives arrays identical to the HDF5 reader.
 """
 
 from __future__ import annotations
