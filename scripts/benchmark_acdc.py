@@ -347,6 +347,16 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "overrides": {**_VQ_NO_REC, **_UNIMATCH_RECIPE, "perturbation": "qpm_dropout", "qpm_eps": 0.7,
                       "quantizer": _GUARDED_QUANTIZER, "vq_levels": [-2, -1]},
     },
+    "vqall_unimatch_qpm_guarded": {
+        "description": (
+            "every U-Net level quantized with the collapse-guarded quantizer (K 512, 1024, 4096, 16384, 16384 from full "
+            "resolution to the bottleneck) and QPM (eps 0.7) alone in the fp stream: like VQ-Seg's ViT, whose every "
+            "decoder input is quantized, no unquantized skip bypasses the perturbation"
+        ),
+        "overrides": {**_VQ_NO_REC, **_UNIMATCH_RECIPE, "perturbation": "qpm", "qpm_eps": 0.7,
+                      "quantizer": _GUARDED_QUANTIZER, "vq_levels": "all",
+                      "codebook_size": [512, 1024, 4096, 16384, 16384]},
+    },
     "vq_unimatch_qpm_dropout_guarded_recq": {
         "description": (
             "vq_unimatch_qpm_dropout_guarded plus the reconstruction branch (weight 1) fed by the quantized level only "
@@ -738,6 +748,8 @@ def summarize_run(res_dir: Path) -> dict[str, Any]:
     for key in ("mask_ratio", "codebook_usage", "codebook_perplexity", "codebook_batch_distinct", "loss_sup", "loss_unsup", "loss_vq",
                 "loss_rec_unlabeled", "loss_rec", "loss_align"):
         out[f"late_{key}"] = late_mean(key)
+    epoch_usage = [_num(r.get("codebook_epoch_usage")) for r in scal if r.get("codebook_epoch_usage")]
+    out["last_codebook_epoch_usage"] = epoch_usage[-1] if epoch_usage else float("nan")
     if math.isnan(out["late_loss_rec_unlabeled"]):  # runs since the loss module: one reconstruction term
         out["late_loss_rec_unlabeled"] = out["late_loss_rec"]
     return out
@@ -861,16 +873,18 @@ def build_report(results_dir: Path, docs_dir: Path, docs_file: Path) -> str:
                     "",
                     "Training diagnostics (means over the last 20 % of logged iterations): confident pseudo-label "
                     "fraction (mask ratio), codebook usage (fraction of codes hit per logging window), "
-                    "perplexity and distinct codes per batch (fraction of the batch's tokens; 1 / tokens at "
-                    "collapse; runs before 2026-12-02 did not log it), loss terms.",
+                    "perplexity, distinct codes per batch (fraction of the batch's tokens; 1 / tokens at "
+                    "collapse) and codes used over the last epoch (fraction of K; K per variant description); the "
+                    "last two were not logged before 2026-12-02; loss terms.",
                     "",
-                    "| variant | mask ratio | code usage | perplexity | distinct / batch | L_sup | L_unsup | L_vq | L_rec | L_align |",
-                    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+                    "| variant | mask ratio | code usage | perplexity | distinct / batch | epoch usage | L_sup | L_unsup | L_vq | L_rec | L_align |",
+                    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
                 ]
                 for name, s in summaries.items():
                     lines.append(
                         f"| {name} | {_f(s['late_mask_ratio'], 1, 3)} | {_f(s['late_codebook_usage'], 1, 4)} | "
                         f"{_f(s['late_codebook_perplexity'], 1, 0)} | {_f(s['late_codebook_batch_distinct'], 1, 3)} | "
+                        f"{_f(s['last_codebook_epoch_usage'], 1, 4)} | "
                         f"{_f(s['late_loss_sup'], 1, 3)} | "
                         f"{_f(s['late_loss_unsup'], 1, 3)} | {_f(s['late_loss_vq'], 1, 3)} | "
                         f"{_f(s['late_loss_rec_unlabeled'], 1, 3)} | {_f(s['late_loss_align'], 1, 3)} |"
