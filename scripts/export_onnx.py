@@ -4,7 +4,8 @@
         --output models/model.onnx
 
 Builds ``network_def`` from the config (``--key value`` pairs override config ids, as with
-``monai.bundle run``), loads the weights, exports with a dynamic batch axis (input ``image``
+``monai.bundle run``; with configs/inference.yaml the network and slice size are those recorded in the
+settings file beside the weights, ``models/model.json``), loads the weights, exports with a dynamic batch axis (input ``image``
 ``(N, in_channels, image_size, image_size)``, output ``pred`` logits), runs ONNX Runtime and
 PyTorch on a random slice batch and prints the max absolute difference; exits non-zero when it
 exceeds ``atol + rtol * max |logit|``.
@@ -50,13 +51,20 @@ def main(
     """
     parser = ConfigParser()
     parser.read_config(config_file)
+    if ckpt_file is not None:
+        # the network and slice size come from the settings file beside these weights (models/model.json)
+        parser.update({"ckpt_path": ckpt_file})
     parser.update(override)
     network = parser.get_parsed_content(net_id)
     ckpt = ckpt_file if ckpt_file is not None else parser.get_parsed_content("ckpt_path")
     load_network_weights(network, ckpt)
     network = network.cpu().eval()
-    in_channels = int(parser.get_parsed_content("in_channels"))
-    image_size = parser.get_parsed_content("image_size")
+    if "model_settings" in parser:  # configs/inference.yaml: the model's recorded settings (or the defaults)
+        settings = parser.get_parsed_content("model_settings")
+        in_channels, image_size = int(settings["in_channels"]), settings["image_size"]
+    else:
+        in_channels = int(parser.get_parsed_content("in_channels"))
+        image_size = parser.get_parsed_content("image_size")
     path = export_onnx(
         network, output, in_channels=in_channels, image_size=image_size, opset=opset, dynamo=dynamo
     )

@@ -2,6 +2,7 @@
 
 from vqseg_bundle.engines.checkpoint import (
     BestMetricState,
+    checkpoint_problem,
     TrainerCheckpointLoader,
     TrainerCheckpointSaver,
     latest_checkpoint,
@@ -11,6 +12,7 @@ from vqseg_bundle.engines.ema import EMATeacher, ema_decay_at, make_teacher
 from vqseg_bundle.engines.handlers import (
     CodebookUsageHandler,
     NaNSkipLogger,
+    NonFiniteLossError,
     TerminateOnNonFinite,
     output_dict,
     ProgressBarHandler,
@@ -18,6 +20,7 @@ from vqseg_bundle.engines.handlers import (
     scalar_output,
 )
 from vqseg_bundle.engines.loaders import InfiniteLoader
+from vqseg_bundle.engines.model_saver import BestModelSaver, network_arguments, resolved_config
 from vqseg_bundle.engines.optim import backbone_param_groups
 from vqseg_bundle.engines.trainer import (
     CUTMIX_PARTNERS,
@@ -32,6 +35,11 @@ from vqseg_bundle.engines.trainer import (
 
 __all__ = [
     "BestMetricState",
+    "BestModelSaver",
+    "checkpoint_problem",
+    "network_arguments",
+    "resolved_config",
+    "NonFiniteLossError",
     "TrainerCheckpointLoader",
     "TrainerCheckpointSaver",
     "backbone_param_groups",

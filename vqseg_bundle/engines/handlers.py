@@ -15,7 +15,6 @@ from typing import Any
 import torch
 from ignite.contrib.handlers import ProgressBar
 from ignite.engine import Engine, Events
-from ignite.handlers import TerminateOnNan
 from monai.handlers import MeanDice, from_engine
 
 from vqseg_bundle.engines.ema import _unwrap
@@ -27,6 +26,7 @@ __all__ = [
     "NaNSkipLogger",
     "ProgressBarHandler",
     "TerminateOnNonFinite",
+    "NonFiniteLossError",
     "per_class_dice_metrics",
 ]
 
@@ -150,20 +150,47 @@ class NaNSkipLogger:
             self.seen = count
 
 
-class TerminateOnNonFinite:
-    """ignite ``TerminateOnNan`` on the ``"loss"`` output every ``interval`` iterations (each check syncs once).
+class NonFiniteLossError(RuntimeError):
+    """Training was stopped by :class:`TerminateOnNonFinite` (``terminate_on_nan: true``)."""
 
-    The alternative to the trainer's ``nan_policy="skip"``: stop the run at the first non-finite loss.
+
+class TerminateOnNonFinite:
+    """Stop the run at the first non-finite ``"loss"`` output (checked every ``interval`` iterations; each
+    check syncs once), and fail it: after the run's ``COMPLETED`` handlers (the final checkpoint) the engine
+    raises :class:`NonFiniteLossError`, so ``python -m monai.bundle run training`` exits non-zero.
+
+    The alternative to the trainer's ``nan_policy="skip"``.
     """
 
     def __init__(self, interval: int = 1, key: str = "loss") -> None:
         if interval < 1:
             raise ValueError(f"interval must be >= 1, got {interval}")
         self.interval, self.key = int(interval), key
+        self.stopped_at: int | None = None
+        self.value: float | None = None
 
     def attach(self, engine: Engine) -> None:
-        handler = TerminateOnNan(output_transform=lambda out: output_dict(out)[self.key])
-        engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.interval), handler)
+        engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.interval), self.check)
+        # registered when the run starts, i.e. after every other handler: runs after the final checkpoint
+        engine.add_event_handler(Events.STARTED(once=1), lambda e: e.add_event_handler(Events.COMPLETED, self.fail))
+
+    def check(self, engine: Engine) -> None:
+        out = output_dict(engine.state.output)
+        if out is None or self.key not in out:
+            return
+        value = out[self.key]
+        value = float(value.detach().float().cpu()) if torch.is_tensor(value) else float(value)
+        if not torch.isfinite(torch.tensor(value)):
+            self.stopped_at, self.value = int(engine.state.iteration), value
+            logger.error("iteration %d: %s is %s; stopping the run (terminate_on_nan)", self.stopped_at, self.key, value)
+            engine.terminate()
+
+    def fail(self, engine: Engine) -> None:
+        if self.stopped_at is not None:
+            raise NonFiniteLossError(
+                f"training stopped at iteration {self.stopped_at}: {self.key} is {self.value} (terminate_on_nan: "
+                "true); lower the learning rate, or use --nan_policy skip to skip such steps"
+            )
 
 
 class ProgressBarHandler:

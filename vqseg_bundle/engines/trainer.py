@@ -365,8 +365,42 @@ class SemiSupervisedTrainer(SupervisedTrainer):
     def _trainable(self) -> list[torch.Tensor]:
         return [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
 
-    def _guarded_step(self, loss: torch.Tensor) -> torch.Tensor:
+    def _guards_buffers(self) -> bool:
+        return self.nan_policy == "skip" and self.grad_scaler is None
+
+    def _snapshot_buffers(self) -> dict[str, torch.Tensor] | None:
+        """Copies of the student's buffers (BatchNorm running statistics, quantizer state) before the forward,
+        for :meth:`_guarded_step` to restore when the step is skipped (one fused copy, no host sync)."""
+        if not self._guards_buffers():
+            return None
+        named = [(k, b) for k, b in _unwrap(self.network).named_buffers() if b is not None]
+        floats = [(k, b) for k, b in named if b.is_floating_point()]
+        snapshot = dict(zip([k for k, _ in floats], torch._foreach_mul([b.detach() for _, b in floats], 1.0))) if floats else {}
+        snapshot.update({k: b.detach().clone() for k, b in named if not b.is_floating_point()})
+        return snapshot
+
+    def _restore_buffers(self, finite: torch.Tensor, snapshot: dict[str, torch.Tensor] | None) -> None:
+        """Where the step is not finite, put the buffers of :meth:`_snapshot_buffers` back (on the device)."""
+        if not snapshot:
+            return
+        current = []
+        saved = []
+        for k, b in _unwrap(self.network).named_buffers():
+            old = snapshot.get(k)
+            if old is not None and b is not None and old.shape == b.shape and old.device == b.device == finite.device:
+                current.append(b)
+                saved.append(old)
+        if current:
+            with torch.no_grad():
+                torch._foreach_copy_(current, [torch.where(finite, b, o) for b, o in zip(current, saved)])
+
+    def _guarded_step(self, loss: torch.Tensor, buffers: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Optimizer step that is undone on the device when the loss or gradients are not finite.
+
+        Args:
+            loss: the step's loss.
+            buffers: the student's buffers before the forward (:meth:`_snapshot_buffers`): restored too when
+                the step is skipped, so that a non-finite forward leaves no non-finite BatchNorm statistics.
 
         Returns:
             The global gradient norm (scalar tensor, before clipping).
@@ -375,6 +409,8 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         if self.grad_scaler is not None:
             self.grad_scaler.unscale_(self.optimizer)
         if not params:
+            if buffers:
+                self._restore_buffers(torch.isfinite(loss.detach()), buffers)
             return torch.zeros((), device=self.state.device)
         if self.grad_clip_norm is not None:
             grad_norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip_norm, foreach=True)
@@ -414,6 +450,7 @@ class SemiSupervisedTrainer(SupervisedTrainer):
             new_state = [t for t in _state_tensors() if id(t) not in old_ids]
             if new_state:
                 torch._foreach_copy_(new_state, [torch.where(finite, t, torch.zeros_like(t)) for t in new_state])
+        self._restore_buffers(finite, buffers)
         self._skipped += (~finite).long()
         return grad_norm
 
@@ -509,6 +546,7 @@ class SemiSupervisedTrainer(SupervisedTrainer):
 
         out: dict[str, Any] = {}
         engine.state.output = [out]
+        buffers = self._snapshot_buffers()
         self.student_step.train()
         self.optimizer.zero_grad(set_to_none=self.optim_set_to_none)
         with self._autocast():
@@ -582,7 +620,7 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         else:
             total.backward()
         engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-        grad_norm = self._guarded_step(total)
+        grad_norm = self._guarded_step(total, buffers)
 
         for k, v in {**terms, **vq_terms}.items():
             out[k] = v.detach() if torch.is_tensor(v) else v

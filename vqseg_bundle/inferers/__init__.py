@@ -1,7 +1,26 @@
-"""Inference over 2D images and 3D volumes with a 2D network, weight loading and input listing."""
+"""Inference over 2D images and 3D volumes with a 2D network, weight loading, input listing and checking,
+and the model's recorded settings."""
 
 from vqseg_bundle.inferers.checkpoint import load_network_weights, read_state_dict
-from vqseg_bundle.inferers.inputs import list_inference_inputs, require_inputs
+from vqseg_bundle.inferers.inputs import list_inference_inputs, literal_glob, require_inputs
+from vqseg_bundle.inferers.run import (
+    NONFINITE_POLICIES,
+    CheckInputd,
+    InferenceInputError,
+    InferenceInputs,
+    SaveSegmentationd,
+    output_names,
+)
+from vqseg_bundle.inferers.settings import (
+    build_network,
+    check_model_settings,
+    effective_value,
+    load_evaluation_network,
+    model_value,
+    read_model_record,
+    resolve_model_settings,
+    settings_path,
+)
 from vqseg_bundle.inferers.slice_inferer import ResizedSliceInferer
 
 __all__ = [
@@ -9,5 +28,20 @@ __all__ = [
     "load_network_weights",
     "read_state_dict",
     "list_inference_inputs",
+    "literal_glob",
     "require_inputs",
+    "NONFINITE_POLICIES",
+    "CheckInputd",
+    "InferenceInputError",
+    "InferenceInputs",
+    "SaveSegmentationd",
+    "output_names",
+    "build_network",
+    "check_model_settings",
+    "effective_value",
+    "load_evaluation_network",
+    "model_value",
+    "read_model_record",
+    "resolve_model_settings",
+    "settings_path",
 ]

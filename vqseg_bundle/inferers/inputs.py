@@ -9,7 +9,7 @@ from pathlib import Path
 
 from monai.data import load_decathlon_datalist
 
-__all__ = ["list_inference_inputs", "require_inputs"]
+__all__ = ["list_inference_inputs", "literal_glob", "require_inputs"]
 
 
 def list_inference_inputs(
@@ -24,7 +24,8 @@ def list_inference_inputs(
 
     Args:
         input_glob: pattern such as ``/data/*.nii.gz``; matches may be files or folders (a DICOM
-            series folder, read by MONAI's ITK reader). Used when ``datalist`` is ``None``.
+            series folder, read by MONAI's ITK reader). Existing paths are taken literally
+            (:func:`literal_glob`). Used when ``datalist`` is ``None``.
         datalist: Decathlon-style JSON file whose ``data_list_key`` entry lists image paths or
             ``{"image": path, ...}`` dicts; relative paths resolve against ``base_dir`` (default:
             the JSON file's folder).
@@ -61,13 +62,28 @@ def list_inference_inputs(
         return [dict(item) for item in items]
     if not input_glob:
         raise ValueError("Give either input_glob (e.g. '/data/*.nii.gz') or datalist (a JSON file).")
-    matches = sorted(glob.glob(str(input_glob)))
+    matches = literal_glob(str(input_glob))
     if not matches and not allow_empty:
         raise FileNotFoundError(
             f"No input matches '{input_glob}'. Set --dataset_dir to the folder of the scans or --input_glob "
             "to a pattern, or --datalist to a JSON file."
         )
     return [{image_key: m} for m in matches]
+
+
+def literal_glob(pattern: str) -> list[str]:
+    """Paths matching ``pattern``, sorted, with existing paths taken literally, not as patterns.
+
+    A pattern that names an existing file or folder is that path (a folder name such as ``scans[v1]`` is
+    not a character class); otherwise an existing parent folder is taken literally and only the last
+    component is a pattern (``/data/[v1]/*.nii.gz``); otherwise the whole pattern is globbed.
+    """
+    if os.path.exists(pattern):
+        return [pattern]
+    parent, name = os.path.split(pattern)
+    if parent and os.path.isdir(parent):
+        return sorted(glob.glob(os.path.join(glob.escape(parent), name)))
+    return sorted(glob.glob(pattern))
 
 
 def require_inputs(

@@ -83,17 +83,19 @@ def summarize(
 
 
 def _write_csv(rows: list[dict[str, object]], path: str | os.PathLike) -> Path:
+    import io
+
+    from vqseg_bundle.fileio import atomic_write_text
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fields = list(rows[0].keys()) if rows else []
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        for r in rows:
-            writer.writerow(
-                {k: ("nan" if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
-            )
-    return path
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=fields)
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: ("nan" if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()})
+    # a temporary file in the same folder, fsync, rename: a crash never leaves a truncated CSV
+    return atomic_write_text(path, buffer.getvalue())
 
 
 def write_case_csv(

@@ -1,0 +1,305 @@
+"""The settings a model was trained with, kept beside it, and their use by inference / evaluation / export.
+
+Training writes ``models/model.pt`` (a flat state dict) and, beside it, ``models/model.json`` (the same
+name with ``.json``): the SHA-256 of the weights file, the validation score it was written for, and the
+network-defining settings of the run (the resolved arguments of ``network_def`` and its ``_target_``,
+``image_size``, ``in_channels``, ``num_classes``, ``class_names``, ``orientation``, ``slice_axis``,
+``normalization``). The record of the model it replaced is kept under ``"previous"`` (the settings file is
+renamed into place just before the weights file, so after a crash between the two renames the entry that
+matches the weights on disk is still found).
+
+Inference (``configs/inference.yaml``), evaluation (``configs/evaluate.yaml``) and both exports read it:
+:func:`resolve_model_settings` merges the model's settings with the values given on the command line
+(``null`` / not given = the model's), and a given value that contradicts the model is a ``ValueError``
+naming the key, both values and the settings file. A model without a settings file keeps working with
+the configs' values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "FORMAT",
+    "settings_path",
+    "file_sha256",
+    "read_model_record",
+    "model_settings_of",
+    "resolve_model_settings",
+    "model_value",
+    "check_model_settings",
+    "build_network",
+    "jsonable",
+    "train_defaults",
+    "effective_value",
+    "load_evaluation_network",
+]
+
+FORMAT = "vqseg_bundle model settings 1"
+#: arguments of the network classes that only load pretrained weights; the trained weights are in model.pt
+_WEIGHT_LOADING_ARGS = {"pretrained": False, "weights_path": None}
+_UNET = "vqseg_bundle.networks.VQSegUNet"
+
+
+def settings_path(ckpt_path: str | os.PathLike) -> Path:
+    """The settings file of a weights file: ``models/model.pt`` -> ``models/model.json``."""
+    return Path(ckpt_path).with_suffix(".json")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` as JSON types (tuples -> lists, numpy / torch scalars -> numbers); ``TypeError`` otherwise."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, (int, float)):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    item = getattr(value, "item", None)
+    if callable(item) and getattr(value, "ndim", 1) == 0:
+        return item()
+    raise TypeError(f"{type(value).__name__} is not a JSON value")
+
+
+def read_model_record(ckpt_path: str | os.PathLike) -> dict | None:
+    """The settings-file entry that describes the weights file ``ckpt_path``, or ``None`` without a settings file.
+
+    Returns:
+        ``{"sha256", "metric", "settings", ...}`` plus ``"path"`` (the settings file). When the weights file does
+        not exist (a config parsed without weights) the newest entry is returned.
+
+    Raises:
+        ValueError: the settings file is not one, or none of its entries matches the weights file's SHA-256
+            (the weights were replaced or copied without their settings).
+    """
+    path = settings_path(ckpt_path)
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"model settings file '{path}' cannot be read: {e}") from e
+    if not isinstance(record, dict) or record.get("format") != FORMAT or not isinstance(record.get("settings"), dict):
+        raise ValueError(f"'{path}' is not a model settings file of this bundle (expected format {FORMAT!r}).")
+    entries = [record] + ([record["previous"]] if isinstance(record.get("previous"), dict) else [])
+    if not os.path.isfile(ckpt_path):
+        return {**record, "path": str(path)}
+    digest = file_sha256(ckpt_path)
+    for entry in entries:
+        if entry.get("sha256") == digest:
+            return {**entry, "path": str(path)}
+    raise ValueError(
+        f"model settings file '{path}' does not describe '{os.fspath(ckpt_path)}' (SHA-256 differs): the weights were "
+        "replaced or copied without their settings. Copy the matching .json beside the weights, or delete "
+        f"'{path}' to use the config's values."
+    )
+
+
+def model_settings_of(record: Mapping | None) -> dict:
+    """Flat settings of a record: the ``network_def`` arguments, ``image_size`` and the other recorded keys,
+    plus ``network_target`` (the network class)."""
+    if not record:
+        return {}
+    settings = dict(record["settings"])
+    network = dict(settings.pop("network_def", None) or {})
+    flat = {k: v for k, v in settings.items()}
+    target = network.pop("_target_", None)
+    flat.update(network)
+    if target is not None:
+        flat["network_target"] = target
+    flat["_network_keys"] = sorted(network)
+    return flat
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        a, b = jsonable(a), jsonable(b)
+    except TypeError:
+        return a == b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return float(a) == float(b)
+    return a == b
+
+
+def _mismatch(key: str, given: Any, model: Any, path: str) -> ValueError:
+    return ValueError(
+        f"{key}: the command line / config gives {given!r} but the model was trained with {model!r} "
+        f"(recorded in {path}). Leave --{key} out to use the model's value, or pass the weights of a model "
+        f"trained with {key} {given!r}."
+    )
+
+
+def resolve_model_settings(
+    ckpt_path: str | os.PathLike, requested: Mapping[str, Any] | None = None, defaults: Mapping[str, Any] | None = None
+) -> dict:
+    """The settings to build and run the network of ``ckpt_path`` with.
+
+    Args:
+        ckpt_path: the weights file; its settings file (:func:`settings_path`) is read when it exists.
+        requested: values given by the user / config; ``None`` means "the model's value". A non-``None`` value
+            must equal the model's recorded one.
+        defaults: values for keys neither requested nor recorded (a model without a settings file: the
+            training config's defaults).
+
+    Returns:
+        ``defaults`` updated with the model's settings, then with the requested non-``None`` values; plus
+        ``"settings_file"`` (the file read, or ``None``) and, for a recorded model, ``"network_def"`` (the
+        network's ``_target_`` and arguments as trained).
+
+    Raises:
+        ValueError: naming the key, both values and the settings file, when a requested value contradicts the
+            model, or a requested network key is not an argument of the model's network.
+    """
+    record = read_model_record(ckpt_path)
+    model = model_settings_of(record)
+    network_keys = set(model.pop("_network_keys", []))
+    out = dict(defaults or {})
+    out.update(model)
+    path = record["path"] if record else None
+    for key, value in (requested or {}).items():
+        if value is None:
+            continue
+        if record is not None:
+            if key in model and not _same(value, model[key]):
+                raise _mismatch(key, value, model[key], path)
+            if key not in model and network_keys and key in (defaults or {}):
+                raise ValueError(
+                    f"{key}: given as {value!r}, but the model's network ({model.get('network_target')}, recorded "
+                    f"in {path}) has no such argument; leave --{key} out."
+                )
+        out[key] = value
+    out["settings_file"] = path
+    if record is not None:
+        net = dict(record["settings"].get("network_def") or {})
+        if net:
+            out["network_def"] = net
+    return out
+
+
+def model_value(ckpt_path: str | os.PathLike, key: str, default: Any = None) -> Any:
+    """One recorded setting of the model ``ckpt_path`` (``default`` without a settings file or that key)."""
+    return model_settings_of(read_model_record(ckpt_path)).get(key, default)
+
+
+def check_model_settings(ckpt_path: str | os.PathLike, values: Mapping[str, Any]) -> dict | None:
+    """Check the effective config ``values`` against the model's recorded settings (no-op without a settings file).
+
+    Returns:
+        the record (or ``None``).
+
+    Raises:
+        ValueError: naming the key, both values and the settings file, for the first contradiction.
+    """
+    record = read_model_record(ckpt_path)
+    if record is None:
+        return None
+    model = model_settings_of(record)
+    for key, value in values.items():
+        if value is not None and key in model and not _same(value, model[key]):
+            raise _mismatch(key, value, model[key], record["path"])
+    return record
+
+
+def build_network(settings: Mapping[str, Any], keys: list[str] | tuple[str, ...] | None = None):
+    """The network of a model: its recorded ``network_def`` (class and arguments), or, without one, a
+    ``VQSegUNet`` from the ``keys`` of ``settings`` (the config's values).
+
+    Arguments that only load pretrained weights (``pretrained``, ``weights_path``) are switched off: the
+    trained weights come from the model file.
+    """
+    from monai.bundle import ConfigComponent
+
+    network = settings.get("network_def")
+    if network:
+        config = {**dict(network)}
+        for k, v in _WEIGHT_LOADING_ARGS.items():
+            if k in config:
+                config[k] = v
+    else:
+        names = keys if keys is not None else [k for k in settings if k not in ("image_size", "settings_file")]
+        config = {"_target_": _UNET, **{k: settings[k] for k in names if k in settings}}
+    return ConfigComponent(config).instantiate()
+
+
+_TRAIN_DEFAULTS: dict | None = None
+
+
+def train_defaults() -> dict:
+    """The literal top-level values of the bundle's ``configs/train.yaml`` (expressions and references left out)."""
+    global _TRAIN_DEFAULTS
+    if _TRAIN_DEFAULTS is None:
+        path = Path(__file__).resolve().parents[2] / "configs" / "train.yaml"
+        values: dict = {}
+        if path.is_file():
+            import yaml
+
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            values = {
+                k: v for k, v in raw.items() if not (isinstance(v, str) and v[:1] in ("$", "@", "%")) and not isinstance(v, dict)
+            }
+        _TRAIN_DEFAULTS = values
+    return dict(_TRAIN_DEFAULTS)
+
+
+def effective_value(ckpt_path: str | os.PathLike, key: str, value: Any) -> Any:
+    """For a config layered on ``configs/train.yaml`` (evaluation): the value of ``key`` to use with the model.
+
+    The model's recorded value when ``value`` equals it or is ``configs/train.yaml``'s default (not given
+    by the user); ``value`` itself without a settings file or without that key recorded.
+
+    Raises:
+        ValueError: naming the key, both values and the settings file, when ``value`` was given (differs from
+            the default) and contradicts the model.
+    """
+    record = read_model_record(ckpt_path)
+    model = model_settings_of(record)
+    if record is None or key not in model or _same(value, model[key]):
+        return value if record is None or key not in model else model[key]
+    defaults = train_defaults()
+    if key in defaults and _same(value, defaults[key]):
+        return model[key]
+    raise _mismatch(key, value, model[key], record["path"])
+
+
+def load_evaluation_network(evaluator, ckpt_path: str | os.PathLike, values: Mapping[str, Any] | None = None):
+    """Give ``evaluator`` the network of ``ckpt_path`` with its weights.
+
+    With a settings file, its recorded network (class and arguments) replaces the evaluator's network (the
+    config's network keys are then not used) and the evaluator's slice inferer takes the recorded
+    ``image_size``, after :func:`effective_value` checked ``values`` (``image_size``, ``num_classes``,
+    ``in_channels``); without one, the weights go into the evaluator's own network.
+
+    Returns:
+        the network.
+    """
+    from vqseg_bundle.inferers.checkpoint import load_network_weights
+
+    record = read_model_record(ckpt_path)
+    effective = {key: effective_value(ckpt_path, key, value) for key, value in (values or {}).items()}
+    size = effective.get("image_size") if record is not None else None
+    inferer = getattr(evaluator, "inferer", None)
+    if size is not None and hasattr(inferer, "roi_size"):
+        inferer.roi_size = (int(size), int(size))  # the slice size the model was trained at
+    network = evaluator.network
+    if record is not None and (record.get("settings") or {}).get("network_def"):
+        device = next((t.device for t in network.parameters()), None) if hasattr(network, "parameters") else None
+        network = build_network({"network_def": record["settings"]["network_def"]})
+        if device is not None:
+            network = network.to(device)
+        evaluator.network = network
+    load_network_weights(network, ckpt_path)
+    return network
