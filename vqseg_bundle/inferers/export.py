@@ -1,8 +1,9 @@
-"""ONNX export of the evaluation network (one 2D slice batch in, logits out) and its check.
+"""ONNX and ``torch.export`` (``.pt2``) exports of the evaluation network (one 2D slice batch in, logits out)
+and their checks against PyTorch.
 
-TorchScript export goes through MONAI (``python -m monai.bundle ckpt_export``); ONNX export is
-not part of MONAI's bundle commands, hence these two functions (the ``onnx`` and
-``onnxruntime`` packages are optional dependencies, imported on use).
+TorchScript export goes through MONAI (``python -m monai.bundle ckpt_export``); ONNX and ``torch.export`` are
+not part of MONAI's bundle commands, hence these functions (the ``onnx`` and ``onnxruntime`` packages are
+optional dependencies, imported on use).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["export_onnx", "compare_onnx"]
+__all__ = ["export_onnx", "compare_onnx", "export_program", "compare_program"]
 
 
 def _example(in_channels: int, image_size: int | tuple[int, int], batch: int, seed: int) -> torch.Tensor:
@@ -100,3 +101,59 @@ def compare_onnx(
     if out.shape != ref.shape:
         raise ValueError(f"ONNX output shape {out.shape} differs from PyTorch output shape {ref.shape}.")
     return float(np.abs(out - ref).max()), float(np.abs(ref).max())
+
+
+def export_program(
+    network: torch.nn.Module,
+    path: str | os.PathLike,
+    in_channels: int = 1,
+    image_size: int | tuple[int, int] = 256,
+    max_batch: int = 1024,
+) -> Path:
+    """Export ``network`` (put in eval mode) with ``torch.export`` and save the program (``.pt2``).
+
+    Input ``(N, in_channels, H, W)`` with a dynamic batch ``1 <= N <= max_batch`` and ``H, W`` fixed to
+    ``image_size`` (the inferer always feeds that size); output ``(N, K, H, W)`` logits. Traced under
+    ``torch.no_grad()`` (the quantizer's no-grad blocks would otherwise become grad-mode nodes that the
+    exported-program verifier rejects). Load with ``torch.export.load(path).module()``.
+
+    Returns:
+        the written path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    network = network.eval()
+    example = _example(in_channels, image_size, 2, 0)
+    batch = torch.export.Dim("batch", min=1, max=int(max_batch))
+    with torch.no_grad():
+        program = torch.export.export(network, (example,), dynamic_shapes=({0: batch},))
+    torch.export.save(program, str(path))
+    return path
+
+
+def compare_program(
+    network: torch.nn.Module,
+    path: str | os.PathLike,
+    in_channels: int = 1,
+    image_size: int | tuple[int, int] = 256,
+    batch: int = 3,
+    seed: int = 1,
+) -> tuple[float, float]:
+    """Compare the saved ``torch.export`` program and PyTorch logits on a random slice batch (``batch`` differs
+    from the export's example batch on purpose). Returns ``(max_abs_diff, max_abs_logit)``.
+
+    Raises:
+        FileNotFoundError: when ``path`` does not exist.
+        ValueError: when the two outputs differ in shape.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"exported program '{path}' does not exist.")
+    module = torch.export.load(str(path)).module()
+    x = _example(in_channels, image_size, batch, seed)
+    with torch.no_grad():
+        ref = network.eval()(x)
+        out = module(x)
+    if out.shape != ref.shape:
+        raise ValueError(f"exported program output shape {tuple(out.shape)} differs from PyTorch's {tuple(ref.shape)}.")
+    return float((out - ref).abs().max()), float(ref.abs().max())
