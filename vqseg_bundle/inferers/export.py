@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
 
 __all__ = ["export_onnx", "compare_onnx", "export_program", "compare_program"]
@@ -89,18 +88,14 @@ def compare_onnx(
     import onnx
     import onnxruntime as ort
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"ONNX file '{path}' does not exist.")
+    path = _existing(path, "ONNX file")
     onnx.checker.check_model(str(path))
-    x = _example(in_channels, image_size, batch, seed)
-    with torch.no_grad():
-        ref = network.eval()(x).cpu().numpy()
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
-    if out.shape != ref.shape:
-        raise ValueError(f"ONNX output shape {out.shape} differs from PyTorch output shape {ref.shape}.")
-    return float(np.abs(out - ref).max()), float(np.abs(ref).max())
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+
+    return _compare(network, run, "ONNX", in_channels, image_size, batch, seed)
 
 
 def export_program(
@@ -146,14 +141,23 @@ def compare_program(
         FileNotFoundError: when ``path`` does not exist.
         ValueError: when the two outputs differ in shape.
     """
+    module = torch.export.load(str(_existing(path, "exported program"))).module()
+    return _compare(network, module, "exported program", in_channels, image_size, batch, seed)
+
+
+def _existing(path: str | os.PathLike, what: str) -> Path:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"exported program '{path}' does not exist.")
-    module = torch.export.load(str(path)).module()
+        raise FileNotFoundError(f"{what} '{path}' does not exist.")
+    return path
+
+
+def _compare(network, run, what: str, in_channels, image_size, batch: int, seed: int) -> tuple[float, float]:
+    """``(max |run(x) - network(x)|, max |network(x)|)`` on a random ``(batch, in_channels, *image_size)`` batch."""
     x = _example(in_channels, image_size, batch, seed)
     with torch.no_grad():
-        ref = network.eval()(x)
-        out = module(x)
+        ref = network.eval()(x).cpu()
+        out = run(x)
     if out.shape != ref.shape:
-        raise ValueError(f"exported program output shape {tuple(out.shape)} differs from PyTorch's {tuple(ref.shape)}.")
+        raise ValueError(f"{what} output shape {tuple(out.shape)} differs from PyTorch output shape {tuple(ref.shape)}.")
     return float((out - ref).abs().max()), float(ref.abs().max())
