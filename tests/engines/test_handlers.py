@@ -55,8 +55,8 @@ def test_latest_checkpoint_and_resume_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         resume_path(True, tmp_path)
     a, b = tmp_path / "checkpoint_epoch=1.pt", tmp_path / "checkpoint_epoch=2.pt"
-    a.write_bytes(b"x")
-    b.write_bytes(b"x")
+    torch.save({"trainer": {"epoch": 1}}, a)  # resume_path checks that a checkpoint loads
+    torch.save({"trainer": {"epoch": 2}}, b)
     old = time.time() - 100
     os.utime(b, (old, old))
     assert latest_checkpoint(tmp_path) == str(a)  # most recent file wins

@@ -31,11 +31,11 @@ def load_script():
 @pytest.fixture(scope="module")
 def vq_weights(tmp_path_factory):
     """Random VQSegUNet weights built from configs/inference.yaml's network_def."""
+    path = tmp_path_factory.mktemp("vq") / "model.pt"
     parser = ConfigParser()
     parser.read_config(str(INFERENCE_CONFIG))
-    parser.update(SMALL)
+    parser.update({**SMALL, "ckpt_path": str(path)})  # not the checkout's models/model.pt and its settings
     net = parser.get_parsed_content("network_def").eval()
-    path = tmp_path_factory.mktemp("vq") / "model.pt"
     torch.save(net.state_dict(), path)
     return net, path
 
@@ -78,6 +78,7 @@ def test_torchscript_ckpt_export_vqseg_unet(vq_weights, tmp_path):
         config_file=str(INFERENCE_CONFIG),
         use_trace=True,
         input_shape=[1, 1, 32, 32],
+        ckpt_path=str(ckpt),
         **SMALL,
     )
     ts = torch.jit.load(str(ts_path))

@@ -172,7 +172,11 @@ class TerminateOnNonFinite:
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.interval), self.check)
         # registered when the run starts, i.e. after every other handler: runs after the final checkpoint
-        engine.add_event_handler(Events.STARTED(once=1), lambda e: e.add_event_handler(Events.COMPLETED, self.fail))
+        engine.add_event_handler(Events.STARTED, self._register_fail)
+
+    def _register_fail(self, engine: Engine) -> None:
+        if not engine.has_event_handler(self.fail, Events.COMPLETED):
+            engine.add_event_handler(Events.COMPLETED, self.fail)
 
     def check(self, engine: Engine) -> None:
         out = output_dict(engine.state.output)
