@@ -1080,15 +1080,18 @@ def _rel(path: Path) -> str:
         return str(path)
 
 
-def write_section(docs_file: Path, body: str) -> None:
-    """Replace the text between the ACDC markers of ``docs_file`` (the markers are added if missing)."""
+def write_section(
+    docs_file: Path, body: str, start: str = MARK_START, end: str = MARK_END, heading: str = "ACDC benchmark"
+) -> None:
+    """Replace the text between the ``start`` / ``end`` markers of ``docs_file`` (added under ``## heading`` at the
+    end when missing)."""
     text = docs_file.read_text() if docs_file.exists() else "# Measured results\n"
-    if MARK_START in text and MARK_END in text:
-        head, rest = text.split(MARK_START, 1)
-        _, tail = rest.split(MARK_END, 1)
-        text = head + MARK_START + "\n" + body + MARK_END + tail
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        _, tail = rest.split(end, 1)
+        text = head + start + "\n" + body + end + tail
     else:
-        text = text.rstrip("\n") + "\n\n## ACDC benchmark\n\n" + MARK_START + "\n" + body + MARK_END + "\n"
+        text = text.rstrip("\n") + f"\n\n## {heading}\n\n" + start + "\n" + body + end + "\n"
     docs_file.parent.mkdir(parents=True, exist_ok=True)
     docs_file.write_text(text)
 

@@ -34,8 +34,11 @@ import torch
 import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))  # run from a plain checkout
+for _path in (REPO, REPO / "scripts"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))  # run from a plain checkout
+
+from benchmark_acdc import write_section  # noqa: E402  (scripts/ is on sys.path when run as a file)
 
 from vqseg_bundle.networks.perturbations import FeatureDropout  # noqa: E402
 from vqseg_bundle.networks.qpm import QuantizedPerturbation  # noqa: E402
@@ -220,21 +223,13 @@ class Cli:
                 key = label(row).rsplit(" ", 2)[0]
                 groups.setdefault(key, {})[row.get("eps", row.get("p"))] = row
             for key, by in groups.items():
-                cells = [f"{100 * by[e]['fg_changed']:.1f} % / {by[e]['kl']:.3f}" if e in by else "n/a" for e in EPS]
+                cells = [f"{100 * by[e]['fg_changed']:.1f} % / {by[e]['kl']:.4f}" if e in by else "n/a" for e in EPS]
                 lines.append(f"| {key} (fg changed / KL) | " + " | ".join(cells) + " |")
             lines.append("")
         _plot(results, Path(plot))
         lines += [f"![perturbation response]({Path(plot).name})", ""]
         body = "\n".join(lines) + "\n"
-        path = Path(docs_file)
-        text = path.read_text() if path.exists() else ""
-        if MARK_START in text and MARK_END in text:
-            head, rest = text.split(MARK_START, 1)
-            _, tail = rest.split(MARK_END, 1)
-            text = head + MARK_START + "\n" + body + MARK_END + tail
-        else:
-            text = text.rstrip("\n") + "\n\n## Perturbation response\n\n" + MARK_START + "\n" + body + MARK_END + "\n"
-        path.write_text(text)
+        write_section(Path(docs_file), body, MARK_START, MARK_END, "Perturbation response")
         print(f"benchmark_perturbation: rewrote the section in {docs_file} and {plot}")
 
 
