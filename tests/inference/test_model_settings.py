@@ -1,0 +1,156 @@
+"""Issue 14 item 1: the model carries its settings (models/model.json beside models/model.pt), and inference,
+evaluation and both exports read them; a contradicting override is an error naming the key, both values
+and the file."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from inference_helpers import BUNDLE_ROOT, INFERENCE_CONFIG
+from monai.bundle import ConfigParser
+
+from vqseg_bundle.engines import BestModelSaver, network_arguments
+from vqseg_bundle.inferers import read_model_record, resolve_model_settings, settings_path
+
+TRAIN = BUNDLE_ROOT / "configs" / "train.yaml"
+EVALUATE = BUNDLE_ROOT / "configs" / "evaluate.yaml"
+#: a network other than the config defaults in every key that changes the weights
+NET = {"_target_": "vqseg_bundle.networks.VQSegUNet", "features": [4, 8, 16, 32], "codebook_size": 24,
+       "vq_levels": ["bottleneck"], "reconstruction": True, "recon_input": "quantized", "perturbation": "qpm"}
+
+
+def _model(folder: Path, image_size: int = 48) -> tuple[torch.nn.Module, Path]:
+    """A model written by the training saver, with the settings train.yaml records."""
+    from monai.bundle import ConfigComponent
+    from types import SimpleNamespace
+
+    net = ConfigComponent(dict(NET)).instantiate().eval()
+    settings = {"image_size": image_size, "in_channels": 1, "num_classes": 4, "class_names": ["RV", "Myo", "LV"],
+                "network_def": network_arguments(NET)}
+    saver = BestModelSaver(folder, net, settings=settings)
+    saver(SimpleNamespace(state=SimpleNamespace(metrics={"val_mean_dice": 0.5}, epoch=1, key_metric_name="val_mean_dice")))
+    return net, folder / "model.pt"
+
+
+def _inference_parser(ckpt: Path, **override) -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_config(str(INFERENCE_CONFIG))
+    parser.update({"bundle_root": str(BUNDLE_ROOT), "ckpt_path": str(ckpt), **override})
+    return parser
+
+
+def test_inference_config_builds_the_recorded_network(tmp_path):
+    net, ckpt = _model(tmp_path)
+    assert settings_path(ckpt) == tmp_path / "model.json"
+    parser = _inference_parser(ckpt)
+    built = parser.get_parsed_content("network_def")
+    assert type(built) is type(net)
+    built.load_state_dict(torch.load(ckpt, weights_only=True), strict=True)  # the same keys and shapes
+    assert parser.get_parsed_content("inferer").roi_size == (48, 48)
+    x = torch.rand(2, 1, 48, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(built.eval()(x), net(x))
+    # an override that agrees with the model is fine
+    assert _inference_parser(ckpt, codebook_size=24, image_size=48).get_parsed_content("model_settings")["image_size"] == 48
+
+
+@pytest.mark.parametrize("key,value,model", [("image_size", 256, 48), ("codebook_size", 16384, 24),
+                                             ("vq_levels", [], ["bottleneck"])])
+def test_contradicting_override_names_key_values_and_file(tmp_path, key, value, model):
+    _, ckpt = _model(tmp_path)
+    with pytest.raises(Exception) as err:
+        _inference_parser(ckpt, **{key: value}).get_parsed_content("network_def")
+    e = err.value
+    while e.__cause__ is not None:
+        e = e.__cause__
+    assert isinstance(e, ValueError)
+    message = str(e)
+    assert message.startswith(f"{key}:") and repr(value) in message and repr(model) in message
+    assert str(tmp_path / "model.json") in message
+
+
+def test_model_without_settings_uses_config_values(tmp_path):
+    parser = _inference_parser(tmp_path / "old_model.pt", codebook_size=16, image_size=32)
+    net = parser.get_parsed_content("network_def")
+    assert net.state_dict()["seg_decoder.head.weight"].shape[0] == 4 if "seg_decoder.head.weight" in net.state_dict() else True
+    assert parser.get_parsed_content("model_settings")["settings_file"] is None
+    assert parser.get_parsed_content("inferer").roi_size == (32, 32)
+
+
+def test_replaced_weights_without_their_settings_are_detected(tmp_path):
+    _, ckpt = _model(tmp_path)
+    torch.save({"w": torch.zeros(1)}, ckpt)  # copied over, the .json left from another model
+    with pytest.raises(ValueError, match="does not describe"):
+        read_model_record(ckpt)
+    with pytest.raises(ValueError, match="model.json"):
+        resolve_model_settings(ckpt, {})
+
+
+def test_onnx_export_uses_recorded_size(tmp_path):
+    pytest.importorskip("onnxruntime")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("export_onnx_script", BUNDLE_ROOT / "scripts" / "export_onnx.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    _, ckpt = _model(tmp_path, image_size=32)
+    assert module.main(config_file=str(INFERENCE_CONFIG), ckpt_file=str(ckpt), output=str(tmp_path / "m.onnx")) < 1e-4
+    import onnx
+
+    dims = onnx.load(str(tmp_path / "m.onnx")).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims][2:] == [32, 32]
+
+
+@pytest.mark.slow
+def test_round_trip_train_tiny_then_inference_and_evaluate(tmp_path):
+    """Train a tiny run with overrides (64 px, codebook 32, other features); the settings file holds them; the
+    inference config and evaluate.yaml build the same network with no override."""
+    from monai.bundle import ConfigWorkflow
+
+    sys.path.insert(0, str(BUNDLE_ROOT / "tests" / "bundle"))
+    from bundle_helpers import TINY
+
+    over = {**TINY, "epochs": 1, "bundle_root": str(tmp_path), "data_cache_dir": str(tmp_path / "demo")}
+    wf = ConfigWorkflow(config_file=[str(TRAIN)], workflow_type="train", **over)
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    ckpt = tmp_path / "models" / "model.pt"
+    record = json.loads((tmp_path / "models" / "model.json").read_text())
+    settings = record["settings"]
+    assert settings["image_size"] == 64 and settings["class_names"] == ["RV", "Myo", "LV"]
+    net = settings["network_def"]
+    assert net["_target_"] == "vqseg_bundle.networks.VQSegUNet"
+    assert net["codebook_size"] == 32 and net["features"] == [8, 16, 32, 64, 64] and net["quantizer"] == {}
+    assert {"recon_input", "pfa_channels", "reconstruction", "in_channels", "num_classes"} <= set(net)
+    assert record["metric"]["name"] == "val_mean_dice"
+    state = torch.load(ckpt, weights_only=True)
+    parser = _inference_parser(ckpt)
+    parser.get_parsed_content("network_def").load_state_dict(state, strict=True)
+    assert parser.get_parsed_content("inferer").roi_size == (64, 64)
+    # evaluate.yaml on train.yaml, no override: the recorded network and slice size
+    ev = ConfigWorkflow(
+        config_file=[str(TRAIN), str(EVALUATE)], workflow_type="eval",
+        bundle_root=str(tmp_path), data_cache_dir=str(tmp_path / "demo"), num_threads=1, num_workers=0,
+    )
+    ev.initialize()
+    ev.run()
+    evaluator = ev.parser.get_parsed_content("validate#evaluator")
+    assert evaluator.inferer.roi_size == (64, 64)
+    assert evaluator.state.metrics["val_mean_dice"] == pytest.approx(record["metric"]["value"], abs=1e-5)
+    # an evaluate override that contradicts the model is an error naming it
+    bad = ConfigWorkflow(
+        config_file=[str(TRAIN), str(EVALUATE)], workflow_type="eval",
+        bundle_root=str(tmp_path), data_cache_dir=str(tmp_path / "demo"), num_threads=1, num_workers=0, image_size=128,
+    )
+    bad.initialize()
+    with pytest.raises(Exception) as err:
+        bad.run()
+    e = err.value
+    while e.__cause__ is not None:
+        e = e.__cause__
+    assert "image_size" in str(e) and "128" in str(e) and "64" in str(e) and "model.json" in str(e)
