@@ -13,7 +13,42 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["export_onnx", "compare_onnx", "export_program", "compare_program"]
+__all__ = ["export_onnx", "compare_onnx", "export_program", "compare_program", "network_for_export"]
+
+
+def network_for_export(
+    config_file: str | os.PathLike | list,
+    ckpt_file: str | os.PathLike | None = None,
+    net_id: str = "network_def",
+    override: dict | None = None,
+) -> tuple[torch.nn.Module, Path, int, int | tuple[int, int]]:
+    """The evaluation network of a bundle config with its trained weights, on the CPU in eval mode.
+
+    With ``configs/inference.yaml`` the network and the slice size are those recorded in the settings file
+    beside the weights (``models/model.json``, :mod:`vqseg_bundle.inferers.settings`).
+
+    Returns:
+        ``(network, weights path, in_channels, image_size)``.
+    """
+    from monai.bundle import ConfigParser
+
+    from .checkpoint import load_network_weights
+
+    parser = ConfigParser()
+    parser.read_config(config_file)
+    if ckpt_file is not None:
+        parser.update({"ckpt_path": str(ckpt_file)})
+    parser.update(dict(override or {}))
+    network = parser.get_parsed_content(net_id)
+    ckpt = Path(ckpt_file if ckpt_file is not None else parser.get_parsed_content("ckpt_path"))
+    load_network_weights(network, ckpt)
+    if "model_settings" in parser:  # configs/inference.yaml: the model's recorded settings (or the defaults)
+        settings = parser.get_parsed_content("model_settings")
+        in_channels, image_size = int(settings["in_channels"]), settings["image_size"]
+    else:
+        in_channels = int(parser.get_parsed_content("in_channels"))
+        image_size = parser.get_parsed_content("image_size")
+    return network.cpu().eval(), ckpt, in_channels, image_size
 
 
 def _example(in_channels: int, image_size: int | tuple[int, int], batch: int, seed: int) -> torch.Tensor:
