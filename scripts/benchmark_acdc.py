@@ -242,7 +242,8 @@ PROTOCOLS["cpu_short"] = replace(
 # A variant is a named set of config overrides on top of train.yaml's defaults (QPM kernel mode, eps 0.7,
 # codebook 16384 on the bottleneck, reconstruction weight 1, PFA weight 5, EMA teacher, CutMix, threshold 0.95).
 _PLAIN_UNET = {"vq_levels": [], "reconstruction": False, "recon_weight": 0.0}
-_VQ_BOTTLENECK = {"vq_levels": ["bottleneck"]}
+# the paper's SimVQ quantizer (train.yaml's default quantizer is the collapse-guarded one since 2026-12-02)
+_VQ_BOTTLENECK = {"vq_levels": ["bottleneck"], "quantizer": {}}
 # the VQ-Seg paper's streams and losses (configs/recipe_paper.yaml): EMA-teacher CE pseudo-labels, the perturbation
 # on the strong views, in-batch CutMix partners, every weight 1
 _PAPER_STREAMS = {

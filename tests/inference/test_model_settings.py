@@ -125,7 +125,8 @@ def test_round_trip_train_tiny_then_inference_and_evaluate(tmp_path):
     assert settings["image_size"] == 64 and settings["class_names"] == ["RV", "Myo", "LV"]
     net = settings["network_def"]
     assert net["_target_"] == "vqseg_bundle.networks.VQSegUNet"
-    assert net["codebook_size"] == 32 and net["features"] == [8, 16, 32, 64, 64] and net["quantizer"] == {}
+    assert net["codebook_size"] == 32 and net["features"] == [8, 16, 32, 64, 64]
+    assert net["quantizer"] == ConfigParser.load_config_file(str(TRAIN))["quantizer"]  # train.yaml's default
     assert {"recon_input", "pfa_channels", "reconstruction", "in_channels", "num_classes"} <= set(net)
     assert record["metric"]["name"] == "val_mean_dice"
     state = torch.load(ckpt, weights_only=True)
