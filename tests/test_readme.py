@@ -1,4 +1,5 @@
-"""README.md shows exactly the two set-up commands, and .ci/run runs the README's test command verbatim."""
+"""README.md shows exactly the two set-up commands, and .ci/run runs the README's test command and its demo-model
+commands verbatim."""
 
 import re
 from pathlib import Path
@@ -24,3 +25,14 @@ def test_ci_runs_the_readme_test_command():
     # the venv creation/activation is done by .ci/run itself; the install + test part must appear verbatim
     essential = test_command.split("&& ", 2)[-1] if test_command.startswith("python3 -m venv") else test_command
     assert essential in (ROOT / ".ci" / "run").read_text(), essential
+
+
+def test_ci_runs_every_demo_model_command_verbatim():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## On the demo model", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```bash\n(.*?)```", section, flags=re.S)
+    lines = [line for line in block.strip().splitlines() if line.strip()]
+    assert len(lines) == 5 and any("inference.yaml" in line for line in lines)
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    for line in lines:
+        assert line in ci, line

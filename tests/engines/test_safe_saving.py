@@ -195,6 +195,18 @@ def test_worse_model_never_replaces_recorded_better_one(tmp_path, caplog):
     assert record["previous"]["metric"]["value"] == 0.83
 
 
+def test_summary_names_the_model_and_where_it_came_from(tmp_path):
+    first = _write_model(tmp_path, _net(), 0.83)
+    said = first.summary()
+    assert str(tmp_path / "model.pt") in said and "0.8300" in said and "epoch 1 of this run" in said
+    assert str(tmp_path / "model.json") in said
+    worse = BestModelSaver(tmp_path, _net(), settings={"image_size": 64})
+    worse(_Evaluator(0.1, 1))
+    assert "an earlier run" in worse.summary() and "0.8300" in worse.summary()
+    empty = BestModelSaver(tmp_path / "none", _net())
+    assert "no model was written" in empty.summary()
+
+
 def test_unscored_existing_model_is_kept_aside(tmp_path):
     torch.save(_net().state_dict(), tmp_path / "model.pt")  # no settings file: score unknown
     before = (tmp_path / "model.pt").read_bytes()

@@ -151,6 +151,7 @@ class BestModelSaver:
         self.best: float | None = None  # the score to beat in this run
         self.best_epoch = -1
         self._checked_existing = False
+        self.written = False  # whether this run wrote the file
 
     @property
     def path(self) -> Path:
@@ -167,6 +168,22 @@ class BestModelSaver:
         """A resumed run's best score so far (from its checkpoint): only a better model replaces the file."""
         if math.isfinite(best) and (self.best is None or best > self.best):
             self.best, self.best_epoch = float(best), int(epoch)
+
+    def summary(self) -> str:
+        """One sentence on where the model is: logged at the end of training, the run's last line."""
+        entry = self._existing_record()
+        if entry is None:
+            return f"Training finished; no model was written to {self.path} (no finite, better validation score)."
+        metric = entry.get("metric") or {}
+        this_run = self.written and metric.get("value") == self.best
+        origin = f"epoch {metric.get('epoch')} of this run" if this_run else "an earlier run (not beaten by this one)"
+        return (
+            f"Training finished; the model is {self.path} ({metric.get('name')} {float(metric.get('value', 'nan')):.4f}, "
+            f"{origin}), its settings {self.settings_file}."
+        )
+
+    def log_summary(self) -> None:
+        logger.info(self.summary())
 
     # ------------------------------------------------------------------ the existing model
     def _existing_record(self) -> dict | None:
@@ -242,7 +259,7 @@ class BestModelSaver:
             )
             return
         self.write(state, name, score, epoch)
-        self.best, self.best_epoch = score, epoch
+        self.best, self.best_epoch, self.written = score, epoch, True
 
     def write(self, state: Mapping[str, torch.Tensor], metric_name: str, score: float, epoch: int) -> None:
         """Write the weights and the settings file (settings first: see the module docstring)."""
