@@ -309,20 +309,20 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "overrides": {**_VQ_NO_REC, **_UNIMATCH_RECIPE, "perturbation": "qpm", "qpm_eps": 0.7},
     },
     "vq_unimatch_qpm_dropout": {
-        "description": "unimatch with the bottleneck quantized; the fp stream gets QPM (eps 0.7) and then feature dropout",
+        "description": "unimatch with the bottleneck quantized (the paper's SimVQ quantizer, K 16384); the fp stream gets QPM (eps 0.7) and then feature dropout",
         "overrides": {**_VQ_NO_REC, **_UNIMATCH_RECIPE, "perturbation": "qpm_dropout", "qpm_eps": 0.7},
     },
     "vq_unimatch_qpm_dropout_guarded": {
         "description": (
-            "vq_unimatch_qpm_dropout with the collapse-guarded quantizer: learnable 32-d cosine codebook (factorised "
-            "lookup), k-means initialisation, dead codes re-seeded after 50 unused forwards, rotation trick"
+            "vq_unimatch_qpm_dropout with the collapse-guarded quantizer: learnable 32-d cosine codebook (K 16384, "
+            "factorised lookup), k-means initialisation, dead codes re-seeded after 50 unused forwards, rotation trick"
         ),
         "overrides": {**_VQ_NO_REC, **_UNIMATCH_RECIPE, "perturbation": "qpm_dropout", "qpm_eps": 0.7,
                       "quantizer": _GUARDED_QUANTIZER},
     },
     **{
         f"vq_guard_{name}": {
-            "description": f"vq_unimatch_qpm_dropout with one quantizer option: {option}",
+            "description": f"vq_unimatch_qpm_dropout (K 16384) with one quantizer option: {option}",
             "overrides": {**_VQ_NO_REC, **_UNIMATCH_RECIPE, "perturbation": "qpm_dropout", "qpm_eps": 0.7,
                           "quantizer": option},
         }
