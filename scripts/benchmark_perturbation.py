@@ -86,10 +86,14 @@ def configure(network: torch.nn.Module, setting: dict[str, Any]) -> None:
 
 
 def build(run: Path, model: Path, dataset_dir: str, overrides: dict[str, Any] | None) -> tuple[Any, Any, int]:
-    """The trained network (eval mode) and the validation items of the run's configuration."""
+    """The trained network (eval mode), the validation items of the run's configuration and the slice size.
+
+    The network is the one recorded in the model's settings file when it has one, else ``network_def`` of
+    train.yaml with the run's overrides (``run.json``) and ``overrides``."""
     from monai.bundle import ConfigParser
 
     from vqseg_bundle.inferers.checkpoint import load_network_weights
+    from vqseg_bundle.inferers.settings import build_network, read_model_record
 
     record = json.loads((run / "run.json").read_text()) if (run / "run.json").exists() else {}
     cfg = dict(record.get("overrides", {}))
@@ -101,10 +105,17 @@ def build(run: Path, model: Path, dataset_dir: str, overrides: dict[str, Any] | 
     parser.update({k: v for k, v in cfg.items() if k not in ("fm_name", "align_weight")})
     if "image_size" not in cfg and record.get("protocol", "").startswith("cpu"):
         parser["image_size"] = 64
-    network = parser.get_parsed_content("network_def")
+    record = read_model_record(model)
+    if record is not None and (record.get("settings") or {}).get("network_def"):
+        # the model's own settings file (models/model.json): its recorded network and slice size
+        network = build_network(record["settings"])
+        size = int(record["settings"]["image_size"])
+    else:
+        network = parser.get_parsed_content("network_def")
+        size = int(parser.get_parsed_content("image_size"))
     load_network_weights(network, model)
     items = parser.get_parsed_content("validate#dataset")
-    return network.eval(), items, int(parser.get_parsed_content("image_size"))
+    return network.eval(), items, size
 
 
 @torch.no_grad()
