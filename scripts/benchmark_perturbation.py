@@ -23,7 +23,6 @@ Examples:
 from __future__ import annotations
 
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -38,7 +37,7 @@ for _path in (REPO, REPO / "scripts"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))  # run from a plain checkout
 
-from benchmark_acdc import write_section  # noqa: E402  (scripts/ is on sys.path when run as a file)
+from benchmark_acdc import environment, machine_label, write_section  # noqa: E402  (scripts/ is on sys.path when run as a file)
 
 from vqseg_bundle.networks.perturbations import FeatureDropout  # noqa: E402
 from vqseg_bundle.networks.qpm import QuantizedPerturbation  # noqa: E402
@@ -204,7 +203,7 @@ class Cli:
                   f"all {100 * stats['changed']:5.1f} %  KL {stats['kl']:.4f}", flush=True)
         out = {"name": name, "run": str(run), "model": str(model), "slices": int(slices.shape[0]),
                "image_size": size, "vq_levels": list(network.vq_levels), "rows": rows, "seed": seed,
-               "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+               "machine": machine_label(environment()),
                "date": time.strftime("%Y-%m-%d"), "seconds": round(time.perf_counter() - start, 1),
                "command": "python scripts/benchmark_perturbation.py run " + " ".join(sys.argv[2:])}
         Path(out_dir).mkdir(parents=True, exist_ok=True)
