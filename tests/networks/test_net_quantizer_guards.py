@@ -117,7 +117,7 @@ def test_substitute_uses_the_given_indices():
     z = torch.randn(1, 16, 2, 2)
     out = q(z)
     other = (out.indices + 1) % 32
-    sub = q.substitute(z, other, out.codebook)
+    sub = q.substitute(out.latent, other, out.codebook)
     ref = q.unproject(out.codebook[other].permute(0, 3, 1, 2))
     torch.testing.assert_close(sub, ref, atol=1e-6, rtol=1e-6)
 

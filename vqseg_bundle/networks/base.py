@@ -300,7 +300,7 @@ class VQSegNetworkBase(nn.Module):
             pre_vq.append(features[level])
             post_vq.append(out.quantized)
             indices.append(out.indices)
-            codebooks[level] = (out.indices, out.codebook)
+            codebooks[level] = (out.indices, out.codebook, out.latent)
             codes[level] = out.codes
             vq_loss = vq_loss + out.loss
             for name, value in out.loss_terms.items():
@@ -315,11 +315,11 @@ class VQSegNetworkBase(nn.Module):
             perturbed_indices = []
             for key, quantizer in self.quantizers.items():
                 level = int(key)
-                idx, codebook = codebooks[level]
+                idx, codebook, latent = codebooks[level]
                 if level in self.perturb_levels:
                     codebook = codebook.detach()  # the estimator passes no gradient to the codewords
                     new_idx = self.qpm(idx, codebook, generator)
-                    seg_input[level] = quantizer.substitute(features[level], new_idx, codebook)
+                    seg_input[level] = quantizer.substitute(latent, new_idx, codebook)
                 else:
                     new_idx = idx
                 perturbed_indices.append(new_idx)

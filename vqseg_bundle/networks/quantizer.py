@@ -55,6 +55,8 @@ class QuantizerOutput(NamedTuple):
         loss: scalar, ``codebook + beta * commitment + usage_entropy_weight * usage_entropy`` (computed in the
             lookup space).
         loss_terms: the three weighted contributions above (they sum to ``loss``).
+        latent: ``(B, d, *spatial)`` the tokens in the lookup space (:meth:`VectorQuantizer.project` of ``z``),
+            for :meth:`VectorQuantizer.substitute`.
     """
 
     quantized: torch.Tensor
@@ -63,6 +65,7 @@ class QuantizerOutput(NamedTuple):
     codebook: torch.Tensor
     loss: torch.Tensor
     loss_terms: dict[str, torch.Tensor]
+    latent: torch.Tensor
 
 
 class VectorQuantizer(nn.Module):
@@ -250,17 +253,19 @@ class VectorQuantizer(nn.Module):
         """Tokens in the lookup space: ``(B, D, *sp)`` -> ``(B, d, *sp)`` (``project_in``, then l2-normalised
         with ``cosine``); the identity for the paper's quantizer."""
         self._check(z)
-        if self.project_in is not None:
-            nd = z.ndim
-            z = self.project_in(z.permute(0, *range(2, nd), 1)).permute(0, nd - 1, *range(1, nd - 1))
-        return self._normalize(z, 1)
+        return self._normalize(self._channel_linear(self.project_in, z), 1)
 
     def unproject(self, q: torch.Tensor) -> torch.Tensor:
         """Back to the decoders' space: ``(B, d, *sp)`` -> ``(B, D, *sp)`` (``project_out`` or the identity)."""
-        if self.project_out is None:
-            return q
-        nd = q.ndim
-        return self.project_out(q.permute(0, *range(2, nd), 1)).permute(0, nd - 1, *range(1, nd - 1))
+        return self._channel_linear(self.project_out, q)
+
+    @staticmethod
+    def _channel_linear(layer: nn.Linear | None, x: torch.Tensor) -> torch.Tensor:
+        """``layer`` applied to the channels of a channel-first map ``x (B, C, *sp)`` (identity for ``None``)."""
+        if layer is None:
+            return x
+        nd = x.ndim
+        return layer(x.permute(0, *range(2, nd), 1)).permute(0, nd - 1, *range(1, nd - 1))
 
     def estimate(self, z_latent: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """The quantized map in the lookup space: value ``codes``, gradient to ``z_latent`` by the configured
@@ -269,11 +274,11 @@ class VectorQuantizer(nn.Module):
             return rotation_trick(z_latent, codes)
         return self.straight_through(z_latent, codes)
 
-    def substitute(self, z: torch.Tensor, indices: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-        """The decoders' map ``(B, D, *sp)`` of features ``z (B, D, *sp)`` assigned to other ``indices (B, *sp)``
-        (QPM): the codewords of ``indices`` from ``codebook (K, d)`` (detached) as the value, the gradient to
-        ``z`` by the configured estimator."""
-        return self.unproject(self.estimate(self.project(z), self.lookup(indices, codebook.detach())))
+    def substitute(self, latent: torch.Tensor, indices: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+        """The decoders' map ``(B, D, *sp)`` of the tokens ``latent (B, d, *sp)`` (``QuantizerOutput.latent``)
+        assigned to other ``indices (B, *sp)`` (QPM): the codewords of ``indices`` from ``codebook (K, d)``
+        (detached) as the value, the gradient to the tokens by the configured estimator."""
+        return self.unproject(self.estimate(latent, self.lookup(indices, codebook.detach())))
 
     @staticmethod
     def straight_through(z: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
@@ -397,10 +402,9 @@ class VectorQuantizer(nn.Module):
         with torch.set_grad_enabled(full_graph):
             codebook = self.mapped_codebook()
         indices = self.nearest_indices(z_flat, codebook).reshape(z.shape[0], *z.shape[2:])
-        self._count(indices)
+        hits = self._count(indices)
         if self.dead_code_steps > 0 and self._updates_codebook():
-            used = torch.zeros_like(self.steps_unused, dtype=torch.bool)
-            used[indices.reshape(-1)] = True
+            used = (self._hits(indices) if hits is None else hits) > 0  # one histogram when usage is tracked too
             self.steps_unused.add_(1).masked_fill_(used, 0)
         codes = self.lookup(indices, codebook if full_graph or not torch.is_grad_enabled() else None)
         vq = vq_codebook_commitment_loss(z_latent, codes, self.commitment_beta)
@@ -417,21 +421,29 @@ class VectorQuantizer(nn.Module):
             terms["usage_entropy"] = self.usage_entropy_weight * ent
             loss = loss + terms["usage_entropy"]
         quantized = self.unproject(self.estimate(z_latent, codes))
-        return QuantizerOutput(quantized, self.unproject(codes), indices, codebook, loss, terms)
+        return QuantizerOutput(quantized, self.unproject(codes), indices, codebook, loss, terms, z_latent)
 
     # ------------------------------------------------------------------ usage statistics
     @torch.no_grad()
-    def _count(self, indices: torch.Tensor) -> None:
-        if self.training and self.track_usage and not exporting():
-            # scatter_add, not bincount: bincount reads the maximum back to the host (a CUDA synchronisation)
-            flat = indices.reshape(-1)
-            batch = torch.zeros_like(self.usage_counts).scatter_add_(
-                0, flat, torch.ones_like(flat, dtype=self.usage_counts.dtype)
-            )
-            self.usage_counts.add_(batch)
-            self.epoch_counts.add_(batch)
-            distinct = (batch > 0).sum().double() / max(1, flat.numel())
-            self.batch_distinct.add_(torch.stack([distinct, torch.ones_like(distinct)]))
+    def _hits(self, indices: torch.Tensor) -> torch.Tensor:
+        """``(K,)`` how many tokens of ``indices`` selected each code. scatter_add, not bincount: bincount reads
+        the maximum back to the host (a CUDA synchronisation)."""
+        flat = indices.reshape(-1)
+        ones = torch.ones_like(flat, dtype=self.usage_counts.dtype)
+        return torch.zeros_like(self.usage_counts).scatter_add_(0, flat, ones)
+
+    @torch.no_grad()
+    def _count(self, indices: torch.Tensor) -> torch.Tensor | None:
+        """Add this forward's code histogram to the window and epoch statistics (training mode, ``track_usage``);
+        returns it (``None`` when nothing was counted)."""
+        if not (self.training and self.track_usage and not exporting()):
+            return None
+        batch = self._hits(indices)
+        self.usage_counts.add_(batch)
+        self.epoch_counts.add_(batch)
+        distinct = (batch > 0).sum().double() / max(1, indices.numel())
+        self.batch_distinct.add_(torch.stack([distinct, torch.ones_like(distinct)]))
+        return batch
 
     @staticmethod
     def _histogram_stats(counts: torch.Tensor) -> dict[str, float]:
