@@ -781,8 +781,8 @@ def _plot(protocol: str, labeled: int, runs: dict[str, dict[str, Any]], path: Pa
     _save_figure(fig, axes, path)
 
 
-def _save_figure(fig: Any, axes: Sequence[Any], path: Path) -> None:
-    """Grid and legend on every axis, then the PNG (80 dpi) at ``path``."""
+def _save_figure(fig: Any, axes: Sequence[Any], path: Path, dpi: int = 80) -> None:
+    """Grid and legend on every axis, then the PNG (``dpi``) at ``path``."""
     import matplotlib.pyplot as plt
 
     for ax in axes:
@@ -790,7 +790,7 @@ def _save_figure(fig: Any, axes: Sequence[Any], path: Path) -> None:
         ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import fire
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -37,8 +38,9 @@ for _path in (REPO, REPO / "scripts"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))  # run from a plain checkout
 
-from benchmark_acdc import environment, machine_label, write_section  # noqa: E402  (scripts/ is on sys.path when run as a file)
+from benchmark_acdc import _save_figure, environment, machine_label, write_section  # noqa: E402  (scripts/ is on sys.path when run as a file)
 
+from vqseg_bundle.data.datasets import resize_slices  # noqa: E402
 from vqseg_bundle.networks.perturbations import FeatureDropout  # noqa: E402
 from vqseg_bundle.networks.qpm import QuantizedPerturbation  # noqa: E402
 
@@ -141,12 +143,10 @@ def measure(network, slices: torch.Tensor, setting: dict[str, Any], seed: int, b
 
 
 def _val_slices(items, size: int, max_slices: int | None) -> torch.Tensor:
-    out = []
-    for item in items:
-        vol = torch.as_tensor(item["image"]).float()  # (1, H, W, D)
-        for d in range(vol.shape[-1]):
-            out.append(F.interpolate(vol[None, :, :, :, d], size=(size, size), mode="bilinear", align_corners=False))
-    slices = torch.cat(out)
+    """Every slice of the validation volumes ``(1, H, W, D)`` resized to the network size as the inferer does
+    (bilinear): ``(N, 1, size, size)``, or ``max_slices`` of them evenly spaced."""
+    slices = [np.asarray(item["image"])[0, :, :, d] for item in items for d in range(np.shape(item["image"])[-1])]
+    slices = resize_slices(slices, (size, size), "bilinear")
     if max_slices and slices.shape[0] > max_slices:
         idx = torch.linspace(0, slices.shape[0] - 1, max_slices).round().long()
         slices = slices[idx]
@@ -261,12 +261,7 @@ def _plot(results: list[dict], path: Path) -> None:
         ax.set_xlabel("eps (QPM) / p (dropout)")
         ax.set_ylabel("foreground pixels changed (%)")
         ax.set_ylim(0, 100)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _save_figure(fig, axes[0], path, dpi=90)
 
 
 if __name__ == "__main__":
