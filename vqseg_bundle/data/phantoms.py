@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,6 +21,8 @@ import nibabel as nib
 import numpy as np
 from scipy.ndimage import gaussian_filter
 from skimage.draw import disk, ellipse
+
+from vqseg_bundle.fileio import atomic_write_text, atomic_write_with
 
 __all__ = ["GENERATOR_VERSION", "LABEL_NAMES", "make_phantom_volume", "phantom_affine", "make_demo_dataset"]
 
@@ -136,11 +137,9 @@ def make_phantom_volume(
 
 def _save_atomic(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
     # write-then-rename so that concurrent generators (parallel test processes) never see half a file
-    tmp = path.with_name(f".{uuid.uuid4().hex}.{path.name}")
     img = nib.Nifti1Image(array, affine)
     img.header.set_xyzt_units("mm")
-    nib.save(img, tmp)
-    os.replace(tmp, path)
+    atomic_write_with(path, lambda tmp: nib.save(img, tmp), suffix="".join(path.suffixes))
 
 
 def _is_complete(out_dir: Path, params: dict) -> bool:
@@ -245,9 +244,7 @@ def make_demo_dataset(
         "test": [e["image"] for e in validation],
         "generator": params,
     }
-    tmp = out / f".{uuid.uuid4().hex}.dataset.json"
-    tmp.write_text(json.dumps(data, indent=4))
-    os.replace(tmp, out / "dataset.json")
+    atomic_write_text(out / "dataset.json", json.dumps(data, indent=4))
     # phantoms of an earlier, larger demo dataset in the same folder are no longer listed: remove them
     listed = {e["image"] for e in training + unlabeled + validation} | {
         e["label"] for e in training + validation

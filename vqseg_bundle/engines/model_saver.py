@@ -19,6 +19,7 @@ training config records as the model's settings (:mod:`vqseg_bundle.inferers.set
 from __future__ import annotations
 
 import datetime
+import hashlib
 import inspect
 import io
 import json
@@ -266,8 +267,6 @@ class BestModelSaver:
         buffer = io.BytesIO()
         torch.save(dict(state), buffer)
         data = buffer.getbuffer()
-        import hashlib
-
         previous = self._existing_record()
         record = {
             "format": FORMAT,
