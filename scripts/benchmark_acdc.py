@@ -46,6 +46,8 @@ from typing import Any
 import fire
 
 REPO = Path(__file__).resolve().parents[1]
+# ../shared/data/acdc beside the repository (the layout of the CI machine)
+DEFAULT_DATASET_DIR = str(REPO.parent / "shared" / "data" / "acdc")
 MARK_START = "<!-- acdc-benchmark:start -->"
 MARK_END = "<!-- acdc-benchmark:end -->"
 CLASS_NAMES = ("RV", "Myo", "LV")
@@ -247,34 +249,71 @@ _VQ_BOTTLENECK = {"vq_levels": ["bottleneck"], "quantizer": {}}
 # the VQ-Seg paper's streams and losses (configs/recipe_paper.yaml): EMA-teacher CE pseudo-labels, the perturbation
 # on the strong views, in-batch CutMix partners, every weight 1
 _PAPER_STREAMS = {
-    "pseudo_labeler": "teacher", "perturbed_stream": "strong", "cutmix_partner": "batch", "ema_decay": 0.99,
-    "sup_weight": 1.0, "unsup_weight": 1.0, "strong_weight": 1.0, "fp_weight": 0.0,
-    "unsup_ce_weight": 1.0, "unsup_dice_weight": 0.0,
+    "pseudo_labeler": "teacher",
+    "perturbed_stream": "strong",
+    "cutmix_partner": "batch",
+    "ema_decay": 0.99,
+    "sup_weight": 1.0,
+    "unsup_weight": 1.0,
+    "strong_weight": 1.0,
+    "fp_weight": 0.0,
+    "unsup_ce_weight": 1.0,
+    "unsup_dice_weight": 0.0,
 }
 _NO_PFA = {"fm_name": "none", "align_weight": 0.0}
-_FULL = {**_PAPER_STREAMS, **_VQ_BOTTLENECK, "perturbation": "qpm", "qpm_mode": "kernel", "qpm_eps": 0.7,
-         "reconstruction": True, "recon_weight": 1.0, "align_weight": 5.0, "fm_name": "@PFA"}
+_FULL = {
+    **_PAPER_STREAMS,
+    **_VQ_BOTTLENECK,
+    "perturbation": "qpm",
+    "qpm_mode": "kernel",
+    "qpm_eps": 0.7,
+    "reconstruction": True,
+    "recon_weight": 1.0,
+    "align_weight": 5.0,
+    "fm_name": "@PFA",
+}
 
 # UniMatch V1 (medical): the student labels its own weak view (no EMA: the validated teacher is a copy of the
 # student), a second unlabeled batch gives the CutMix partners, a feature-dropout weak stream ("fp") beside the
 # two unperturbed strong streams, every unlabeled loss a masked batch Dice, (L_x + 0.25 L_s1 + 0.25 L_s2 + 0.5 L_fp) / 2
 _UNIMATCH_RECIPE = {
-    "pseudo_labeler": "student", "perturbed_stream": "weak", "cutmix_partner": "second_batch", "ema_decay": 0.0,
-    "sup_weight": 0.5, "unsup_weight": 0.5, "strong_weight": 0.5, "fp_weight": 0.5,
-    "unsup_ce_weight": 0.0, "unsup_dice_weight": 1.0,
+    "pseudo_labeler": "student",
+    "perturbed_stream": "weak",
+    "cutmix_partner": "second_batch",
+    "ema_decay": 0.0,
+    "sup_weight": 0.5,
+    "unsup_weight": 0.5,
+    "strong_weight": 0.5,
+    "fp_weight": 0.5,
+    "unsup_ce_weight": 0.0,
+    "unsup_dice_weight": 1.0,
 }
 # the VQ-Seg code's streams on the same losses: EMA teacher labels, the perturbation on the strong views
-_TEACHER_STRONG = {"pseudo_labeler": "teacher", "perturbed_stream": "strong", "cutmix_partner": "second_batch",
-                   "sup_weight": 0.5, "unsup_weight": 0.5, "strong_weight": 1.0, "fp_weight": 0.0,
-                   "unsup_ce_weight": 0.0, "unsup_dice_weight": 1.0}
+_TEACHER_STRONG = {
+    "pseudo_labeler": "teacher",
+    "perturbed_stream": "strong",
+    "cutmix_partner": "second_batch",
+    "sup_weight": 0.5,
+    "unsup_weight": 0.5,
+    "strong_weight": 1.0,
+    "fp_weight": 0.0,
+    "unsup_ce_weight": 0.0,
+    "unsup_dice_weight": 1.0,
+}
 
 _LABELED_ONLY = {**_PLAIN_UNET, **_NO_PFA, "perturbation": "none", "perturb": False, "unsup_weight": 0.0}
 _UNIMATCH = {**_PLAIN_UNET, **_NO_PFA, "perturbation": "dropout", **_UNIMATCH_RECIPE}
 _VQ_NO_REC = {**_NO_PFA, **_VQ_BOTTLENECK, "reconstruction": False, "recon_weight": 0.0}
 # the collapse guards of the VQ literature together (docs/results.md, "Codebook health"): a learnable codebook in a
 # 32-d l2-normalised lookup space (ViT-VQGAN), k-means initialisation, dead-code re-seeding, the rotation trick
-_GUARDED_QUANTIZER = {"codebook_type": "learnable", "codebook_dim": 32, "cosine": True, "kmeans_init": True,
-                      "dead_code_steps": 50, "gradient": "rotation"}
+_GUARDED_QUANTIZER = {
+    "codebook_type": "learnable",
+    "codebook_dim": 32,
+    "cosine": True,
+    "kmeans_init": True,
+    "dead_code_steps": 50,
+    "gradient": "rotation",
+}
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "labeled_only": {
@@ -309,7 +348,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "overrides": {**_VQ_NO_REC, **_UNIMATCH_RECIPE, "perturbation": "qpm", "qpm_eps": 0.7},
     },
     "vq_unimatch_qpm_dropout": {
-        "description": "unimatch with the bottleneck quantized (the paper's SimVQ quantizer, K 16384); the fp stream gets QPM (eps 0.7) and then feature dropout",
+        "description": (
+            "unimatch with the bottleneck quantized (the paper's SimVQ quantizer, K 16384); "
+            "the fp stream gets QPM (eps 0.7) and then feature dropout"
+        ),
         "overrides": {**_VQ_NO_REC, **_UNIMATCH_RECIPE, "perturbation": "qpm_dropout", "qpm_eps": 0.7},
     },
     "vq_unimatch_qpm_dropout_guarded": {
@@ -317,14 +359,24 @@ VARIANTS: dict[str, dict[str, Any]] = {
             "vq_unimatch_qpm_dropout with the collapse-guarded quantizer: learnable 32-d cosine codebook (K 16384, "
             "factorised lookup), k-means initialisation, dead codes re-seeded after 50 unused forwards, rotation trick"
         ),
-        "overrides": {**_VQ_NO_REC, **_UNIMATCH_RECIPE, "perturbation": "qpm_dropout", "qpm_eps": 0.7,
-                      "quantizer": _GUARDED_QUANTIZER},
+        "overrides": {
+            **_VQ_NO_REC,
+            **_UNIMATCH_RECIPE,
+            "perturbation": "qpm_dropout",
+            "qpm_eps": 0.7,
+            "quantizer": _GUARDED_QUANTIZER,
+        },
     },
     **{
         f"vq_guard_{name}": {
             "description": f"vq_unimatch_qpm_dropout (K 16384) with one quantizer option: {option}",
-            "overrides": {**_VQ_NO_REC, **_UNIMATCH_RECIPE, "perturbation": "qpm_dropout", "qpm_eps": 0.7,
-                          "quantizer": option},
+            "overrides": {
+                **_VQ_NO_REC,
+                **_UNIMATCH_RECIPE,
+                "perturbation": "qpm_dropout",
+                "qpm_eps": 0.7,
+                "quantizer": option,
+            },
         }
         for name, option in (
             ("learnable", {"codebook_type": "learnable"}),
@@ -337,16 +389,27 @@ VARIANTS: dict[str, dict[str, Any]] = {
     },
     "vq_unimatch_qpm_guarded": {
         "description": "vq_unimatch (QPM eps 0.7 alone in the fp stream, no dropout) with the collapse-guarded quantizer",
-        "overrides": {**_VQ_NO_REC, **_UNIMATCH_RECIPE, "perturbation": "qpm", "qpm_eps": 0.7,
-                      "quantizer": _GUARDED_QUANTIZER},
+        "overrides": {
+            **_VQ_NO_REC,
+            **_UNIMATCH_RECIPE,
+            "perturbation": "qpm",
+            "qpm_eps": 0.7,
+            "quantizer": _GUARDED_QUANTIZER,
+        },
     },
     "vq2_unimatch_qpm_dropout_guarded": {
         "description": (
             "vq_unimatch_qpm_dropout_guarded with the deepest skip quantized too (levels 3 and 4), so that QPM is not "
             "bypassed by that skip"
         ),
-        "overrides": {**_VQ_NO_REC, **_UNIMATCH_RECIPE, "perturbation": "qpm_dropout", "qpm_eps": 0.7,
-                      "quantizer": _GUARDED_QUANTIZER, "vq_levels": [-2, -1]},
+        "overrides": {
+            **_VQ_NO_REC,
+            **_UNIMATCH_RECIPE,
+            "perturbation": "qpm_dropout",
+            "qpm_eps": 0.7,
+            "quantizer": _GUARDED_QUANTIZER,
+            "vq_levels": [-2, -1],
+        },
     },
     "vqall_unimatch_qpm_guarded": {
         "description": (
@@ -354,18 +417,31 @@ VARIANTS: dict[str, dict[str, Any]] = {
             "resolution to the bottleneck) and QPM (eps 0.7) alone in the fp stream: like VQ-Seg's ViT, whose every "
             "decoder input is quantized, no unquantized skip bypasses the perturbation"
         ),
-        "overrides": {**_VQ_NO_REC, **_UNIMATCH_RECIPE, "perturbation": "qpm", "qpm_eps": 0.7,
-                      "quantizer": _GUARDED_QUANTIZER, "vq_levels": "all",
-                      "codebook_size": [512, 1024, 4096, 16384, 16384]},
+        "overrides": {
+            **_VQ_NO_REC,
+            **_UNIMATCH_RECIPE,
+            "perturbation": "qpm",
+            "qpm_eps": 0.7,
+            "quantizer": _GUARDED_QUANTIZER,
+            "vq_levels": "all",
+            "codebook_size": [512, 1024, 4096, 16384, 16384],
+        },
     },
     "vq_unimatch_qpm_dropout_guarded_recq": {
         "description": (
             "vq_unimatch_qpm_dropout_guarded plus the reconstruction branch (weight 1) fed by the quantized level only "
             "(recon_input quantized), so that reconstruction pressure reaches the codebook"
         ),
-        "overrides": {**_VQ_NO_REC, **_UNIMATCH_RECIPE, "perturbation": "qpm_dropout", "qpm_eps": 0.7,
-                      "quantizer": _GUARDED_QUANTIZER, "reconstruction": True, "recon_weight": 1.0,
-                      "network_def#recon_input": "quantized"},
+        "overrides": {
+            **_VQ_NO_REC,
+            **_UNIMATCH_RECIPE,
+            "perturbation": "qpm_dropout",
+            "qpm_eps": 0.7,
+            "quantizer": _GUARDED_QUANTIZER,
+            "reconstruction": True,
+            "recon_weight": 1.0,
+            "network_def#recon_input": "quantized",
+        },
     },
     "vqseg_teacher_strong": {
         "description": "VQ-Seg code's streams: EMA teacher labels, QPM (eps 0.7) on the strong views, masked batch Dice",
@@ -381,8 +457,16 @@ VARIANTS: dict[str, dict[str, Any]] = {
     },
     "vq_qpm_rec": {
         "description": "VQ + QPM eps 0.7 + reconstruction branch (weight 1); no PFA",
-        "overrides": {**_NO_PFA, **_PAPER_STREAMS, **_VQ_BOTTLENECK, "perturbation": "qpm", "qpm_mode": "kernel",
-                      "qpm_eps": 0.7, "reconstruction": True, "recon_weight": 1.0},
+        "overrides": {
+            **_NO_PFA,
+            **_PAPER_STREAMS,
+            **_VQ_BOTTLENECK,
+            "perturbation": "qpm",
+            "qpm_mode": "kernel",
+            "qpm_eps": 0.7,
+            "reconstruction": True,
+            "recon_weight": 1.0,
+        },
     },
     "vqseg_full": {
         "description": "full VQ-Seg: VQ + QPM eps 0.7 + reconstruction + PFA (FM: EfficientNet-Lite0, DINOv2 for ViT)",
@@ -433,8 +517,11 @@ def cli_value(value: Any) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, (list, tuple, dict)):
-        return json.dumps(value, separators=(",", ":")).replace("true", "True").replace("false", "False").replace(
-            "null", "None"
+        return (
+            json.dumps(value, separators=(",", ":"))
+            .replace("true", "True")
+            .replace("false", "False")
+            .replace("null", "None")
         )
     raise ValueError(f"cannot pass override value {value!r} ({type(value).__name__}) on the command line")
 
@@ -548,9 +635,7 @@ def variant_of(name: str) -> tuple[str, int]:
     return name, 0
 
 
-def _run_logged(
-    cmd: list[str], log_path: Path, timeout: float | None, threads: int | None = None
-) -> tuple[int, float]:
+def _run_logged(cmd: list[str], log_path: Path, timeout: float | None, threads: int | None = None) -> tuple[int, float]:
     """Run ``cmd`` from the bundle root, stdout + stderr to ``log_path``; returns (return code, seconds)."""
     env = dict(os.environ)
     if threads:
@@ -670,8 +755,11 @@ def run_one(
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     code, seconds = _run_logged(train_cmd, run_dir / "train.log", timeout, protocol.threads)
     # wall times depend on what else shares the machine: keep the 1-minute load average around the run
-    record.update(train_seconds=round(seconds, 1), train_returncode=code,
-                  load_average=[load_before, os.getloadavg()[0] if hasattr(os, "getloadavg") else None])
+    record.update(
+        train_seconds=round(seconds, 1),
+        train_returncode=code,
+        load_average=[load_before, os.getloadavg()[0] if hasattr(os, "getloadavg") else None],
+    )
     (res_dir / "train_log_tail.txt").write_text(_tail(run_dir / "train.log"))
     print(f"training: exit {code}, {seconds:.0f} s", flush=True)
     if code != 0 or not (run_dir / "models" / "model.pt").exists():
@@ -746,8 +834,18 @@ def summarize_run(res_dir: Path) -> dict[str, Any]:
         vals = [v for v in vals if not math.isnan(v)]
         return sum(vals) / len(vals) if vals else float("nan")
 
-    for key in ("mask_ratio", "codebook_usage", "codebook_perplexity", "codebook_batch_distinct", "loss_sup", "loss_unsup", "loss_vq",
-                "loss_rec_unlabeled", "loss_rec", "loss_align"):
+    for key in (
+        "mask_ratio",
+        "codebook_usage",
+        "codebook_perplexity",
+        "codebook_batch_distinct",
+        "loss_sup",
+        "loss_unsup",
+        "loss_vq",
+        "loss_rec_unlabeled",
+        "loss_rec",
+        "loss_align",
+    ):
         out[f"late_{key}"] = late_mean(key)
     epoch_usage = [_num(r.get("codebook_epoch_usage")) for r in scal if r.get("codebook_epoch_usage")]
     out["last_codebook_epoch_usage"] = epoch_usage[-1] if epoch_usage else float("nan")
@@ -769,13 +867,13 @@ def _plot(protocol: str, labeled: int, runs: dict[str, dict[str, Any]], path: Pa
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for variant, s in runs.items():
         if s["curve"]:
-            xs, ys = zip(*s["curve"])
+            xs, ys = zip(*s["curve"], strict=True)
             axes[0].plot(xs, [100 * y for y in ys], marker="o", label=variant)
         scal = s["scalars"]
         if scal and "mask_ratio" in scal[0]:
             pts = [(int(r["iteration"]), _num(r["mask_ratio"])) for r in scal if r.get("mask_ratio")]
             if pts:
-                axes[1].plot(*zip(*pts), label=variant)
+                axes[1].plot(*zip(*pts, strict=True), label=variant)
     axes[0].set(xlabel="iteration", ylabel="validation mean Dice (%)", title=f"ACDC {protocol}, {labeled} labeled")
     axes[1].set(xlabel="iteration", ylabel="confident pseudo-label fraction", title="mask ratio (threshold 0.95)")
     _save_figure(fig, axes, path)
@@ -822,7 +920,10 @@ def build_report(results_dir: Path, docs_dir: Path, docs_file: Path) -> str:
                 continue
             names = sorted(
                 records,
-                key=lambda n: (order.index(variant_of(n)[0]) if variant_of(n)[0] in order else len(order), variant_of(n)[1]),
+                key=lambda n: (
+                    order.index(variant_of(n)[0]) if variant_of(n)[0] in order else len(order),
+                    variant_of(n)[1],
+                ),
             )
             any_rec = records[names[0]][1]
             env = any_rec.get("environment", {})
@@ -878,7 +979,8 @@ def build_report(results_dir: Path, docs_dir: Path, docs_file: Path) -> str:
                     "collapse) and codes used over the last epoch (fraction of K; K per variant description); the "
                     "last two were not logged before 2026-12-02; loss terms.",
                     "",
-                    "| variant | mask ratio | code usage | perplexity | distinct / batch | epoch usage | L_sup | L_unsup | L_vq | L_rec | L_align |",
+                    "| variant | mask ratio | code usage | perplexity | distinct / batch | epoch usage "
+                    "| L_sup | L_unsup | L_vq | L_rec | L_align |",
                     "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
                 ]
                 for name, s in summaries.items():
@@ -890,21 +992,34 @@ def build_report(results_dir: Path, docs_dir: Path, docs_file: Path) -> str:
                         f"{_f(s['late_loss_unsup'], 1, 3)} | {_f(s['late_loss_vq'], 1, 3)} | "
                         f"{_f(s['late_loss_rec_unlabeled'], 1, 3)} | {_f(s['late_loss_align'], 1, 3)} |"
                     )
-                if "labeled_only" in summaries and not math.isnan(summaries["labeled_only"].get("late_mask_ratio", math.nan)):
+                if "labeled_only" in summaries and not math.isnan(
+                    summaries["labeled_only"].get("late_mask_ratio", math.nan)
+                ):
                     # runs from before the trainer skipped the unlabeled branch of labeled-only training
-                    lines += ["", "(labeled_only: the trainer still computed the teacher's pseudo-labels, so its mask "
-                              "ratio and L_unsup are logged, but their loss weight was 0.)"]
+                    lines += [
+                        "",
+                        "(labeled_only: the trainer still computed the teacher's pseudo-labels, so its mask "
+                        "ratio and L_unsup are logged, but their loss weight was 0.)",
+                    ]
                 lines += _target_lines(protocol, labeled, summaries)
                 png = docs_dir / f"acdc_curves_{protocol}_{labeled}.png"
                 _plot(protocol, labeled, summaries, png)
                 lines += ["", f"![learning curves]({os.path.relpath(png, docs_file.parent)})", ""]
             for name, rec in failed:
-                lines += [f"`{name}` failed: command `{rec.get('train_command')}`", "", "```",
-                          rec.get("error_tail", "")[-1500:], "```", ""]
+                lines += [
+                    f"`{name}` failed: command `{rec.get('train_command')}`",
+                    "",
+                    "```",
+                    rec.get("error_tail", "")[-1500:],
+                    "```",
+                    "",
+                ]
             lines += ["Variants:", ""]
             for name in names:
                 rec = records[name][1]
-                lines.append(f"* `{name}`: {rec.get('variant_description')}; overrides `{json.dumps(rec.get('overrides'))}`")
+                lines.append(
+                    f"* `{name}`: {rec.get('variant_description')}; overrides `{json.dumps(rec.get('overrides'))}`"
+                )
             lines += ["", f"Exact commands: `{_rel(ldir)}/<variant>/run.json`.", ""]
     return "\n".join(lines) + "\n"
 
@@ -920,7 +1035,9 @@ PEER_ROWS = (("peer supervised", "supervised_64"), ("peer UniMatch", "unimatch_6
 def _peer_curves(peers_dir: Path, stem: str, labeled: int) -> tuple[list[dict[int, float]], list[float]]:
     """Mean-Dice curves (%) of the peer's own runs, one ``{iteration: dice}`` per seed, and their wall minutes
     (the CSV's ``seconds`` at the last row)."""
-    files = sorted(peers_dir.glob(f"{stem}_s*.csv")) if labeled == 3 else sorted(peers_dir.glob(f"{stem}_l{labeled}.csv"))
+    files = (
+        sorted(peers_dir.glob(f"{stem}_s*.csv")) if labeled == 3 else sorted(peers_dir.glob(f"{stem}_l{labeled}.csv"))
+    )
     curves, minutes = [], []
     for f in files:
         rows = [r for r in _read_csv(f) if r.get("iter", "").isdigit()]
@@ -939,7 +1056,11 @@ def _bundle_curves(ldir: Path) -> dict[str, list[tuple[dict[int, float], dict[st
         rec = json.loads(rec_path.read_text())
         if rec.get("status") != "ok":
             continue
-        curve = {int(r["iteration"]): 100 * _num(r["val_mean_dice"]) for r in _read_csv(rdir / "curve.csv") if r.get("val_mean_dice")}
+        curve = {
+            int(r["iteration"]): 100 * _num(r["val_mean_dice"])
+            for r in _read_csv(rdir / "curve.csv")
+            if r.get("val_mean_dice")
+        }
         out.setdefault(variant_of(rdir.name)[0], []).append((curve, rec))
     return out
 
@@ -984,7 +1105,9 @@ def build_side_by_side(results_dir: Path, docs_dir: Path, docs_file: Path, peers
         order = list(VARIANTS)
         for variant in sorted(bundle, key=lambda v: order.index(v) if v in order else len(order)):
             runs = bundle[variant]
-            rows.append((variant, "bundle", [c for c, _ in runs], [r.get("train_seconds", float("nan")) / 60 for _, r in runs]))
+            rows.append(
+                (variant, "bundle", [c for c, _ in runs], [r.get("train_seconds", float("nan")) / 60 for _, r in runs])
+            )
         lines += [
             f"#### {labeled} labeled patients",
             "",
@@ -1027,7 +1150,9 @@ def _side_by_side_targets(finals: dict[str, float], labeled: int) -> list[str]:
             worst = min(vq, key=vq.get)
             check(f"worst VQ-Seg variant ({worst}) - labeled_only (>= 0)", vq[worst] - lab, vq[worst] - lab >= 0)
     else:
-        semi = {k: v for k, v in finals.items() if not k.startswith("peer") and k != "labeled_only" and not math.isnan(v)}
+        semi = {
+            k: v for k, v in finals.items() if not k.startswith("peer") and k != "labeled_only" and not math.isnan(v)
+        }
         for k, v in semi.items():
             check(f"{k} - labeled_only (>= 0)", v - lab, v - lab >= 0)
     return out if len(out) > 2 else []
@@ -1043,9 +1168,18 @@ def _plot_side_by_side(rows: list, labeled: int, path: Path) -> None:
     for label, code, curves, _ in rows:
         points = sorted({p for c in curves for p in c})
         means = [_mean([c.get(p, float("nan")) for c in curves]) for p in points]
-        ax.plot(points, means, marker="o", linestyle="--" if code.startswith("peer") else "-", label=f"{label} ({len(curves)})")
-    ax.set(xlabel="iteration", ylabel="validation mean Dice (%)",
-           title=f"ACDC, {labeled} labeled, 64 px, batch 4 + 4, SGD (dashed: peer's own code)")
+        ax.plot(
+            points,
+            means,
+            marker="o",
+            linestyle="--" if code.startswith("peer") else "-",
+            label=f"{label} ({len(curves)})",
+        )
+    ax.set(
+        xlabel="iteration",
+        ylabel="validation mean Dice (%)",
+        title=f"ACDC, {labeled} labeled, 64 px, batch 4 + 4, SGD (dashed: peer's own code)",
+    )
     _save_figure(fig, [ax], path)
 
 
@@ -1164,7 +1298,7 @@ class Benchmark:
         protocol: str = "cpu",
         labeled: Any = (3, 7),
         variants: Any = DEFAULT_VARIANTS,
-        dataset_dir: str = str(REPO.parent / "shared" / "data" / "acdc"),
+        dataset_dir: str = DEFAULT_DATASET_DIR,
         dataset_archive: str | None = None,
         work_dir: str = "outputs/benchmark",
         results_dir: str = "results",
@@ -1204,7 +1338,9 @@ class Benchmark:
             raise ValueError(f"--protocol must be one of {sorted(PROTOCOLS)}, got {protocol!r}")
         proto = PROTOCOLS[protocol]
         if iterations is not None or val_every is not None:
-            proto = replace(proto, iterations=int(iterations or proto.iterations), val_every=int(val_every or proto.val_every))
+            proto = replace(
+                proto, iterations=int(iterations or proto.iterations), val_every=int(val_every or proto.val_every)
+            )
         proto.schedule_overrides()  # validates the schedule
         counts = [int(n) for n in _as_list(labeled, "labeled")]
         names = [str(v) for v in _as_list(variants, "variants")]
@@ -1225,13 +1361,28 @@ class Benchmark:
         for n in counts:
             for name in names:
                 records.append(
-                    run_one(proto, name, n, dataset_dir, _path(work_dir), _path(results_dir), seed, extra, env,
-                            force, dry_run, timeout)
+                    run_one(
+                        proto,
+                        name,
+                        n,
+                        dataset_dir,
+                        _path(work_dir),
+                        _path(results_dir),
+                        seed,
+                        extra,
+                        env,
+                        force,
+                        dry_run,
+                        timeout,
+                    )
                 )
         print("\nstatus:", flush=True)
         for r in records:
-            print(f"  labeled {r['labeled']} {r['variant']}: {r['status']} "
-                  f"(train {r.get('train_seconds', '-')} s, eval {r.get('eval_seconds', '-')} s)", flush=True)
+            print(
+                f"  labeled {r['labeled']} {r['variant']}: {r['status']} "
+                f"(train {r.get('train_seconds', '-')} s, eval {r.get('eval_seconds', '-')} s)",
+                flush=True,
+            )
         if report and not dry_run:
             self.report(results_dir=results_dir, docs_file=docs_file, docs_dir=docs_dir)
         self.records = records  # for callers that use the class directly (tests); fire prints nothing

@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """One trained model, the ACDC validation volumes in two forms: the HDF5 copy and challenge-style NIfTI.
 
 The ACDC challenge distributes NIfTI files whose array, as nibabel reads it, is ``(X, Y, Z)`` with
@@ -115,9 +114,7 @@ def mean_dice(summary_csv: Path) -> dict[str, float]:
         return {row["class_name"]: 100.0 * float(row["dice_mean"]) for row in csv.DictReader(f)}
 
 
-def evaluate(
-    base_args: list[str], dataset_dir: Path, labeled: str, out_dir: Path, ckpt: Path, log: Path
-) -> dict:
+def evaluate(base_args: list[str], dataset_dir: Path, labeled: str, out_dir: Path, ckpt: Path, log: Path) -> dict:
     """One run of the bundle's evaluation; its command, Dice per class (%) and wall time."""
     cmd = [
         sys.executable,

@@ -38,7 +38,13 @@ for _path in (REPO, REPO / "scripts"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))  # run from a plain checkout
 
-from benchmark_acdc import _save_figure, environment, machine_label, write_section  # noqa: E402  (scripts/ is on sys.path when run as a file)
+from benchmark_acdc import (  # noqa: E402  (scripts/ is on sys.path when run as a file)
+    DEFAULT_DATASET_DIR,
+    _save_figure,
+    environment,
+    machine_label,
+    write_section,
+)
 
 from vqseg_bundle.data.datasets import resize_slices  # noqa: E402
 from vqseg_bundle.networks.perturbations import FeatureDropout  # noqa: E402
@@ -101,8 +107,15 @@ def build(run: Path, model: Path, dataset_dir: str, overrides: dict[str, Any] | 
     cfg.update(overrides or {})
     parser = ConfigParser()
     parser.read_config(str(REPO / "configs" / "train.yaml"))
-    parser.update({"bundle_root": str(REPO), "dataset_dir": dataset_dir, "device": "$torch.device('cpu')",
-                   "fm_name": "none", "align_weight": 0.0})
+    parser.update(
+        {
+            "bundle_root": str(REPO),
+            "dataset_dir": dataset_dir,
+            "device": "$torch.device('cpu')",
+            "fm_name": "none",
+            "align_weight": 0.0,
+        }
+    )
     parser.update({k: v for k, v in cfg.items() if k not in ("fm_name", "align_weight")})
     if "image_size" not in cfg and record.get("protocol", "").startswith("cpu"):
         parser["image_size"] = 64
@@ -138,8 +151,12 @@ def measure(network, slices: torch.Tensor, setting: dict[str, Any], seed: int, b
         pixels += diff.numel()
         logp_c, logp_p = F.log_softmax(clean, 1), F.log_softmax(pert, 1)
         kl_sum += float((logp_c.exp() * (logp_c - logp_p)).sum(1).sum())
-    return {"fg_changed": changed_fg / max(fg, 1), "changed": changed / pixels, "kl": kl_sum / pixels,
-            "foreground_pixels": fg}
+    return {
+        "fg_changed": changed_fg / max(fg, 1),
+        "changed": changed / pixels,
+        "kl": kl_sum / pixels,
+        "foreground_pixels": fg,
+    }
 
 
 def _val_slices(items, size: int, max_slices: int | None) -> torch.Tensor:
@@ -160,7 +177,7 @@ class Cli:
         self,
         run: str,
         model: str | None = None,
-        dataset_dir: str = str(REPO.parent / "shared" / "data" / "acdc"),
+        dataset_dir: str = DEFAULT_DATASET_DIR,
         name: str | None = None,
         overrides: dict | None = None,
         out_dir: str = DEFAULT_OUT,
@@ -186,32 +203,58 @@ class Cli:
         name = name or run_path.name
         if model is None:
             record = json.loads((run_path / "run.json").read_text())
-            model = str(REPO / "outputs" / "benchmark" / record["protocol"] / f"labeled{record['labeled']}"
-                        / run_path.name / "models" / "model.pt")
+            model = str(
+                REPO
+                / "outputs"
+                / "benchmark"
+                / record["protocol"]
+                / f"labeled{record['labeled']}"
+                / run_path.name
+                / "models"
+                / "model.pt"
+            )
         if not Path(model).exists():
             raise FileNotFoundError(f"benchmark_perturbation: model file {model} does not exist")
         network, items, size = build(run_path, Path(model), dataset_dir, overrides)
         slices = _val_slices(items, size, max_slices)
-        print(f"{name}: {slices.shape[0]} validation slices at {size} px; quantized levels {network.vq_levels}",
-              flush=True)
+        print(
+            f"{name}: {slices.shape[0]} validation slices at {size} px; quantized levels {network.vq_levels}",
+            flush=True,
+        )
         rows = []
         start = time.perf_counter()
         for setting in settings(bool(network.vq_levels)):
             stats = measure(network, slices, setting, seed)
             rows.append({**setting, **stats})
-            print(f"  {label(setting):32s} fg changed {100 * stats['fg_changed']:5.1f} %  "
-                  f"all {100 * stats['changed']:5.1f} %  KL {stats['kl']:.4f}", flush=True)
-        out = {"name": name, "run": str(run), "model": str(model), "slices": int(slices.shape[0]),
-               "image_size": size, "vq_levels": list(network.vq_levels), "rows": rows, "seed": seed,
-               "machine": machine_label(environment()),
-               "date": time.strftime("%Y-%m-%d"), "seconds": round(time.perf_counter() - start, 1),
-               "command": "python scripts/benchmark_perturbation.py run " + " ".join(sys.argv[2:])}
+            print(
+                f"  {label(setting):32s} fg changed {100 * stats['fg_changed']:5.1f} %  "
+                f"all {100 * stats['changed']:5.1f} %  KL {stats['kl']:.4f}",
+                flush=True,
+            )
+        out = {
+            "name": name,
+            "run": str(run),
+            "model": str(model),
+            "slices": int(slices.shape[0]),
+            "image_size": size,
+            "vq_levels": list(network.vq_levels),
+            "rows": rows,
+            "seed": seed,
+            "machine": machine_label(environment()),
+            "date": time.strftime("%Y-%m-%d"),
+            "seconds": round(time.perf_counter() - start, 1),
+            "command": "python scripts/benchmark_perturbation.py run " + " ".join(sys.argv[2:]),
+        }
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         (Path(out_dir) / f"{name}.json").write_text(json.dumps(out, indent=2))
         print(f"benchmark_perturbation: wrote {Path(out_dir) / (name + '.json')}")
 
-    def report(self, out_dir: str = DEFAULT_OUT, docs_file: str = "docs/results.md",
-               plot: str = "docs/perturbation_response.png") -> None:
+    def report(
+        self,
+        out_dir: str = DEFAULT_OUT,
+        docs_file: str = "docs/results.md",
+        plot: str = "docs/perturbation_response.png",
+    ) -> None:
         """Rewrite the "Perturbation response" section of ``docs_file`` and the plot from ``out_dir/*.json``."""
         results = [json.loads(p.read_text()) for p in sorted(Path(out_dir).glob("*.json"))]
         if not results:
@@ -224,10 +267,13 @@ class Cli:
             "",
         ]
         for res in results:
-            lines += [f"**{res['name']}** (levels {res['vq_levels']}, {res['slices']} slices at {res['image_size']} px, "
-                      f"{res['date']}, {res['machine']}): `{res['command']}`", "",
-                      "| perturbation | " + " | ".join(f"{e}" for e in EPS) + " |",
-                      "| --- |" + " --- |" * len(EPS)]
+            lines += [
+                f"**{res['name']}** (levels {res['vq_levels']}, {res['slices']} slices at {res['image_size']} px, "
+                f"{res['date']}, {res['machine']}): `{res['command']}`",
+                "",
+                "| perturbation | " + " | ".join(f"{e}" for e in EPS) + " |",
+                "| --- |" + " --- |" * len(EPS),
+            ]
             groups: dict[str, dict[float, dict]] = {}
             for row in res["rows"]:
                 key = label(row).rsplit(" ", 2)[0]
@@ -250,12 +296,14 @@ def _plot(results: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4), squeeze=False)
-    for ax, res in zip(axes[0], results):
+    for ax, res in zip(axes[0], results, strict=True):
         groups: dict[str, list] = {}
         for row in res["rows"]:
-            groups.setdefault(label(row).rsplit(" ", 2)[0], []).append((row.get("eps", row.get("p")), row["fg_changed"]))
+            groups.setdefault(label(row).rsplit(" ", 2)[0], []).append(
+                (row.get("eps", row.get("p")), row["fg_changed"])
+            )
         for key, pts in groups.items():
-            xs, ys = zip(*sorted(pts))
+            xs, ys = zip(*sorted(pts), strict=True)
             ax.plot(xs, [100 * y for y in ys], marker="o", label=key)
         ax.set_title(res["name"], fontsize=9)
         ax.set_xlabel("eps (QPM) / p (dropout)")

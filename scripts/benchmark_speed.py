@@ -138,7 +138,7 @@ def _overrides(args: argparse.Namespace, backbone: str, eps: float, variant: str
         "progress_bar": False,
         "num_workers": int(args.num_workers),
         "num_threads": int(args.threads),
-        "device": f"$torch.device('{args.device}')",
+        "device": f"$torch.device({args.device!r})",
         "seed": int(args.seed),
     }
     if args.data_cache_dir:
@@ -343,9 +343,11 @@ def environment(device: str, threads: int = 0) -> dict:
 
 
 def format_table(results: list[dict]) -> str:
-    head = "| backbone | batch | px | eps | variant | data | ms/it | peak MiB | " + " | ".join(
-        f"{p} %" for p in PARTS
-    ) + " | val ms (amortised) |"
+    head = (
+        "| backbone | batch | px | eps | variant | data | ms/it | peak MiB | "
+        + " | ".join(f"{p} %" for p in PARTS)
+        + " | val ms (amortised) |"
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
         if "error" in r:
@@ -378,7 +380,9 @@ def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data_cache_dir", default="", help="where the demo data is generated (default: the config's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--validation", action="store_true", help="also time one validation pass (amortised)")
-    p.add_argument("--set", type=json.loads, default=None, help='extra config overrides as JSON, e.g. \'{"codebook_size": 1024}\'')
+    p.add_argument(
+        "--set", type=json.loads, default=None, help="extra config overrides as JSON, e.g. '{\"codebook_size\": 1024}'"
+    )
     p.add_argument("--json", default="", help="write all results (and the environment) to this JSON file")
     p.add_argument("--inprocess", action="store_true", help="run configurations in this process (no peak RSS per run)")
     p.add_argument("--_single", default="", help=argparse.SUPPRESS)
@@ -416,7 +420,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for e in args.eps.split(",")
     ]
     results = []
-    passthrough = [a for a in (argv if argv is not None else sys.argv[1:])]
+    passthrough = list(argv if argv is not None else sys.argv[1:])
     for b, e, v in configs:
         t0 = time.perf_counter()
         if args.inprocess:
@@ -434,12 +438,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 r = {"backbone": b, "eps": e, "variant": v, "data": args.data, "error": (named or err_lines)[-1][:200]}
                 print(proc.stderr[-3000:], file=sys.stderr)
             else:
-                r = json.loads(lines[-1][len("RESULT "):])
+                r = json.loads(lines[-1][len("RESULT ") :])
         r["wall_s"] = time.perf_counter() - t0
         results.append(r)
         print("# result " + json.dumps(r), file=sys.stderr, flush=True)  # partial results survive an interrupted run
-        print(f"# done {b} eps={e} {v}: " + (f"{r['ms_per_it']:.1f} ms/it" if "ms_per_it" in r else r["error"]),
-              file=sys.stderr, flush=True)
+        print(
+            f"# done {b} eps={e} {v}: " + (f"{r['ms_per_it']:.1f} ms/it" if "ms_per_it" in r else r["error"]),
+            file=sys.stderr,
+            flush=True,
+        )
     env = environment(args.device, args.threads)
     print("environment: " + ", ".join(f"{k}={v}" for k, v in env.items()))
     if args.device == "cpu" and os.getloadavg()[0] > (os.cpu_count() or 1):

@@ -72,11 +72,16 @@ def main(
         runtime = "the torch.export program"
     size = f"{image_size}x{image_size}" if isinstance(image_size, int) else "x".join(str(s) for s in image_size)
     if not diff <= atol + rtol * scale:
-        print(f"error: {runtime} differs from PyTorch by {diff:.3g} on a random batch, more than atol {atol} + "
-              f"rtol {rtol} * max |logit| {scale:.3g}; {path} was written but should not be used.", file=sys.stderr)
+        print(
+            f"error: {runtime} differs from PyTorch by {diff:.3g} on a random batch, more than atol {atol} + "
+            f"rtol {rtol} * max |logit| {scale:.3g}; {path} was written but should not be used.",
+            file=sys.stderr,
+        )
         raise SystemExit(1)
-    print(f"Exported the network of {ckpt} to {path} (input N x {in_channels} x {size}); {runtime} matches PyTorch "
-          f"on a random batch to {diff:.3g} (max |logit| {scale:.3g}).")
+    print(
+        f"Exported the network of {ckpt} to {path} (input N x {in_channels} x {size}); {runtime} matches PyTorch "
+        f"on a random batch to {diff:.3g} (max |logit| {scale:.3g})."
+    )
 
 
 if __name__ == "__main__":

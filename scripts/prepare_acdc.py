@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Convert ACDC in the SSL4MIS HDF5 layout into NIfTI volumes plus a Decathlon-style dataset.json.
 
 Training slices are regrouped into one volume per patient and frame (slice order); the labeled

@@ -61,7 +61,7 @@ def _describe(path: str | os.PathLike, err: BaseException) -> WriteError:
         hint = f" ({_free_space(Path(path).parent)}); the previous file, if any, is unchanged"
     elif code in (errno.EACCES, errno.EPERM, errno.EROFS):
         hint = f"; check the permissions of {Path(path).parent}"
-    out = WriteError(code if code is not None else errno.EIO, f"cannot write '{os.fspath(path)}': {cause}{hint}")
+    out = WriteError(code if code is not None else errno.EIO, f"cannot write {os.fspath(path)!r}: {cause}{hint}")
     out.filename = os.fspath(path)
     return out
 
@@ -176,7 +176,7 @@ def check_writable_dir(folder: str | os.PathLike, what: str = "output folder") -
         os.unlink(name)
     except OSError as e:
         cause = e.strerror or str(e)
-        err = WriteError(e.errno or errno.EIO, f"{what} '{os.fspath(folder)}' is not writable: {cause}")
+        err = WriteError(e.errno or errno.EIO, f"{what} {os.fspath(folder)!r} is not writable: {cause}")
         err.filename = os.fspath(folder)
         raise err from e
     return folder

@@ -115,8 +115,17 @@ def test_end_to_end_smoke(tmp_path):
     docs.mkdir()
     doc.write_text(f"# R\n{bm.MARK_START}\nNot run yet.\n{bm.MARK_END}\n")
     b = bm.Benchmark()
-    b.run(protocol="smoke", labeled=3, variants=["labeled_only"], dataset_dir="demo", work_dir=str(tmp_path / "work"),
-          results_dir=str(results), docs_file=str(doc), docs_dir=str(docs), timeout=300)
+    b.run(
+        protocol="smoke",
+        labeled=3,
+        variants=["labeled_only"],
+        dataset_dir="demo",
+        work_dir=str(tmp_path / "work"),
+        results_dir=str(results),
+        docs_file=str(doc),
+        docs_dir=str(docs),
+        timeout=300,
+    )
     (record,) = b.records
     res = results / "acdc_smoke" / "labeled3" / "labeled_only"
     assert record["status"] == "ok", record.get("error_tail")
@@ -132,8 +141,17 @@ def test_end_to_end_smoke(tmp_path):
     assert "Not run yet" not in text and "| labeled_only |" in text
     assert (docs / "acdc_curves_smoke_3.png").stat().st_size > 0
     # a finished run is skipped, not retrained
-    b.run(protocol="smoke", labeled=3, variants=["labeled_only"], dataset_dir="demo", work_dir=str(tmp_path / "work"),
-          results_dir=str(results), docs_file=str(doc), docs_dir=str(docs), report=False)
+    b.run(
+        protocol="smoke",
+        labeled=3,
+        variants=["labeled_only"],
+        dataset_dir="demo",
+        work_dir=str(tmp_path / "work"),
+        results_dir=str(results),
+        docs_file=str(doc),
+        docs_dir=str(docs),
+        report=False,
+    )
     assert b.records[0]["train_seconds"] == record["train_seconds"]
 
 

@@ -71,7 +71,7 @@ def test_challenge_style_files_are_the_transpose_with_the_challenge_affine(tmp_p
 
 def test_recorded_command_keeps_the_model_settings_and_replaces_the_data():
     cmd = (
-        "/x/python -m monai.bundle run --config_file '[\"configs/train.yaml\",\"configs/evaluate.yaml\"]' "
+        '/x/python -m monai.bundle run --config_file \'["configs/train.yaml","configs/evaluate.yaml"]\' '
         "--bundle_root /old --dataset_dir ../shared/data/acdc --labeled labeled_3_cases "
         "--output_dir /old/run "
         "--image_size 64 --vq_levels '[]' --ckpt_path /old/model.pt --data_cache_dir /old/cache"
@@ -89,8 +89,6 @@ def test_trained_model_scores_the_same_on_hdf5_and_challenge_nifti(tmp_path):
         pytest.skip(f"{ACDC_DIR} not present")
     if not (MODEL.is_file() and RUN_JSON.is_file()):
         pytest.skip(f"no trained model at {MODEL} (run scripts/benchmark_acdc.py first)")
-    result = bo.main(
-        run_json=str(RUN_JSON), ckpt_path=str(MODEL), dataset_dir=str(ACDC_DIR), work_dir=str(tmp_path)
-    )
+    result = bo.main(run_json=str(RUN_JSON), ckpt_path=str(MODEL), dataset_dir=str(ACDC_DIR), work_dir=str(tmp_path))
     assert abs(result["difference_points"]) <= 0.5, result
     assert json.loads((tmp_path / "result.json").read_text())["nifti"]["dice"]["mean"] > 40

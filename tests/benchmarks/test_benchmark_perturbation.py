@@ -27,7 +27,11 @@ def bp():
 
 def _net(vq: bool) -> VQSegUNet:
     torch.manual_seed(0)
-    kwargs = dict(vq_levels="all", codebook_size=32, perturbation="qpm") if vq else dict(vq_levels=[], perturbation="dropout")
+    kwargs = (
+        dict(vq_levels="all", codebook_size=32, perturbation="qpm")
+        if vq
+        else dict(vq_levels=[], perturbation="dropout")
+    )
     return VQSegUNet(features=(4, 8, 16), reconstruction=False, **kwargs).eval()
 
 
@@ -54,10 +58,20 @@ def test_response_is_zero_without_perturbation_and_grows_with_strength(bp):
 
 
 def test_report_writes_a_table_and_a_plot(bp, tmp_path):
-    rows = [{**s, "fg_changed": 0.1 * i, "changed": 0.01, "kl": 0.001, "foreground_pixels": 10}
-            for i, s in enumerate(bp.settings(True))]
-    result = {"name": "tiny", "vq_levels": [4], "slices": 3, "image_size": 16, "date": "2026-12-02",
-              "machine": "test", "command": "python scripts/benchmark_perturbation.py run ...", "rows": rows}
+    rows = [
+        {**s, "fg_changed": 0.1 * i, "changed": 0.01, "kl": 0.001, "foreground_pixels": 10}
+        for i, s in enumerate(bp.settings(True))
+    ]
+    result = {
+        "name": "tiny",
+        "vq_levels": [4],
+        "slices": 3,
+        "image_size": 16,
+        "date": "2026-12-02",
+        "machine": "test",
+        "command": "python scripts/benchmark_perturbation.py run ...",
+        "rows": rows,
+    }
     out = tmp_path / "res"
     out.mkdir()
     (out / "tiny.json").write_text(json.dumps(result))

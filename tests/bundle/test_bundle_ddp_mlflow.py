@@ -20,7 +20,9 @@ def test_two_process_ddp_training(tmp_path, demo_dir):
     # both ranks trained every step; only rank 0 validated and wrote files
     assert log.count("Engine run finished") >= 2
     assert (tmp_path / "models" / "model.pt").is_file()
-    ckpt = torch.load(tmp_path / "outputs" / "checkpoints" / "checkpoint_final.pt", map_location="cpu", weights_only=True)
+    ckpt = torch.load(
+        tmp_path / "outputs" / "checkpoints" / "checkpoint_final.pt", map_location="cpu", weights_only=True
+    )
     assert ckpt["trainer"]["iteration"] == TINY["epochs"] * TINY["iterations_per_epoch"]
     # state dicts are the plain network's (no "module." prefix from DistributedDataParallel)
     assert not any(k.startswith("module.") for k in ckpt["network"])

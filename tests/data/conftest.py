@@ -47,9 +47,7 @@ def make_tiny_acdc(
                 names.append(name)
     (root / "train_slices.list").write_text("\n".join(names) + "\n")
     first_two = {f"patient{p:03d}" for p in train_patients[:2]}
-    (root / "labeled_2_cases.list").write_text(
-        "\n".join(n for n in names if n.split("_")[0] in first_two) + "\n"
-    )
+    (root / "labeled_2_cases.list").write_text("\n".join(n for n in names if n.split("_")[0] in first_two) + "\n")
     val = []
     for pid in val_patients:
         for frame in (1, 2):

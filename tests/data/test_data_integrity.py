@@ -104,9 +104,7 @@ def test_label_outside_range(nifti_dataset, nifti_saver):
     label = np.zeros((16, 12, 5), np.uint8)
     label[0, 0, 0] = 7
     nifti_saver(nifti_dataset / "labels_validation" / "case04_frame01.nii.gz", label)
-    with pytest.raises(
-        DataIntegrityError, match=r"case04_frame01\.nii\.gz: label values \{7\} are outside 0\.\.3"
-    ):
+    with pytest.raises(DataIntegrityError, match=r"case04_frame01\.nii\.gz: label values \{7\} are outside 0\.\.3"):
         load_nifti_splits(nifti_dataset, num_classes=4)
 
 
@@ -114,9 +112,7 @@ def test_negative_label(nifti_dataset, nifti_saver):
     label = np.zeros((16, 12, 5), np.int16)
     label[1, 1, 1] = -1
     nifti_saver(nifti_dataset / "labels_training" / "case00_frame01.nii.gz", label)
-    with pytest.raises(
-        DataIntegrityError, match=r"case00_frame01\.nii\.gz: label values \{-1\} are outside 0\.\.3"
-    ):
+    with pytest.raises(DataIntegrityError, match=r"case00_frame01\.nii\.gz: label values \{-1\} are outside 0\.\.3"):
         load_nifti_splits(nifti_dataset)
 
 
@@ -138,9 +134,7 @@ def test_non_integer_label(nifti_dataset, nifti_saver):
 
 
 def test_integral_float_label_is_accepted(nifti_dataset, nifti_saver):
-    nifti_saver(
-        nifti_dataset / "labels_training" / "case01_frame01.nii.gz", np.full((16, 12, 5), 2.0, np.float32)
-    )
+    nifti_saver(nifti_dataset / "labels_training" / "case01_frame01.nii.gz", np.full((16, 12, 5), 2.0, np.float32))
     raw = load_nifti_splits(nifti_dataset, labeled="all")
     assert {int(v) for s in raw.labeled_labels[5:] for v in np.unique(s)} == {2}
 
@@ -150,16 +144,12 @@ def test_non_finite_image(nifti_dataset, nifti_saver, bad, word):
     image = np.ones((16, 12, 5), np.float32)
     image[3, 3, 3] = bad
     nifti_saver(nifti_dataset / "images_unlabeled" / "case03_frame01.nii.gz", image)
-    with pytest.raises(
-        DataIntegrityError, match=rf"case03_frame01\.nii\.gz: image has non-finite voxels \({word}\)"
-    ):
+    with pytest.raises(DataIntegrityError, match=rf"case03_frame01\.nii\.gz: image has non-finite voxels \({word}\)"):
         load_nifti_splits(nifti_dataset)
 
 
 def test_4d_volume(nifti_dataset, nifti_saver):
-    nifti_saver(
-        nifti_dataset / "images_training" / "case00_frame01.nii.gz", np.ones((16, 12, 5, 2), np.float32)
-    )
+    nifti_saver(nifti_dataset / "images_training" / "case00_frame01.nii.gz", np.ones((16, 12, 5, 2), np.float32))
     with pytest.raises(
         DataIntegrityError, match=r"case00_frame01\.nii\.gz: image is a 4D volume of shape \(16, 12, 5, 2\)"
     ):
@@ -167,9 +157,7 @@ def test_4d_volume(nifti_dataset, nifti_saver):
 
 
 def test_trailing_singleton_dimension_is_not_4d(nifti_dataset, nifti_saver):
-    nifti_saver(
-        nifti_dataset / "images_training" / "case00_frame01.nii.gz", np.ones((16, 12, 5, 1), np.float32)
-    )
+    nifti_saver(nifti_dataset / "images_training" / "case00_frame01.nii.gz", np.ones((16, 12, 5, 1), np.float32))
     raw = load_nifti_splits(nifti_dataset, labeled="all")
     assert raw.labeled_images[0].shape == (12, 16)  # (X, Y) of an identity affine, in "PLS": (Y, X)
 
@@ -185,7 +173,7 @@ def test_empty_split(nifti_dataset, key, message):
     data = _dataset_json(nifti_dataset)
     data[key] = []
     _write_json(nifti_dataset, data)
-    with pytest.raises(DataIntegrityError, match=rf"dataset\.json '{key}': {message}"):
+    with pytest.raises(DataIntegrityError, match=rf"dataset\.json {key!r}: {message}"):
         load_nifti_splits(nifti_dataset)
 
 
@@ -203,12 +191,8 @@ def test_empty_unlabeled_split(nifti_dataset):
 def test_patient_in_labeled_and_validation(nifti_dataset, nifti_saver):
     data = _dataset_json(nifti_dataset)
     # a second frame of the labeled patient case00 used for validation
-    nifti_saver(
-        nifti_dataset / "images_validation" / "case00_frame02.nii.gz", np.ones((16, 12, 5), np.float32)
-    )
-    nifti_saver(
-        nifti_dataset / "labels_validation" / "case00_frame02.nii.gz", np.zeros((16, 12, 5), np.uint8)
-    )
+    nifti_saver(nifti_dataset / "images_validation" / "case00_frame02.nii.gz", np.ones((16, 12, 5), np.float32))
+    nifti_saver(nifti_dataset / "labels_validation" / "case00_frame02.nii.gz", np.zeros((16, 12, 5), np.uint8))
     data["validation"].append(
         {
             "image": "images_validation/case00_frame02.nii.gz",
@@ -218,8 +202,7 @@ def test_patient_in_labeled_and_validation(nifti_dataset, nifti_saver):
     _write_json(nifti_dataset, data)
     with pytest.raises(
         DataIntegrityError,
-        match=r"case00_frame02\.nii\.gz: patient 'case00' is in both the labeled set .* "
-        r"and the validation set",
+        match=r"case00_frame02\.nii\.gz: patient 'case00' is in both the labeled set .* " r"and the validation set",
     ):
         load_nifti_splits(nifti_dataset, labeled="all")
 
@@ -244,9 +227,7 @@ def test_unknown_layout(tmp_path):
 
 def test_acdc_missing_slice(tiny_acdc):
     (tiny_acdc / "data" / "slices" / "patient007_frame01_slice_2.h5").unlink()
-    with pytest.raises(
-        DataIntegrityError, match=r"patient007_frame01_slice_2\.h5: missing training slice file"
-    ):
+    with pytest.raises(DataIntegrityError, match=r"patient007_frame01_slice_2\.h5: missing training slice file"):
         load_acdc_splits(tiny_acdc, labeled="labeled_2_cases")
 
 
@@ -342,10 +323,6 @@ def test_acdc_empty_unlabeled(tiny_acdc):
 
 
 def test_acdc_labeled_list_with_unknown_slice(tiny_acdc):
-    (tiny_acdc / "labeled_1_cases.list").write_text(
-        "patient009_frame01_slice_1\npatient999_frame01_slice_1\n"
-    )
-    with pytest.raises(
-        DataIntegrityError, match=r"labeled_1_cases\.list: 1 slice\(s\) not in train_slices\.list"
-    ):
+    (tiny_acdc / "labeled_1_cases.list").write_text("patient009_frame01_slice_1\npatient999_frame01_slice_1\n")
+    with pytest.raises(DataIntegrityError, match=r"labeled_1_cases\.list: 1 slice\(s\) not in train_slices\.list"):
         load_acdc_splits(tiny_acdc, labeled="labeled_1_cases")

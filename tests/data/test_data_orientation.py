@@ -130,7 +130,7 @@ def test_tiny_acdc_hdf5_and_its_challenge_nifti_give_identical_network_inputs(ti
         np.testing.assert_array_equal(a.images.numpy()[ia], b.images.numpy()[ib])
         if a.labels is not None:
             np.testing.assert_array_equal(a.labels.numpy()[ia], b.labels.numpy()[ib])
-    for a, b in zip(h5.validation, nii.validation):
+    for a, b in zip(h5.validation, nii.validation, strict=True):
         np.testing.assert_array_equal(a["image"].numpy(), b["image"].numpy())
         np.testing.assert_array_equal(a["label"].numpy(), b["label"].numpy())
     # and the HDF5 reader's volumes are the stored arrays with the slice axis last

@@ -81,9 +81,7 @@ def test_anisotropic_affines(small_demo):
     assert zooms[1] == (1.5, 1.5, 8.0)
     assert zooms[2] == (1.25, 1.25, 10.0)
     label_affine = nib.load(small_demo / "labelsTr" / "phantom_001.nii.gz").affine
-    np.testing.assert_array_equal(
-        label_affine, nib.load(small_demo / "imagesTr" / "phantom_001.nii.gz").affine
-    )
+    np.testing.assert_array_equal(label_affine, nib.load(small_demo / "imagesTr" / "phantom_001.nii.gz").affine)
 
 
 def test_deterministic(tmp_path):
@@ -92,9 +90,7 @@ def test_deterministic(tmp_path):
     c = make_demo_dataset(tmp_path / "c", 1, 1, 1, shape=(32, 32, 2), seed=6)
     for rel in ("imagesTr/phantom_000.nii.gz", "labelsTr/phantom_000.nii.gz", "imagesUnl/phantom_001.nii.gz"):
         np.testing.assert_array_equal(_load(a / rel), _load(b / rel))
-    assert not np.array_equal(
-        _load(a / "imagesTr/phantom_000.nii.gz"), _load(c / "imagesTr/phantom_000.nii.gz")
-    )
+    assert not np.array_equal(_load(a / "imagesTr/phantom_000.nii.gz"), _load(c / "imagesTr/phantom_000.nii.gz"))
 
 
 def test_idempotent_and_regenerated_on_new_parameters(tmp_path):

@@ -22,7 +22,7 @@ SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "prepare_acdc.py"
 def _by_volume_slice(names, arrays, one_based):
     """Map (volume, 1-based slice number) -> array; the NIfTI reader numbers slices from 0."""
     out = {}
-    for name, array in zip(names, arrays):
+    for name, array in zip(names, arrays, strict=True):
         volume, z = name.rsplit("_slice_", 1)
         out[(volume, int(z) + (0 if one_based else 1))] = array
     return out
@@ -44,7 +44,7 @@ def assert_identical(h5, nii):
             for key in la:
                 np.testing.assert_array_equal(la[key], lb[key], err_msg=str(key))
     assert [v.name for v in h5.validation] == [v.name for v in nii.validation]
-    for x, y in zip(h5.validation, nii.validation):
+    for x, y in zip(h5.validation, nii.validation, strict=True):
         np.testing.assert_array_equal(x.image, y.image)
         np.testing.assert_array_equal(x.label, y.label)
 

@@ -77,7 +77,9 @@ def test_acdc_arrays_and_validation_layout(tiny_acdc):
 def test_acdc_normalisation_is_per_volume(tiny_acdc):
     raw = load_acdc_splits(tiny_acdc, labeled=2, normalization="zscore")
     volume = [
-        im for n, im in zip(raw.unlabeled_names, raw.unlabeled_images) if n.startswith("patient001_frame01")
+        im
+        for n, im in zip(raw.unlabeled_names, raw.unlabeled_images, strict=True)
+        if n.startswith("patient001_frame01")
     ]
     stacked = np.stack(volume)
     assert len(volume) == 3
@@ -172,9 +174,7 @@ def test_nifti_two_frames_of_one_patient_stay_together(nifti_factory, tmp_path):
     # rename case01 -> case00_frame02: two volumes of one patient
     for sub in ("images_training", "labels_training"):
         (root / sub / "case01_frame01.nii.gz").rename(root / sub / "case00_frame02.nii.gz")
-    data["training"][1] = {
-        k: v.replace("case01_frame01", "case00_frame02") for k, v in data["training"][1].items()
-    }
+    data["training"][1] = {k: v.replace("case01_frame01", "case00_frame02") for k, v in data["training"][1].items()}
     (root / "dataset.json").write_text(json.dumps(data))
     raw = load_nifti_splits(root, labeled=1)
     assert len(raw.labeled_images) == 10  # both frames of case00
@@ -186,9 +186,7 @@ def test_nifti_normalisation_per_volume(nifti_dataset, canonical, mode):
     raw = load_nifti_splits(nifti_dataset, labeled="all", normalization=mode)
     import nibabel as nib
 
-    original = canonical(
-        np.asarray(nib.load(nifti_dataset / "images_training" / "case01_frame01.nii.gz").dataobj)
-    )
+    original = canonical(np.asarray(nib.load(nifti_dataset / "images_training" / "case01_frame01.nii.gz").dataobj))
     volume = np.stack(raw.labeled_images[5:10], axis=-1)
     if mode == "minmax":
         assert volume.min() == 0.0 and volume.max() == pytest.approx(1.0)
@@ -218,9 +216,7 @@ def test_to_slices_last_of_2d_image():
     assert to_slices_last(np.zeros((5, 6)), -1).shape == (5, 6, 1)
 
 
-@pytest.mark.parametrize(
-    "axis, expected", [(-1, (1.25, 1.5, 8.0)), (0, (1.5, 8.0, 1.25)), (1, (1.25, 8.0, 1.5))]
-)
+@pytest.mark.parametrize("axis, expected", [(-1, (1.25, 1.5, 8.0)), (0, (1.5, 8.0, 1.25)), (1, (1.25, 8.0, 1.5))])
 def test_nifti_validation_spacing_follows_the_slice_axis(nifti_factory, tmp_path, axis, expected):
     """Validation items carry the label file's voxel size along the reoriented axes (x 1.5, y 1.25, z 8
     in the file; "PLS" puts y first), slice axis last, so HD95 / ASD come in mm too."""

@@ -33,8 +33,18 @@ def tiny_loaders(batch: int = 2, n_labeled: int = 4, n_unlabeled: int = 6, seed:
 
 
 LOSS_KEYS = (
-    "supervised_loss", "pseudo_label_loss", "sup_weight", "unsup_weight", "strong_weight", "fp_weight",
-    "recon_weight", "align_weight", "align_temperature", "vq_weight", "rampup_iterations", "rampup_shape",
+    "supervised_loss",
+    "pseudo_label_loss",
+    "sup_weight",
+    "unsup_weight",
+    "strong_weight",
+    "fp_weight",
+    "recon_weight",
+    "align_weight",
+    "align_temperature",
+    "vq_weight",
+    "rampup_iterations",
+    "rampup_shape",
 )
 
 

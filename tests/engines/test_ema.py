@@ -27,7 +27,7 @@ def test_make_teacher_is_frozen_copy():
     teacher = make_teacher(student)
     assert teacher is not student and not teacher.training
     assert all(not p.requires_grad for p in teacher.parameters())
-    for a, b in zip(teacher.parameters(), student.parameters()):
+    for a, b in zip(teacher.parameters(), student.parameters(), strict=True):
         assert torch.equal(a, b) and a.data_ptr() != b.data_ptr()
 
 
@@ -44,7 +44,7 @@ def test_update_rule_and_buffers(buffers):
     ema = EMATeacher(teacher, student, decay=0.9, warmup="none", buffers=buffers)
     decay = ema.update(iteration=100)
     assert decay == pytest.approx(0.9)
-    for t_old, t_new, s in zip(t0, teacher.parameters(), student.parameters()):
+    for t_old, t_new, s in zip(t0, teacher.parameters(), student.parameters(), strict=True):
         assert torch.allclose(t_new, 0.9 * t_old + 0.1 * s)
     rm_t, rm_s = teacher[1].running_mean, student[1].running_mean
     if buffers == "copy":

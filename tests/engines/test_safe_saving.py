@@ -109,7 +109,7 @@ def test_checkpoint_files_load_with_monai_and_keep_layout(tmp_path):
     CheckpointLoader(str(tmp_path / "checkpoint_final.pt"), {"network": net2, "trainer": engine2}).attach(engine2)
     engine2.run([0] * 10, max_epochs=5)
     assert engine2.state.iteration == 50  # resumed at iteration 30 of the schedule
-    for a, b in zip(net.state_dict().values(), net2.state_dict().values()):
+    for a, b in zip(net.state_dict().values(), net2.state_dict().values(), strict=True):
         assert torch.equal(a, b)
 
 
@@ -138,8 +138,7 @@ def test_write_error_names_file_and_cause_and_keeps_old_file(tmp_path):
     target = tmp_path / "checkpoint_final.pt"
     atomic_torch_save({"trainer": {"epoch": 1}}, target)
     before = target.read_bytes()
-    script = textwrap.dedent(
-        f"""
+    script = textwrap.dedent(f"""
         import resource, signal, sys, torch
         sys.path.insert(0, {str(ROOT)!r})
         from vqseg_bundle.engines import TrainerCheckpointSaver
@@ -151,8 +150,7 @@ def test_write_error_names_file_and_cause_and_keeps_old_file(tmp_path):
         engine = Engine(lambda e, b: None)
         saver.attach(engine)
         saver.completed(engine)
-        """
-    )
+        """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
@@ -250,8 +248,11 @@ def test_skipped_step_restores_batchnorm_buffers():
     forward_nan = []
     trainer.add_event_handler(
         IterationEvents.FORWARD_COMPLETED,
-        lambda e: forward_nan.append(any(not torch.isfinite(b).all() for b in net.buffers() if b.is_floating_point()))
-        if e.state.iteration == 2 else None,
+        lambda e: (
+            forward_nan.append(any(not torch.isfinite(b).all() for b in net.buffers() if b.is_floating_point()))
+            if e.state.iteration == 2
+            else None
+        ),
     )
     trainer.add_event_handler(
         IterationEvents.MODEL_COMPLETED,
@@ -270,7 +271,9 @@ def test_terminate_on_nan_fails_the_run():
     engine = Engine(lambda e, b: [{"loss": torch.tensor(next(losses))}])
     completed = []
     TerminateOnNonFinite().attach(engine)
-    engine.add_event_handler(Events.COMPLETED, lambda e: completed.append(e.state.iteration))  # e.g. the final checkpoint
+    engine.add_event_handler(
+        Events.COMPLETED, lambda e: completed.append(e.state.iteration)
+    )  # e.g. the final checkpoint
     with pytest.raises(NonFiniteLossError, match="iteration 2"):
         engine.run([0] * 4, max_epochs=1)
     assert completed == [2]  # the completion handlers (final checkpoint) ran first
@@ -282,8 +285,15 @@ def test_bundle_cli_terminate_on_nan_exits_non_zero(tmp_path):
     from bundle_helpers import TINY, TRAIN, cli_args, run_cli
 
     demo = tmp_path / "demo"
-    over = {**TINY, "epochs": 1, "bundle_root": str(tmp_path), "data_cache_dir": str(demo), "lr": 1e30,
-            "terminate_on_nan": True, "momentum": 0.0}
+    over = {
+        **TINY,
+        "epochs": 1,
+        "bundle_root": str(tmp_path),
+        "data_cache_dir": str(demo),
+        "lr": 1e30,
+        "terminate_on_nan": True,
+        "momentum": 0.0,
+    }
     proc = run_cli(["--config_file", TRAIN] + cli_args(over))
     assert proc.returncode != 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "NonFiniteLossError" in proc.stderr.strip().splitlines()[-1]

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from engine_helpers import SIZE, make_trainer, tiny_loaders, tiny_unet
 from monai.engines.utils import IterationEvents
 
 from vqseg_bundle.engines import (
@@ -17,8 +18,6 @@ from vqseg_bundle.engines import (
 )
 from vqseg_bundle.networks import QuantizedPerturbation
 from vqseg_bundle.networks.foundation import build_foundation_model
-
-from engine_helpers import SIZE, make_trainer, tiny_loaders, tiny_unet
 
 
 def test_output_has_every_term_and_events_fire_in_order():
@@ -42,8 +41,19 @@ def test_output_has_every_term_and_events_fire_in_order():
     ]
     assert len(order) == 8  # two iterations
     for key in (
-        "loss", "loss_sup", "loss_unsup", "loss_unsup_strong", "loss_rec", "loss_vq",
-        "mask_ratio", "grad_norm", "skipped_steps", "lr", "ema_decay", "codebook_usage", "codebook_perplexity",
+        "loss",
+        "loss_sup",
+        "loss_unsup",
+        "loss_unsup_strong",
+        "loss_rec",
+        "loss_vq",
+        "mask_ratio",
+        "grad_norm",
+        "skipped_steps",
+        "lr",
+        "ema_decay",
+        "codebook_usage",
+        "codebook_perplexity",
     ):
         assert key in out, key
     assert 0.0 <= float(out["mask_ratio"]) <= 1.0
@@ -146,7 +156,9 @@ def test_nan_loss_skips_step_and_keeps_training():
     snapshots = []
     trainer.add_event_handler(
         IterationEvents.MODEL_COMPLETED,
-        lambda e: snapshots.append({k: v.detach().clone() for k, v in net.state_dict().items() if v.is_floating_point()}),
+        lambda e: snapshots.append(
+            {k: v.detach().clone() for k, v in net.state_dict().items() if v.is_floating_point()}
+        ),
     )
     before_second = {}
     trainer.add_event_handler(
@@ -197,8 +209,12 @@ def test_invalid_arguments():
         SemiSupervisedTrainer("cpu", 1, lab, unl, net, t, opt, epoch_length=0)
     with pytest.raises(ValueError, match="forward_train"):
         SemiSupervisedTrainer("cpu", 1, lab, unl, torch.nn.Conv2d(1, 4, 1), t, opt, epoch_length=1)
-    for name, value in (("pseudo_labeler", "ema"), ("perturbed_stream", "labeled"), ("cutmix_partner", "other"),
-                        ("strong_bn_stats", "ema")):
+    for name, value in (
+        ("pseudo_labeler", "ema"),
+        ("perturbed_stream", "labeled"),
+        ("cutmix_partner", "other"),
+        ("strong_bn_stats", "ema"),
+    ):
         with pytest.raises(ValueError, match=name):
             SemiSupervisedTrainer("cpu", 1, lab, unl, net, t, opt, epoch_length=1, **{name: value})
     with pytest.raises(ValueError, match="SemiSupervisedLoss"):
@@ -248,8 +264,13 @@ def test_infinite_loader_cycles_and_reshuffles():
 
 def test_bf16_channels_last_clipping_and_masked_dice_switches():
     trainer, net, _, _ = make_trainer(
-        epoch_length=1, amp=True, amp_dtype="bfloat16", channels_last=True, grad_clip_norm=1.0,
-        unsup_dice_weight=0.5, cutmix=None,
+        epoch_length=1,
+        amp=True,
+        amp_dtype="bfloat16",
+        channels_last=True,
+        grad_clip_norm=1.0,
+        unsup_dice_weight=0.5,
+        cutmix=None,
     )
     trainer.run()
     out = trainer.state.output[0]

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from ignite.engine import Events
-
 from engine_helpers import make_trainer, tiny_unet
+from ignite.engine import Events
 
 
 def test_trainer_applies_rampup_to_pseudo_label_terms_only():
@@ -17,9 +16,7 @@ def test_trainer_applies_rampup_to_pseudo_label_terms_only():
     # 0-based iterations 0, 1, 2 of a 10-iteration linear ramp
     assert [s["unsup_rampup"] for s in seen] == pytest.approx([0.0, 0.1, 0.2])
     last = seen[-1]
-    expected = (
-        last["loss_sup"] + 0.2 * last["loss_unsup"] + last["loss_rec"] + last["loss_vq"]
-    )
+    expected = last["loss_sup"] + 0.2 * last["loss_unsup"] + last["loss_rec"] + last["loss_vq"]
     assert torch.allclose(last["loss"], expected, atol=1e-5)
 
 

@@ -5,15 +5,21 @@ from __future__ import annotations
 
 import pytest
 import torch
+from engine_helpers import make_trainer, tiny_unet
 
 from vqseg_bundle.losses import PseudoLabelLoss
 from vqseg_bundle.networks import VQSegUNet
 
-from engine_helpers import make_trainer, tiny_unet
-
 UNIMATCH = dict(
-    pseudo_labeler="student", perturbed_stream="weak", cutmix_partner="second_batch",
-    sup_weight=0.5, unsup_weight=0.5, strong_weight=0.5, fp_weight=0.5, recon_weight=0.0, vq_weight=0.0,
+    pseudo_labeler="student",
+    perturbed_stream="weak",
+    cutmix_partner="second_batch",
+    sup_weight=0.5,
+    unsup_weight=0.5,
+    strong_weight=0.5,
+    fp_weight=0.5,
+    recon_weight=0.0,
+    vq_weight=0.0,
     pseudo_label_loss=PseudoLabelLoss(ce_weight=0.0, dice_weight=1.0),
 )
 
@@ -105,14 +111,22 @@ def test_strong_view_forward_and_batchnorm_statistics(policy):
 
 
 def test_recipe_switches_that_cannot_work_are_refused():
-    with pytest.raises(ValueError, match="monai"):
-        from vqseg_bundle.transforms import BatchCutMix
+    from vqseg_bundle.transforms import BatchCutMix
 
-        make_trainer(net=_plain_unet(), cutmix=BatchCutMix(mode="monai"), pseudo_labeler="student",
-                     fp_weight=0.5, perturbed_stream="weak")
+    with pytest.raises(ValueError, match="monai"):
+        make_trainer(
+            net=_plain_unet(),
+            cutmix=BatchCutMix(mode="monai"),
+            pseudo_labeler="student",
+            fp_weight=0.5,
+            perturbed_stream="weak",
+        )
     with pytest.raises(ValueError, match="complementary"):
-        make_trainer(net=tiny_unet(vq_levels=[], reconstruction=False, perturbation="complementary_dropout"),
-                     perturbed_stream="weak", fp_weight=0.5)
+        make_trainer(
+            net=tiny_unet(vq_levels=[], reconstruction=False, perturbation="complementary_dropout"),
+            perturbed_stream="weak",
+            fp_weight=0.5,
+        )
 
 
 def test_qpm_on_the_weak_stream_leaves_the_strong_views_unperturbed():

@@ -89,8 +89,9 @@ def test_cutmix_with_a_partner_batch_and_deferred_targets():
     ids = torch.arange(b).view(b, 1, 1, 1).float().expand(b, 1, h, w).clone()
     partner = ids + 100
     cm = BatchCutMix(prob=1.0)
-    mixed, (lab,) = cm(ids, [ids[:, 0].long()], generator=torch.Generator().manual_seed(4),
-                       partner=(partner, [partner[:, 0].long()]))
+    mixed, (lab,) = cm(
+        ids, [ids[:, 0].long()], generator=torch.Generator().manual_seed(4), partner=(partner, [partner[:, 0].long()])
+    )
     inside = mixed[:, 0] >= 100
     assert inside.any(1).any(1).all()  # every sample got a box (prob 1) ...
     assert torch.equal(mixed[:, 0][inside], (ids[:, 0] + 100)[inside])  # ... filled from its own partner

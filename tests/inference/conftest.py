@@ -33,9 +33,7 @@ def scans(tmp_path_factory) -> dict[str, object]:
     mha_dir = root / "mha"
     mha_dir.mkdir()
     lab_m = phantom_label((19, 27, 3))  # MONAI's (x, y, z) array order
-    itk_img = itk.image_from_array(
-        np.ascontiguousarray(image_of(lab_m).transpose(2, 1, 0))
-    )  # ITK's (z, y, x)
+    itk_img = itk.image_from_array(np.ascontiguousarray(image_of(lab_m).transpose(2, 1, 0)))  # ITK's (z, y, x)
     direction = rotation(0.0, 0.0, 0.3)
     itk_img.SetSpacing([0.9, 1.3, 6.0])
     itk_img.SetOrigin([10.0, -5.0, 3.0])

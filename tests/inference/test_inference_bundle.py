@@ -106,9 +106,7 @@ def test_metaimage_input_through_itk(scans, tmp_path):
 
 def test_datalist_input(scans, tmp_path):
     (tmp_path / "list.json").write_text('{"test": ["%s"]}' % (scans["nifti_dir"] / "flat2d.nii.gz"))
-    run_inference(
-        tmp_path, tmp_path / "out", scans["oracle_ckpt"], datalist=str(tmp_path / "list.json"), image_size=16
-    )
+    run_inference(tmp_path, tmp_path / "out", scans["oracle_ckpt"], datalist=str(tmp_path / "list.json"), image_size=16)
     assert segmentations(tmp_path / "out") == ["flat2d_seg.nii.gz"]
 
 
@@ -125,15 +123,11 @@ def test_missing_weights_and_inputs_are_clear_errors(scans, tmp_path):
     torch.save(torch.nn.Conv2d(1, 3, 1).state_dict(), wrong)
     with pytest.raises(Exception) as err:
         run_inference(scans["nifti_dir"], tmp_path / "out", wrong)
-    assert "k3.pt" in repr(err.value.__cause__ or err.value) and "shape" in repr(
-        err.value.__cause__ or err.value
-    )
+    assert "k3.pt" in repr(err.value.__cause__ or err.value) and "shape" in repr(err.value.__cause__ or err.value)
 
 
 def test_check_properties_is_empty():
-    wf = ConfigWorkflow(
-        config_file=str(INFERENCE_CONFIG), workflow_type="infer", bundle_root=str(BUNDLE_ROOT)
-    )
+    wf = ConfigWorkflow(config_file=str(INFERENCE_CONFIG), workflow_type="infer", bundle_root=str(BUNDLE_ROOT))
     wf.initialize()
     assert wf.check_properties() == []
 
@@ -164,9 +158,7 @@ def test_command_line(scans, tmp_path):
     res = subprocess.run(cmd, cwd=BUNDLE_ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert segmentations(tmp_path / "out") == ["flat2d_seg.nii.gz", "oblique_seg.nii.gz"]
-    check_output(
-        tmp_path / "out" / "oblique_seg.nii.gz", scans["labels"]["oblique"], scans["affines"]["oblique"]
-    )
+    check_output(tmp_path / "out" / "oblique_seg.nii.gz", scans["labels"]["oblique"], scans["affines"]["oblique"])
 
 
 def test_real_network_config_unchanged(scans, tmp_path):
@@ -189,7 +181,5 @@ def test_real_network_config_unchanged(scans, tmp_path):
         num_workers=0,
     )
     for name in ("oblique", "flat2d"):
-        pred = check_output(
-            tmp_path / "out" / f"{name}_seg.nii.gz", scans["labels"][name], scans["affines"][name]
-        )
+        pred = check_output(tmp_path / "out" / f"{name}_seg.nii.gz", scans["labels"][name], scans["affines"][name])
         assert pred.max() < NUM_CLASSES

@@ -9,9 +9,7 @@ from vqseg_bundle.inferers import load_network_weights, read_state_dict
 
 
 def make_net(k: int = 4) -> torch.nn.Module:
-    return torch.nn.Sequential(
-        torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.Conv2d(8, k, 1)
-    )
+    return torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.Conv2d(8, k, 1))
 
 
 def test_flat_state_dict_round_trip(tmp_path):

@@ -11,18 +11,14 @@ import torch
 from inference_helpers import BUNDLE_ROOT, INFERENCE_CONFIG, ORACLE_DEF
 from monai.bundle import ConfigParser, ckpt_export, verify_net_in_out
 
-pytestmark = pytest.mark.filterwarnings(
-    "ignore::DeprecationWarning", "ignore::UserWarning", "ignore::FutureWarning"
-)
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning", "ignore::FutureWarning")
 
 META = BUNDLE_ROOT / "configs" / "metadata.json"
 SMALL = {"codebook_size": 16, "image_size": 32}  # a small codebook and slice size keep the test fast
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location(
-        "export_onnx_script", BUNDLE_ROOT / "scripts" / "export_onnx.py"
-    )
+    spec = importlib.util.spec_from_file_location("export_onnx_script", BUNDLE_ROOT / "scripts" / "export_onnx.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -43,9 +39,7 @@ def vq_weights(tmp_path_factory):
 def test_onnx_script_round_trip_vqseg_unet(vq_weights, tmp_path, capsys):
     onnxruntime = pytest.importorskip("onnxruntime")
     net, ckpt = vq_weights
-    load_script().main(
-        config_file=str(INFERENCE_CONFIG), ckpt_file=str(ckpt), output=str(tmp_path / "m.onnx"), **SMALL
-    )
+    load_script().main(config_file=str(INFERENCE_CONFIG), ckpt_file=str(ckpt), output=str(tmp_path / "m.onnx"), **SMALL)
     said = capsys.readouterr().out.strip().splitlines()[-1]
     assert said.startswith("Exported the network of") and "ONNX Runtime matches PyTorch" in said and said.endswith(".")
     # independent check with a batch size the export did not see
@@ -123,6 +117,4 @@ def test_torchscript_ckpt_export_scripted_stand_in(tmp_path):
     reason="configs/metadata.json without network_data_format",
 )
 def test_verify_net_in_out():
-    verify_net_in_out(
-        net_id="network_def", meta_file=str(META), config_file=str(INFERENCE_CONFIG), codebook_size=16
-    )
+    verify_net_in_out(net_id="network_def", meta_file=str(META), config_file=str(INFERENCE_CONFIG), codebook_size=16)

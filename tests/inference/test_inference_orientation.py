@@ -116,9 +116,7 @@ def test_same_scan_in_any_array_order_or_reader_gives_one_world_space_segmentati
     unoriented = {}
     for name in ("xyz", "yxz"):
         unoriented[name] = np.asarray(
-            nib.load(
-                _segment(tmp_path / name, tmp_path / f"raw_{name}", asymmetric_ckpt, orientation="none")
-            ).dataobj
+            nib.load(_segment(tmp_path / name, tmp_path / f"raw_{name}", asymmetric_ckpt, orientation="none")).dataobj
         )
     assert (unoriented["yxz"].transpose(1, 0, 2) != unoriented["xyz"]).mean() > 0.01
 

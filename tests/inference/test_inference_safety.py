@@ -125,7 +125,9 @@ def test_same_base_name_from_two_folders_gives_two_outputs(scans, tmp_path):
 def test_output_names_are_unique():
     assert output_names(["/d/a.nii.gz", "/e/b.nii"]) == ["a_seg.nii.gz", "b_seg.nii.gz"]
     assert output_names(["/d/s1/x.nii.gz", "/d/s2/x.nii.gz", "/d/s1_x.nii.gz"]) == [
-        "s1_x_seg.nii.gz", "s2_x_seg.nii.gz", "s1_x_2_seg.nii.gz",
+        "s1_x_seg.nii.gz",
+        "s2_x_seg.nii.gz",
+        "s1_x_2_seg.nii.gz",
     ]
 
 
@@ -174,9 +176,26 @@ def test_cli_last_line_names_the_file(scans, tmp_path):
     bad = _scan(inp / "nan.nii.gz", nan=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("VQSEG_TRACEBACK", None)
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(INFERENCE_CONFIG),
-           "--dataset_dir", str(inp), "--output_dir", str(tmp_path / "out"), "--ckpt_path", str(scans["oracle_ckpt"]),
-           "--network_def", repr(ORACLE_DEF), "--image_size", "16", "--num_workers", "0"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        str(INFERENCE_CONFIG),
+        "--dataset_dir",
+        str(inp),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--ckpt_path",
+        str(scans["oracle_ckpt"]),
+        "--network_def",
+        repr(ORACLE_DEF),
+        "--image_size",
+        "16",
+        "--num_workers",
+        "0",
+    ]
     res = subprocess.run(cmd, cwd=BUNDLE_ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert res.returncode != 0
     last = res.stderr.strip().splitlines()[-1]
@@ -186,8 +205,19 @@ def test_cli_last_line_names_the_file(scans, tmp_path):
     # a configuration-time check of training: the bad dataset folder
     empty = tmp_path / "empty"
     empty.mkdir()
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "configs/train.yaml",
-           "--bundle_root", str(tmp_path / "bundle"), "--dataset_dir", str(empty)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "training",
+        "--config_file",
+        "configs/train.yaml",
+        "--bundle_root",
+        str(tmp_path / "bundle"),
+        "--dataset_dir",
+        str(empty),
+    ]
     res = subprocess.run(cmd, cwd=BUNDLE_ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert res.returncode != 0
     last = res.stderr.strip().splitlines()[-1]

@@ -49,9 +49,7 @@ def test_slices_are_not_mixed():
     for bi in range(b):
         for di in range(d):
             expected = wgt * (10.0 * bi + di) + bias
-            torch.testing.assert_close(
-                out[bi, :, :, :, di], expected.view(2, 1, 1).expand(2, h, w), atol=1e-5, rtol=0
-            )
+            torch.testing.assert_close(out[bi, :, :, :, di], expected.view(2, 1, 1).expand(2, h, w), atol=1e-5, rtol=0)
 
 
 def test_resize_protocol_matches_manual_interpolation():

@@ -19,20 +19,35 @@ from vqseg_bundle.inferers import read_model_record, resolve_model_settings, set
 TRAIN = BUNDLE_ROOT / "configs" / "train.yaml"
 EVALUATE = BUNDLE_ROOT / "configs" / "evaluate.yaml"
 #: a network other than the config defaults in every key that changes the weights
-NET = {"_target_": "vqseg_bundle.networks.VQSegUNet", "features": [4, 8, 16, 32], "codebook_size": 24,
-       "vq_levels": ["bottleneck"], "reconstruction": True, "recon_input": "quantized", "perturbation": "qpm"}
+NET = {
+    "_target_": "vqseg_bundle.networks.VQSegUNet",
+    "features": [4, 8, 16, 32],
+    "codebook_size": 24,
+    "vq_levels": ["bottleneck"],
+    "reconstruction": True,
+    "recon_input": "quantized",
+    "perturbation": "qpm",
+}
 
 
 def _model(folder: Path, image_size: int = 48) -> tuple[torch.nn.Module, Path]:
     """A model written by the training saver, with the settings train.yaml records."""
-    from monai.bundle import ConfigComponent
     from types import SimpleNamespace
 
+    from monai.bundle import ConfigComponent
+
     net = ConfigComponent(dict(NET)).instantiate().eval()
-    settings = {"image_size": image_size, "in_channels": 1, "num_classes": 4, "class_names": ["RV", "Myo", "LV"],
-                "network_def": network_arguments(NET)}
+    settings = {
+        "image_size": image_size,
+        "in_channels": 1,
+        "num_classes": 4,
+        "class_names": ["RV", "Myo", "LV"],
+        "network_def": network_arguments(NET),
+    }
     saver = BestModelSaver(folder, net, settings=settings)
-    saver(SimpleNamespace(state=SimpleNamespace(metrics={"val_mean_dice": 0.5}, epoch=1, key_metric_name="val_mean_dice")))
+    saver(
+        SimpleNamespace(state=SimpleNamespace(metrics={"val_mean_dice": 0.5}, epoch=1, key_metric_name="val_mean_dice"))
+    )
     return net, folder / "model.pt"
 
 
@@ -55,11 +70,15 @@ def test_inference_config_builds_the_recorded_network(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(built.eval()(x), net(x))
     # an override that agrees with the model is fine
-    assert _inference_parser(ckpt, codebook_size=24, image_size=48).get_parsed_content("model_settings")["image_size"] == 48
+    assert (
+        _inference_parser(ckpt, codebook_size=24, image_size=48).get_parsed_content("model_settings")["image_size"]
+        == 48
+    )
 
 
-@pytest.mark.parametrize("key,value,model", [("image_size", 256, 48), ("codebook_size", 16384, 24),
-                                             ("vq_levels", [], ["bottleneck"])])
+@pytest.mark.parametrize(
+    "key,value,model", [("image_size", 256, 48), ("codebook_size", 16384, 24), ("vq_levels", [], ["bottleneck"])]
+)
 def test_contradicting_override_names_key_values_and_file(tmp_path, key, value, model):
     _, ckpt = _model(tmp_path)
     with pytest.raises(Exception) as err:
@@ -76,7 +95,11 @@ def test_contradicting_override_names_key_values_and_file(tmp_path, key, value, 
 def test_model_without_settings_uses_config_values(tmp_path):
     parser = _inference_parser(tmp_path / "old_model.pt", codebook_size=16, image_size=32)
     net = parser.get_parsed_content("network_def")
-    assert net.state_dict()["seg_decoder.head.weight"].shape[0] == 4 if "seg_decoder.head.weight" in net.state_dict() else True
+    assert (
+        net.state_dict()["seg_decoder.head.weight"].shape[0] == 4
+        if "seg_decoder.head.weight" in net.state_dict()
+        else True
+    )
     assert parser.get_parsed_content("model_settings")["settings_file"] is None
     assert parser.get_parsed_content("inferer").roi_size == (32, 32)
 
@@ -135,8 +158,12 @@ def test_round_trip_train_tiny_then_inference_and_evaluate(tmp_path):
     assert parser.get_parsed_content("inferer").roi_size == (64, 64)
     # evaluate.yaml on train.yaml, no override: the recorded network and slice size
     ev = ConfigWorkflow(
-        config_file=[str(TRAIN), str(EVALUATE)], workflow_type="eval",
-        bundle_root=str(tmp_path), data_cache_dir=str(tmp_path / "demo"), num_threads=1, num_workers=0,
+        config_file=[str(TRAIN), str(EVALUATE)],
+        workflow_type="eval",
+        bundle_root=str(tmp_path),
+        data_cache_dir=str(tmp_path / "demo"),
+        num_threads=1,
+        num_workers=0,
     )
     ev.initialize()
     ev.run()
@@ -145,8 +172,13 @@ def test_round_trip_train_tiny_then_inference_and_evaluate(tmp_path):
     assert evaluator.state.metrics["val_mean_dice"] == pytest.approx(record["metric"]["value"], abs=1e-5)
     # an evaluate override that contradicts the model is an error naming it
     bad = ConfigWorkflow(
-        config_file=[str(TRAIN), str(EVALUATE)], workflow_type="eval",
-        bundle_root=str(tmp_path), data_cache_dir=str(tmp_path / "demo"), num_threads=1, num_workers=0, image_size=128,
+        config_file=[str(TRAIN), str(EVALUATE)],
+        workflow_type="eval",
+        bundle_root=str(tmp_path),
+        data_cache_dir=str(tmp_path / "demo"),
+        num_threads=1,
+        num_workers=0,
+        image_size=128,
     )
     bad.initialize()
     with pytest.raises(Exception) as err:

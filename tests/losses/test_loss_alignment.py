@@ -46,9 +46,7 @@ def test_negatives_come_from_the_same_image_only_and_teacher_gets_no_gradient():
     assert not torch.allclose(changed[1], base[1])
     base.mean().backward()
     assert teacher.grad is None and s.grad is not None
-    assert patch_infonce_loss(s, teacher, reduction="sum").item() == pytest.approx(
-        base.sum().item(), rel=1e-5
-    )
+    assert patch_infonce_loss(s, teacher, reduction="sum").item() == pytest.approx(base.sum().item(), rel=1e-5)
 
 
 def test_valid_mask_restricts_anchors_and_negatives():

@@ -65,9 +65,7 @@ def test_pseudo_labels_from_logits():
 
 def test_module_form_and_validation():
     loss = ConfidenceMaskedCrossEntropy(threshold=0.7)
-    assert loss(LOGITS, LABELS, torch.tensor([[[0.6, 0.8, 0.9]]])).loss.item() == pytest.approx(
-        CE[1:].mean().item()
-    )
+    assert loss(LOGITS, LABELS, torch.tensor([[[0.6, 0.8, 0.9]]])).loss.item() == pytest.approx(CE[1:].mean().item())
     with pytest.raises(ValueError, match="shape"):
         confidence_masked_cross_entropy(LOGITS, LABELS[..., :2], torch.ones(1, 1, 3))
     with pytest.raises(ValueError, match="threshold"):

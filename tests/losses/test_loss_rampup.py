@@ -15,7 +15,7 @@ def test_sigmoid_rampup_values():
     assert rampup_factor(100, 100) == 1.0
     assert rampup_factor(10_000, 100) == 1.0
     values = [rampup_factor(i, 100) for i in range(101)]
-    assert all(a < b for a, b in zip(values, values[1:]))
+    assert all(a < b for a, b in zip(values, values[1:], strict=False))
 
 
 def test_linear_rampup_and_no_rampup():

@@ -54,7 +54,9 @@ def test_batch_dice_does_not_punish_a_class_missing_from_one_slice():
     logits[:, 0] = 4.0
     logits[:, 0, 2:6, 2:6] = 0.0
     logits[:, 1, 2:6, 2:6] = 4.0  # predicted in both slices
-    per_sample = SupervisedSegLoss(lambda_ce=0.0, lambda_dice=1.0, include_background=False, batch=False)(logits, labels)
+    per_sample = SupervisedSegLoss(lambda_ce=0.0, lambda_dice=1.0, include_background=False, batch=False)(
+        logits, labels
+    )
     batch = SupervisedSegLoss(lambda_ce=0.0, lambda_dice=1.0, include_background=False, batch=True)(logits, labels)
     assert float(per_sample) > float(batch) + 0.1
 
@@ -82,13 +84,24 @@ def test_composition_weights_streams_and_rampup():
     sup_logits, labels = torch.randn(2, 4, 8, 8, generator=g), torch.randint(0, 4, (2, 8, 8), generator=g)
 
     def target():
-        return torch.randn(2, 4, 8, 8, generator=g), torch.randint(0, 4, (2, 8, 8), generator=g), torch.rand(2, 8, 8, generator=g)
+        return (
+            torch.randn(2, 4, 8, 8, generator=g),
+            torch.randint(0, 4, (2, 8, 8), generator=g),
+            torch.rand(2, 8, 8, generator=g),
+        )
 
     s1, s2, fp = target(), target(), target()
     pl_loss = PseudoLabelLoss(ce_weight=0.0, dice_weight=1.0, threshold=0.3)
     loss = SemiSupervisedLoss(
-        SupervisedSegLoss(), pl_loss, sup_weight=0.5, unsup_weight=0.5, strong_weight=0.5, fp_weight=0.5,
-        rampup_iterations=10, rampup_shape="linear", align_weight=0.0,
+        SupervisedSegLoss(),
+        pl_loss,
+        sup_weight=0.5,
+        unsup_weight=0.5,
+        strong_weight=0.5,
+        fp_weight=0.5,
+        rampup_iterations=10,
+        rampup_shape="linear",
+        align_weight=0.0,
     )
     assert loss.pseudo_label_streams == ("strong", "fp")
     out = loss(5, sup_logits, labels, strong=[s1, s2], fp=fp)
@@ -104,7 +117,12 @@ def test_composition_weights_streams_and_rampup():
     only = SemiSupervisedLoss(unsup_weight=0.0, align_weight=0.0)
     assert only.pseudo_label_streams == ()
     assert torch.allclose(only(0, sup_logits, labels, strong=[s1])["loss"], SupervisedSegLoss()(sup_logits, labels))
-    for bad in (dict(fp_weight=-1.0), dict(align_temperature=0.0), dict(rampup_iterations=-1), dict(rampup_shape="step")):
+    for bad in (
+        dict(fp_weight=-1.0),
+        dict(align_temperature=0.0),
+        dict(rampup_iterations=-1),
+        dict(rampup_shape="step"),
+    ):
         with pytest.raises(ValueError, match=next(iter(bad))):
             SemiSupervisedLoss(**bad)
 
@@ -113,8 +131,13 @@ def test_composition_reconstruction_alignment_and_vq_terms():
     x = torch.rand(2, 1, 8, 8)
     rec = x + 0.1
     loss = SemiSupervisedLoss(unsup_weight=0.0, recon_weight=2.0, align_weight=0.0, vq_weight=3.0)
-    out = loss(0, torch.randn(2, 4, 8, 8), torch.zeros(2, 8, 8, dtype=torch.long),
-               reconstructions=[(rec, x), (rec, x)], vq_losses=[torch.tensor(1.0), torch.tensor(3.0)])
+    out = loss(
+        0,
+        torch.randn(2, 4, 8, 8),
+        torch.zeros(2, 8, 8, dtype=torch.long),
+        reconstructions=[(rec, x), (rec, x)],
+        vq_losses=[torch.tensor(1.0), torch.tensor(3.0)],
+    )
     assert torch.allclose(out["loss_rec"], torch.tensor(0.2), atol=1e-6)
     assert torch.allclose(out["loss_vq"], torch.tensor(2.0))
     assert torch.allclose(out["loss"], out["loss_sup"] + 2.0 * 0.2 + 3.0 * 2.0, atol=1e-5)

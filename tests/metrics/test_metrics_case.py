@@ -60,9 +60,7 @@ def test_hd95_percentile_and_asd_on_thin_structures():
     r = by_class(compute_case_metrics(pr, gt, 2))[1]
     d_pred_to_gt = [0.0] * 20 + [10.0, 10.0]
     d_gt_to_pred = [0.0] * 20
-    expected_hd95 = max(
-        np.percentile(d_pred_to_gt, 95), np.percentile(d_gt_to_pred, 95)
-    )  # MONAI's definition
+    expected_hd95 = max(np.percentile(d_pred_to_gt, 95), np.percentile(d_gt_to_pred, 95))  # MONAI's definition
     assert expected_hd95 == pytest.approx(9.5)
     assert r.hd95_vox == pytest.approx(expected_hd95, abs=1e-4)
     assert r.asd_vox == pytest.approx(sum(d_pred_to_gt + d_gt_to_pred) / (22 + 20), rel=1e-5)
@@ -88,9 +86,7 @@ def test_empty_mask_policy_penalty(penalty):
     gt = torch.zeros(1, 6, 8, 3, dtype=torch.long)
     gt[0, 1:3, 1:3, 1] = 1
     pr = torch.zeros_like(gt)
-    recs = by_class(
-        compute_case_metrics(pr, gt, 2, spacing=(1.5, 1.5, 8.0), empty_distance="penalty", penalty=penalty)
-    )
+    recs = by_class(compute_case_metrics(pr, gt, 2, spacing=(1.5, 1.5, 8.0), empty_distance="penalty", penalty=penalty))
     r = recs[1]
     assert r.status == "pred_empty" and r.dice == 0.0
     if penalty == "diagonal":
@@ -125,7 +121,7 @@ def test_one_hot_and_scores_equal_label_maps():
     scores = onehot(pr) * 5.0 + 0.1  # logits-like scores: argmax is taken
     got = compute_case_metrics(scores, onehot(gt), 3, include_background=True)
     assert [r.class_index for r in got] == [0, 1, 2]
-    for a, b in zip(ref, got):
+    for a, b in zip(ref, got, strict=True):
         assert a.as_dict() == pytest.approx(b.as_dict(), nan_ok=True)
 
 

@@ -120,9 +120,7 @@ def nifti_cases(tmp_path):
     lab = phantom((33, 27, 4))
     items = []
     for name, truth in (("exact", lab), ("shifted", np.roll(lab, 1, axis=0))):
-        nib.save(
-            nib.Nifti1Image(100 + 500 * lab.astype(np.float32) / 3, affine), tmp_path / f"{name}_img.nii.gz"
-        )
+        nib.save(nib.Nifti1Image(100 + 500 * lab.astype(np.float32) / 3, affine), tmp_path / f"{name}_img.nii.gz")
         nib.save(nib.Nifti1Image(truth, affine), tmp_path / f"{name}_lab.nii.gz")
         items.append(
             {
@@ -159,9 +157,7 @@ def test_evaluate_on_minimal_contract_train_yaml(tmp_path, nifti_cases):
             # a shift along the 1.4 mm axis only: millimetres are 1.4 x voxels
             assert float(r["hd95_mm"]) == pytest.approx(1.4 * float(r["hd95_vox"]), rel=1e-4)
             assert float(r["asd_mm"]) == pytest.approx(1.4 * float(r["asd_vox"]), rel=1e-4)
-    summary = {
-        r["class_name"]: r for r in csv.DictReader(open(tmp_path / "out" / "eval" / "metrics_summary.csv"))
-    }
+    summary = {r["class_name"]: r for r in csv.DictReader(open(tmp_path / "out" / "eval" / "metrics_summary.csv"))}
     assert list(summary) == ["RV", "Myo", "LV", "mean"]
     # our overall Dice equals MONAI's MeanDice key metric on the same predictions
     metrics = wf.parser.get_parsed_content("validate#evaluator").state.metrics

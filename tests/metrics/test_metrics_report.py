@@ -42,15 +42,9 @@ def test_summary_by_hand():
     assert rows["c1"]["dice_mean"] == pytest.approx(0.75) and rows["c1"]["dice_std"] == pytest.approx(0.25)
     assert rows["c1"]["hd95_vox_mean"] == pytest.approx(3.0) and rows["c1"]["hd95_vox_n"] == 2
     # the missed structure is counted, and its NaN distance is excluded from the mean with n saying so
-    assert (
-        rows["c2"]["n_pred_empty"] == 1
-        and rows["c2"]["hd95_vox_n"] == 1
-        and rows["c2"]["hd95_vox_mean"] == 0.0
-    )
+    assert rows["c2"]["n_pred_empty"] == 1 and rows["c2"]["hd95_vox_n"] == 1 and rows["c2"]["hd95_vox_mean"] == 0.0
     # overall: per-case class means (a: 0.75, b: 0.5), then mean / std over cases
-    assert rows["mean"]["dice_mean"] == pytest.approx(0.625) and rows["mean"]["dice_std"] == pytest.approx(
-        0.125
-    )
+    assert rows["mean"]["dice_mean"] == pytest.approx(0.625) and rows["mean"]["dice_std"] == pytest.approx(0.125)
     assert rows["mean"]["hd95_vox_n"] == 1 and rows["mean"]["hd95_vox_mean"] == pytest.approx(1.0)
     assert rows["mean"]["n_pred_empty"] == 1 and rows["mean"]["n_cases"] == 2
     assert rows["mean"]["hd95_mm_n"] == 0 and math.isnan(rows["mean"]["hd95_mm_mean"])
@@ -92,9 +86,7 @@ def make_items():
 
 
 def test_handler_in_evaluator(tmp_path, capsys):
-    handler = CaseMetricsHandler(
-        num_classes=3, output_dir=tmp_path / "eval", class_names=["bg", "one", "two"]
-    )
+    handler = CaseMetricsHandler(num_classes=3, output_dir=tmp_path / "eval", class_names=["bg", "one", "two"])
     evaluator = SupervisedEvaluator(
         device=torch.device("cpu"),
         val_data_loader=DataLoader(Dataset(make_items()), batch_size=1),  # items differ in keys
@@ -114,11 +106,7 @@ def test_handler_in_evaluator(tmp_path, capsys):
         ("case1", "two"),
     ]
     r0 = {r["class_name"]: r for r in rows if r["case"] == "case0"}
-    assert (
-        float(r0["one"]["dice"]) == 1.0
-        and float(r0["one"]["hd95_mm"]) == 0.0
-        and r0["one"]["spacing"] == "1x2x5"
-    )
+    assert float(r0["one"]["dice"]) == 1.0 and float(r0["one"]["hd95_mm"]) == 0.0 and r0["one"]["spacing"] == "1x2x5"
     r1 = {r["class_name"]: r for r in rows if r["case"] == "case1"}
     assert float(r1["one"]["hd95_vox"]) == pytest.approx(1.0)  # shifted by one row
     assert r1["one"]["hd95_mm"] == "nan"  # no spacing known for case1

@@ -36,9 +36,7 @@ def test_complementary_masks_sum_to_two_and_kept_pairs_are_untouched():
         assert kept.sum().item() == int(0.3 * half)
         perturbed = ~kept
         assert set(first[perturbed].unique().tolist()) <= {0.0, 2.0}
-        torch.testing.assert_close(
-            first[perturbed] + second[perturbed], torch.full_like(first[perturbed], 2.0)
-        )
+        torch.testing.assert_close(first[perturbed] + second[perturbed], torch.full_like(first[perturbed], 2.0))
     # the same pairs are kept at every level
     kept1 = (y1[:half, :, 0, 0] == 1).all(1) & (y1[half:, :, 0, 0] == 1).all(1)
     kept2 = (y2[:half, :, 0, 0] == 2).all(1) & (y2[half:, :, 0, 0] == 2).all(1)

@@ -53,17 +53,13 @@ def test_kernel_never_returns_the_source_index(strategy):
 
 
 @pytest.mark.parametrize("strategy", ["sparse", "dense"])
-@pytest.mark.parametrize(
-    "distance,temperature", [("sqeuclidean", 0.7), ("cosine", 0.2), ("sqeuclidean", 5.0)]
-)
+@pytest.mark.parametrize("distance,temperature", [("sqeuclidean", 0.7), ("cosine", 0.2), ("sqeuclidean", 5.0)])
 def test_kernel_draws_follow_the_neighbour_distribution(strategy, distance, temperature):
     torch.manual_seed(3)
     k, draws, source = 6, 30000, 2
     codebook = torch.randn(k, 3)
     idx = torch.full((3, draws // 3), source)
-    q = QuantizedPerturbation(
-        "kernel", eps=1.0, temperature=temperature, distance=distance, strategy=strategy
-    )
+    q = QuantizedPerturbation("kernel", eps=1.0, temperature=temperature, distance=distance, strategy=strategy)
     out = q(idx, codebook, _gen(4))
     counts = np.bincount(out.flatten().numpy(), minlength=k)
     assert counts[source] == 0

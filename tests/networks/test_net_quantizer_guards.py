@@ -150,14 +150,19 @@ def test_invalid_guard_arguments(kwargs):
 def test_unet_builds_every_level_quantizer_from_the_options_and_qpm_runs_through_them():
     torch.manual_seed(0)
     net = VQSegUNet(
-        features=(4, 8, 16), vq_levels=[1, 2], codebook_size=16, perturbation="qpm", reconstruction=True,
-        recon_input="quantized", quantizer=dict(codebook_type="learnable", **GUARDS),
+        features=(4, 8, 16),
+        vq_levels=[1, 2],
+        codebook_size=16,
+        perturbation="qpm",
+        reconstruction=True,
+        recon_input="quantized",
+        quantizer=dict(codebook_type="learnable", **GUARDS),
     )
     assert all(q.codebook_dim == 8 and q.cosine for q in net.quantizers.values())
     x = torch.randn(2, 1, 16, 16)
     out = net.forward_train(x, perturb=True, generator=torch.Generator().manual_seed(0))
     assert out.seg_logits.shape == (2, 4, 16, 16) and out.reconstruction.shape == (2, 1, 16, 16)
-    assert any((a != b).any() for a, b in zip(out.indices, out.perturbed_indices))
+    assert any((a != b).any() for a, b in zip(out.indices, out.perturbed_indices, strict=True))
     (out.seg_logits.mean() + out.vq_loss + out.reconstruction.mean()).backward()
     stats = net.codebook_usage()
     assert {"level1/batch_distinct", "level2/dead", "batch_distinct", "usage"} <= set(stats)

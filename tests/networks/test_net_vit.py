@@ -1,15 +1,12 @@
 """VQSegViT: DINOv2 weight loading (Meta and timm formats), clear errors, shapes, gradients, export."""
 
-
 import pytest
 import torch
 
 from vqseg_bundle.networks import VQSegViT
 from vqseg_bundle.networks.vit import create_dinov2_backbone
 
-TINY = dict(
-    vit_kwargs=dict(depth=4, embed_dim=32, num_heads=2), dpt_features=8, dpt_level_channels=(4, 4, 8, 8)
-)
+TINY = dict(vit_kwargs=dict(depth=4, embed_dim=32, num_heads=2), dpt_features=8, dpt_level_channels=(4, 4, 8, 8))
 
 
 def _net(**kwargs):
@@ -97,9 +94,7 @@ def test_shapes_for_odd_sizes(shape):
 def test_every_trainable_parameter_gets_a_gradient():
     net = _net(pfa_channels=3).train()
     out = net.forward_train(torch.rand(2, 1, 42, 28), perturb=True, align_size=(3, 2))
-    (
-        out.seg_logits.square().mean() + out.reconstruction.abs().mean() + out.vq_loss + out.aligned.mean()
-    ).backward()
+    (out.seg_logits.square().mean() + out.reconstruction.abs().mean() + out.vq_loss + out.aligned.mean()).backward()
     missing = [n for n, p in net.named_parameters() if p.requires_grad and p.grad is None]
     assert not missing
 

@@ -46,9 +46,7 @@ def strong_stats(image: torch.Tensor) -> torch.Tensor:
     x = image[:, 0]
     lap = x[:, 1:-1, 1:-1] * 4 - x[:, :-2, 1:-1] - x[:, 2:, 1:-1] - x[:, 1:-1, :-2] - x[:, 1:-1, 2:]
     flat = x.reshape(x.shape[0], -1)
-    return torch.stack(
-        [flat.mean(1), flat.std(1), flat.amin(1), flat.amax(1), lap.pow(2).mean((1, 2)).sqrt()], 1
-    )
+    return torch.stack([flat.mean(1), flat.std(1), flat.amin(1), flat.amax(1), lap.pow(2).mean((1, 2)).sqrt()], 1)
 
 
 def assert_same_distribution(a: torch.Tensor, b: torch.Tensor, names: list[str], z: float = 4.5, atol: float = 1e-3):
@@ -60,7 +58,11 @@ def assert_same_distribution(a: torch.Tensor, b: torch.Tensor, names: list[str],
         ma, mb = a[:, j].mean(), b[:, j].mean()
         sa, sb = a[:, j].std(), b[:, j].std()
         se_mean = math.sqrt(float(sa**2 / n + sb**2 / m))
-        assert abs(float(ma - mb)) <= z * se_mean + atol, f"{name}: mean {float(ma):.5f} vs {float(mb):.5f} (se {se_mean:.5f})"
+        assert (
+            abs(float(ma - mb)) <= z * se_mean + atol
+        ), f"{name}: mean {float(ma):.5f} vs {float(mb):.5f} (se {se_mean:.5f})"
         # the standard error of a standard deviation is about s / sqrt(2 (n - 1))
         se_std = math.sqrt(float(sa**2 / (2 * (n - 1)) + sb**2 / (2 * (m - 1))))
-        assert abs(float(sa - sb)) <= z * se_std + atol, f"{name}: std {float(sa):.5f} vs {float(sb):.5f} (se {se_std:.5f})"
+        assert (
+            abs(float(sa - sb)) <= z * se_std + atol
+        ), f"{name}: std {float(sa):.5f} vs {float(sb):.5f} (se {se_std:.5f})"

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-
+from monai.networks.layers import GaussianFilter
+from monai.transforms import Compose, Rotate, Zoom
 from speed_helpers import SIZE, assert_same_distribution, marker_image, strong_stats, weak_stats
+
 from vqseg_bundle.transforms import labeled_transforms, strong_intensity_transforms, unlabeled_transforms
 from vqseg_bundle.transforms.batched import (
     BatchedLabeledAugment,
@@ -15,8 +17,6 @@ from vqseg_bundle.transforms.batched import (
     BatchedWeakAugment,
     gaussian_erf_kernels,
 )
-from monai.transforms import Compose, Rotate, Zoom
-from monai.networks.layers import GaussianFilter
 
 N = 300
 WEAK_NAMES = ["mass", "centroid_x", "centroid_y", "padded", "bright", "bg", "class1", "class2"]
@@ -28,13 +28,17 @@ def _monai_labeled(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     t = labeled_transforms()
     t.set_random_state(seed=seed)
     items = [t({"image": image.clone(), "label": label.clone()}) for _ in range(n)]
-    return torch.stack([torch.as_tensor(i["image"]) for i in items]), torch.stack([torch.as_tensor(i["label"]) for i in items])
+    return torch.stack([torch.as_tensor(i["image"]) for i in items]), torch.stack(
+        [torch.as_tensor(i["label"]) for i in items]
+    )
 
 
 def _batched_labeled(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     image, label = marker_image()
     g = torch.Generator().manual_seed(seed)
-    out = BatchedLabeledAugment()({"image": image.expand(n, -1, -1, -1).clone(), "label": label.expand(n, -1, -1, -1).clone()}, g)
+    out = BatchedLabeledAugment()(
+        {"image": image.expand(n, -1, -1, -1).clone(), "label": label.expand(n, -1, -1, -1).clone()}, g
+    )
     return out["image"], out["label"]
 
 
@@ -72,7 +76,9 @@ def test_weak_rotation_equals_monai_rotate(angle):
 def test_weak_moves_label_with_image():
     image, label = marker_image()
     g = torch.Generator().manual_seed(3)
-    x, y = BatchedWeakAugment(rotate_prob=1.0, zoom_prob=1.0)(image[None].repeat(16, 1, 1, 1), label[None].repeat(16, 1, 1, 1), g)
+    x, y = BatchedWeakAugment(rotate_prob=1.0, zoom_prob=1.0)(
+        image[None].repeat(16, 1, 1, 1), label[None].repeat(16, 1, 1, 1), g
+    )
     bright = x[:, 0] > 0.95
     # where the image is still clearly inside the bright square, the label says class 2
     assert bright.any() and (y[:, 0][bright] == 2).float().mean() > 0.97
@@ -91,7 +97,9 @@ def test_labeled_distribution_test_detects_a_different_distribution():
     xm, ym = _monai_labeled(N)
     image, label = marker_image()
     g = torch.Generator().manual_seed(0)
-    x, y = BatchedWeakAugment(flip_prob=0.0)(image.expand(N, -1, -1, -1).clone(), label.expand(N, -1, -1, -1).clone(), g)
+    x, y = BatchedWeakAugment(flip_prob=0.0)(
+        image.expand(N, -1, -1, -1).clone(), label.expand(N, -1, -1, -1).clone(), g
+    )
     with pytest.raises(AssertionError):
         assert_same_distribution(weak_stats(xm, ym), weak_stats(x, y), WEAK_NAMES, atol=0.01)
 
@@ -123,7 +131,10 @@ def test_unlabeled_views_match_monai_and_stay_aligned():
         assert out[key].shape == xm.shape and out[key].dtype == torch.float32
         assert_same_distribution(strong_stats(xm), strong_stats(out[key]), STRONG_NAMES, atol=1e-3)
     assert_same_distribution(
-        weak_stats(torch.stack([torch.as_tensor(i["image"]) for i in items])), weak_stats(out["image"]), WEAK_NAMES[:5], atol=0.01
+        weak_stats(torch.stack([torch.as_tensor(i["image"]) for i in items])),
+        weak_stats(out["image"]),
+        WEAK_NAMES[:5],
+        atol=0.01,
     )
     # strong views are pixel-aligned with the weak view (intensity-only) and independent of each other
     w, s1, s2 = out["image"], out["image_s1"], out["image_s2"]
@@ -161,14 +172,23 @@ def test_batched_augment_bad_input():
 
 # UniMatch V1 (medical)'s augmentation, the defaults of configs/train.yaml
 UNIMATCH_WEAK = dict(rot90_prob=0.5, rotate_prob=0.5, flip_prob=0.0, zoom_prob=0.0)
-UNIMATCH_STRONG = dict(jitter_prob=0.8, brightness=0.5, contrast=0.5, clip_range=(0.0, 1.0), contrast_prob=0.0,
-                       blur_sigma=(0.1, 2.0), noise_prob=0.0)
+UNIMATCH_STRONG = dict(
+    jitter_prob=0.8,
+    brightness=0.5,
+    contrast=0.5,
+    clip_range=(0.0, 1.0),
+    contrast_prob=0.0,
+    blur_sigma=(0.1, 2.0),
+    noise_prob=0.0,
+)
 
 
 def test_rot90_branch_is_an_exact_rotation_and_flip():
     image, label = marker_image()
     g = torch.Generator().manual_seed(3)
-    x, y = BatchedWeakAugment(rot90_prob=1.0)(image.expand(64, -1, -1, -1).clone(), label.expand(64, -1, -1, -1).clone(), g)
+    x, y = BatchedWeakAugment(rot90_prob=1.0)(
+        image.expand(64, -1, -1, -1).clone(), label.expand(64, -1, -1, -1).clone(), g
+    )
     candidates = [torch.flip(torch.rot90(image, k, dims=(-2, -1)), dims=(d,)) for k in range(4) for d in (-2, -1)]
     for i in range(64):
         assert any(torch.allclose(x[i], c, atol=1e-5) for c in candidates), i

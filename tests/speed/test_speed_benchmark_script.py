@@ -36,8 +36,18 @@ def test_bad_arguments_are_refused(argv, message, capsys):
 
 def test_table_has_one_row_per_result_and_marks_errors():
     rows = [
-        {"backbone": "unet", "batch": "12+12x2", "image_size": 256, "eps": 0.7, "variant": "fp32", "data": "batched",
-         "ms_per_it": 12.5, "peak_mib": 100.0, "shares": {p: 100 / 7 for p in bench.PARTS}, "val_ms": None},
+        {
+            "backbone": "unet",
+            "batch": "12+12x2",
+            "image_size": 256,
+            "eps": 0.7,
+            "variant": "fp32",
+            "data": "batched",
+            "ms_per_it": 12.5,
+            "peak_mib": 100.0,
+            "shares": {p: 100 / 7 for p in bench.PARTS},
+            "val_ms": None,
+        },
         {"backbone": "vit", "eps": 0.1, "variant": "compile", "data": "batched", "error": "boom"},
     ]
     table = bench.format_table(rows).splitlines()
@@ -46,9 +56,23 @@ def test_table_has_one_row_per_result_and_marks_errors():
 
 def test_tiny_run_drives_the_bundle_trainer(tmp_path):
     results = bench.main(
-        ["--backbone", "unet", "--eps", "0.7", "--warmup", "1", "--iterations", "2", "--inprocess",
-         "--threads", "1", "--set", TINY_UNET,
-         "--json", str(tmp_path / "r.json")]
+        [
+            "--backbone",
+            "unet",
+            "--eps",
+            "0.7",
+            "--warmup",
+            "1",
+            "--iterations",
+            "2",
+            "--inprocess",
+            "--threads",
+            "1",
+            "--set",
+            TINY_UNET,
+            "--json",
+            str(tmp_path / "r.json"),
+        ]
     )
     (r,) = results
     assert "error" not in r, r

@@ -63,7 +63,11 @@ def test_recipe_keys_reach_trainer_and_loss(files, tmp_path):
     assert loss.pseudo_label_loss.ce_weight == pytest.approx(parser["unsup_ce_weight"])
     assert loss.pseudo_label_loss.dice_weight == pytest.approx(parser["unsup_dice_weight"])
     if "recipe_paper.yaml" in files:  # the paper: EMA-teacher CE pseudo-labels, QPM on the strong views
-        assert (trainer.pseudo_labeler, trainer.perturbed_stream, trainer.cutmix_partner) == ("teacher", "strong", "batch")
+        assert (trainer.pseudo_labeler, trainer.perturbed_stream, trainer.cutmix_partner) == (
+            "teacher",
+            "strong",
+            "batch",
+        )
         assert loss.pseudo_label_streams == ("strong",)
         assert (loss.pseudo_label_loss.ce_weight, loss.pseudo_label_loss.dice_weight) == (1.0, 0.0)
         assert trainer.network.perturbation == "qpm"

@@ -6,8 +6,8 @@ import warnings
 
 import pytest
 import torch
-
 from speed_helpers import assert_same_distribution, marker_image, strong_stats, weak_stats
+
 from vqseg_bundle.data import InMemorySliceDataset
 from vqseg_bundle.data.device_loader import DeviceBatchLoader
 from vqseg_bundle.transforms.batched import BatchedLabeledAugment, BatchedUnlabeledAugment
@@ -35,7 +35,8 @@ def test_cuda_loader_batches_without_host_sync():
     ds = InMemorySliceDataset(image.expand(64, -1, -1, -1).clone(), label.expand(64, -1, -1, -1).to(torch.uint8))
     lab = DeviceBatchLoader(ds, 12, BatchedLabeledAugment(), device="cuda")
     unl = DeviceBatchLoader(InMemorySliceDataset(ds.images), 12, BatchedUnlabeledAugment(), device="cuda")
-    next(iter(lab)), next(iter(unl))  # warm up kernels / allocator
+    next(iter(lab))  # warm up kernels / allocator
+    next(iter(unl))
     torch.cuda.synchronize()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 from monai.data import DataLoader
-
 from speed_helpers import SIZE, assert_same_distribution, marker_image
+
 from vqseg_bundle.data import InMemorySliceDataset
 from vqseg_bundle.data.device_loader import DeviceBatchLoader
 from vqseg_bundle.engines import EMATeacher, InfiniteLoader, SemiSupervisedTrainer, make_teacher
@@ -63,7 +63,9 @@ def test_augmentation_is_applied_and_unlabeled_keys():
     b = next(iter(DeviceBatchLoader(ds, 6, BatchedLabeledAugment(flip_prob=1.0, rotate_prob=0.0, zoom_prob=0.0))))
     assert torch.allclose(b["image"], image.flip(-1, -2).expand(6, -1, -1, -1), atol=1e-4)
     assert torch.equal(b["label"], label.flip(-1, -2).expand(6, -1, -1, -1))
-    u = next(iter(DeviceBatchLoader(InMemorySliceDataset(image.expand(4, -1, -1, -1).clone()), 2, BatchedUnlabeledAugment())))
+    u = next(
+        iter(DeviceBatchLoader(InMemorySliceDataset(image.expand(4, -1, -1, -1).clone()), 2, BatchedUnlabeledAugment()))
+    )
     assert set(u) == {"image", "image_s1", "image_s2"} and all(v.shape == (2, 1, SIZE, SIZE) for v in u.values())
 
 
@@ -88,7 +90,9 @@ def _tiny_net() -> VQSegUNet:
 def _marker_datasets(n: int = 8):
     image, label = marker_image()
     images = image.expand(n, -1, -1, -1).clone() * torch.linspace(0.8, 1.0, n).view(n, 1, 1, 1)
-    return InMemorySliceDataset(images, label.expand(n, -1, -1, -1).to(torch.uint8)), InMemorySliceDataset(images.flip(-1))
+    return InMemorySliceDataset(images, label.expand(n, -1, -1, -1).to(torch.uint8)), InMemorySliceDataset(
+        images.flip(-1)
+    )
 
 
 def test_trainer_runs_on_device_loaders_like_on_dataloaders():
@@ -109,7 +113,14 @@ def test_trainer_runs_on_device_loaders_like_on_dataloaders():
             )
         opt = torch.optim.SGD(net.parameters(), lr=0.01)
         trainer = SemiSupervisedTrainer(
-            "cpu", 1, *loaders, net, teacher, opt, epoch_length=5, cutmix=BatchCutMix(),
+            "cpu",
+            1,
+            *loaders,
+            net,
+            teacher,
+            opt,
+            epoch_length=5,
+            cutmix=BatchCutMix(),
             loss=SemiSupervisedLoss(align_weight=0.0),
             train_handlers=[EMATeacher(teacher, net, decay=0.99)],
         )
@@ -134,7 +145,9 @@ def test_losses_match_the_monai_path_in_distribution():
     ref_l = [lab_t({"image": image.clone(), "label": label.clone()}) for _ in range(n)]
     ref_u = [unl_t({"image": image.clone()}) for _ in range(n)]
     g = torch.Generator().manual_seed(0)
-    fast_l = BatchedLabeledAugment()({"image": image.expand(n, -1, -1, -1).clone(), "label": label.expand(n, -1, -1, -1).clone()}, g)
+    fast_l = BatchedLabeledAugment()(
+        {"image": image.expand(n, -1, -1, -1).clone(), "label": label.expand(n, -1, -1, -1).clone()}, g
+    )
     fast_u = BatchedUnlabeledAugment()({"image": image.expand(n, -1, -1, -1).clone()}, g)
 
     def per_sample(x_l, y_l, x_w, x_s):
@@ -146,7 +159,9 @@ def test_losses_match_the_monai_path_in_distribution():
         return torch.stack([ce, cons], 1)
 
     stack = lambda items, k: torch.stack([torch.as_tensor(i[k]) for i in items])  # noqa: E731
-    ref = per_sample(stack(ref_l, "image"), stack(ref_l, "label").long(), stack(ref_u, "image"), stack(ref_u, "image_s1"))
+    ref = per_sample(
+        stack(ref_l, "image"), stack(ref_l, "label").long(), stack(ref_u, "image"), stack(ref_u, "image_s1")
+    )
     fast = per_sample(fast_l["image"], fast_l["label"], fast_u["image"], fast_u["image_s1"])
     assert_same_distribution(ref, fast, ["sup_ce", "consistency_ce"], atol=2e-3)
     # and the batch loss the trainer uses agrees on the mean

@@ -137,9 +137,7 @@ def select_acdc_labeled(
             )
         value = n_cases
     patients = set(first_patients(train_names, int(value), source))
-    return [
-        n for n in train_names if patient_id_from_name(n) in patients
-    ], f"first {value} patient(s) in list order"
+    return [n for n in train_names if patient_id_from_name(n) in patients], f"first {value} patient(s) in list order"
 
 
 def read_h5_arrays(path: str, keys: Sequence[str], report: IntegrityReport) -> dict[str, np.ndarray] | None:
@@ -254,7 +252,7 @@ def load_acdc_splits(
                 images[n] = normalize_intensity(images[n], normalization)
             continue
         stacked = normalize_intensity(np.stack([images[n] for n in members]), normalization)
-        for n, arr in zip(members, stacked):
+        for n, arr in zip(members, stacked, strict=True):
             images[n] = arr
 
     return RawSplits(

@@ -64,14 +64,10 @@ def choose_labeled_patients(
             return [p for p in patients if p in chosen]
         value = cases_in_name(name)
         if value is None:
-            raise ValueError(
-                f"labeled={name!r}: no list file {list_path} and not of the form 'labeled_<N>_cases'"
-            )
+            raise ValueError(f"labeled={name!r}: no list file {list_path} and not of the form 'labeled_<N>_cases'")
     count = int(value)
     if count > len(patients):
-        raise ValueError(
-            f"asked for {count} labeled patients but {dataset_dir} has {len(patients)} training patients"
-        )
+        raise ValueError(f"asked for {count} labeled patients but {dataset_dir} has {len(patients)} training patients")
     if seed is None:
         return patients[:count]
     picked = set(np.random.default_rng(seed).permutation(len(patients))[:count].tolist())
@@ -141,16 +137,13 @@ def convert_acdc_to_nifti(
         members = sorted(members, key=slice_index)
         is_labeled = patient_id_from_name(key) in labeled_set
         arrays = [
-            read_h5_arrays(slice_paths[n], ("image", "label") if is_labeled else ("image",), report)
-            for n in members
+            read_h5_arrays(slice_paths[n], ("image", "label") if is_labeled else ("image",), report) for n in members
         ]
         if any(a is None for a in arrays):
             continue
         shapes = {a["image"].shape for a in arrays}
         if len(shapes) != 1:
-            report.add(
-                slice_paths[members[0]], f"slices of volume {key} have different shapes {sorted(shapes)}"
-            )
+            report.add(slice_paths[members[0]], f"slices of volume {key} have different shapes {sorted(shapes)}")
             continue
         image = np.stack([a["image"] for a in arrays]).astype(np.float32)  # (Z, Y, X), as the HDF5 volumes
         if not check_image_array(image, slice_paths[members[0]], 3, report):

@@ -94,9 +94,7 @@ class InMemorySliceDataset(torch.utils.data.Dataset):
             raise ValueError(f"images must have shape (N, 1, H, W), got {tuple(images.shape)}")
         if labels is not None:
             if labels.shape != images.shape:
-                raise ValueError(
-                    f"labels shape {tuple(labels.shape)} must equal images shape {tuple(images.shape)}"
-                )
+                raise ValueError(f"labels shape {tuple(labels.shape)} must equal images shape {tuple(images.shape)}")
             if labels.is_floating_point():
                 raise ValueError(f"labels must be an integer tensor, got {labels.dtype}")
         if names is not None and len(names) != images.shape[0]:

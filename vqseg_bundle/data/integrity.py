@@ -237,9 +237,7 @@ def check_split_not_empty(name: str, items: Sized, source: str) -> None:
         )
 
 
-def check_patient_overlap(
-    splits: Mapping[str, Iterable[str]], pairs: Sequence[tuple[str, str]], source: str
-) -> None:
+def check_patient_overlap(splits: Mapping[str, Iterable[str]], pairs: Sequence[tuple[str, str]], source: str) -> None:
     """Raise :class:`DataIntegrityError` when a patient appears in two splits that must be disjoint.
 
     Args:
@@ -257,7 +255,7 @@ def check_patient_overlap(
             if pid in owners:
                 report.add(
                     item,
-                    f"patient '{pid}' is in both the {first} set (e.g. {owners[pid]}) and the {second} set; "
+                    f"patient {pid!r} is in both the {first} set (e.g. {owners[pid]}) and the {second} set; "
                     "splits must be disjoint by patient",
                 )
                 owners.pop(pid)  # one message per patient

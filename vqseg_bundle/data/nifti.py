@@ -69,9 +69,7 @@ def resolve_dataset_json(dataset: str | os.PathLike) -> str:
     if os.path.isdir(path):
         path = os.path.join(path, DATASET_JSON)
     if not os.path.isfile(path):
-        raise DataIntegrityError(
-            f"{path}: missing dataset description (expected a Decathlon-style {DATASET_JSON})"
-        )
+        raise DataIntegrityError(f"{path}: missing dataset description (expected a Decathlon-style {DATASET_JSON})")
     return path
 
 
@@ -81,17 +79,15 @@ def _entries(data: dict, key: str, json_path: str, need_label: bool) -> list[dic
     base = os.path.dirname(os.path.abspath(json_path))
     raw = data.get(key, [])
     if not isinstance(raw, list):
-        raise DataIntegrityError(f"{json_path}: '{key}' must be a list, got {type(raw).__name__}")
+        raise DataIntegrityError(f"{json_path}: {key!r} must be a list, got {type(raw).__name__}")
     out = []
     for i, entry in enumerate(raw):
         if isinstance(entry, str):
             entry = {"image": entry}
         if not isinstance(entry, dict) or not isinstance(entry.get("image"), str):
-            raise DataIntegrityError(
-                f"{json_path}: '{key}'[{i}] must be a path string or a dict with an 'image' path"
-            )
+            raise DataIntegrityError(f"{json_path}: {key!r}[{i}] must be a path string or a dict with an 'image' path")
         if need_label and not isinstance(entry.get("label"), str):
-            raise DataIntegrityError(f"{json_path}: '{key}'[{i}] ({entry['image']}) has no 'label' path")
+            raise DataIntegrityError(f"{json_path}: {key!r}[{i}] ({entry['image']}) has no 'label' path")
         item = {"image": os.path.normpath(os.path.join(base, entry["image"]))}
         if need_label:
             item["label"] = os.path.normpath(os.path.join(base, entry["label"]))
@@ -233,9 +229,7 @@ def read_volume(
     return Volume(oriented, array, codes, spacing)
 
 
-def spacing_slices_last(
-    spacing: tuple[float, ...] | None, slice_axis: int
-) -> tuple[float, float, float] | None:
+def spacing_slices_last(spacing: tuple[float, ...] | None, slice_axis: int) -> tuple[float, float, float] | None:
     """Voxel size (mm) in the order of :func:`to_slices_last` (a 2D image gets 1.0 through-plane)."""
     if spacing is None:
         return None
@@ -273,18 +267,12 @@ def to_slices_last(volume: np.ndarray, slice_axis: int) -> np.ndarray:
 
 
 def _check_slice_axis(slice_axis: int) -> int:
-    if (
-        isinstance(slice_axis, bool)
-        or not isinstance(slice_axis, (int, np.integer))
-        or not -3 <= slice_axis <= 2
-    ):
+    if isinstance(slice_axis, bool) or not isinstance(slice_axis, (int, np.integer)) or not -3 <= slice_axis <= 2:
         raise ValueError(f"slice_axis must be an int in -3..2 (an axis of a 3D volume), got {slice_axis!r}")
     return int(slice_axis)
 
 
-def _select_labeled(
-    training: list[dict[str, str]], labeled: str | int, json_path: str
-) -> tuple[set[str], str]:
+def _select_labeled(training: list[dict[str, str]], labeled: str | int, json_path: str) -> tuple[set[str], str]:
     names = [e["image"] for e in training]
     kind, value = parse_labeled(labeled)
     if kind == "all":
@@ -298,9 +286,7 @@ def _select_labeled(
             )
         value = n_cases
     patients = set(first_patients(names, int(value), f"{json_path} 'training'"))
-    return {
-        n for n in names if patient_id_from_name(n) in patients
-    }, f"first {value} patient(s) of 'training'"
+    return {n for n in names if patient_id_from_name(n) in patients}, f"first {value} patient(s) of 'training'"
 
 
 def load_nifti_splits(

@@ -65,9 +65,7 @@ def check_orientation(orientation: str | None) -> str | None:
     pairs = ("LR", "PA", "IS")
     axes = sorted(next((i for i, p in enumerate(pairs) if c in p), -1) for c in codes)
     if axes != [0, 1, 2]:
-        raise ValueError(
-            f"orientation must name each of L/R, P/A, I/S once (e.g. 'PLS', 'RAS'), got {orientation!r}"
-        )
+        raise ValueError(f"orientation must name each of L/R, P/A, I/S once (e.g. 'PLS', 'RAS'), got {orientation!r}")
     return codes
 
 

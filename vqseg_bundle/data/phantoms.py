@@ -80,9 +80,7 @@ def make_phantom_volume(
     heart_c = np.array([h * 0.52 + rng.uniform(-5, 5) * scale, w * 0.54 + rng.uniform(-4, 4) * scale])
     lv_r0 = rng.uniform(12.0, 16.0) * scale
     myo_t = rng.uniform(4.0, 6.0) * scale
-    rv_angle = rng.uniform(
-        -np.pi / 6, np.pi / 6
-    )  # direction of the RV from the LV centre (left of image +/- 30 deg)
+    rv_angle = rng.uniform(-np.pi / 6, np.pi / 6)  # direction of the RV from the LV centre (left of image +/- 30 deg)
     rv_stretch = rng.uniform(1.1, 1.4)
     gain = rng.uniform(700.0, 1300.0)
     sigma = rng.uniform(0.025, 0.045)
@@ -123,13 +121,9 @@ def make_phantom_volume(
 
         intensity = gaussian_filter(intensity, 0.7 * scale)  # partial-volume blur
         z = 2 * t - 1
-        field = np.exp(
-            bias[0] * xx + bias[1] * yy + bias[2] * xx * yy + bias[3] * (xx**2 - yy**2) + bias[4] * z * xx
-        )
+        field = np.exp(bias[0] * xx + bias[1] * yy + bias[2] * xx * yy + bias[3] * (xx**2 - yy**2) + bias[4] * z * xx)
         clean = intensity * field
-        noisy = np.sqrt(
-            (clean + rng.normal(0, sigma, (h, w))) ** 2 + rng.normal(0, sigma, (h, w)) ** 2
-        )  # Rician
+        noisy = np.sqrt((clean + rng.normal(0, sigma, (h, w))) ** 2 + rng.normal(0, sigma, (h, w)) ** 2)  # Rician
         image[..., k] = noisy
         label[..., k] = lab
     return np.clip(np.round(image * gain), 0, np.iinfo(np.int16).max).astype(np.int16), label
@@ -150,9 +144,7 @@ def _is_complete(out_dir: Path, params: dict) -> bool:
         return False
     if data.get("generator") != params:
         return False
-    files = [
-        e["image"] for e in data.get("training", []) + data.get("validation", []) + data.get("unlabeled", [])
-    ]
+    files = [e["image"] for e in data.get("training", []) + data.get("validation", []) + data.get("unlabeled", [])]
     files += [e["label"] for e in data.get("training", []) + data.get("validation", [])]
     return all((out_dir / f).is_file() for f in files)
 
@@ -246,9 +238,7 @@ def make_demo_dataset(
     }
     atomic_write_text(out / "dataset.json", json.dumps(data, indent=4))
     # phantoms of an earlier, larger demo dataset in the same folder are no longer listed: remove them
-    listed = {e["image"] for e in training + unlabeled + validation} | {
-        e["label"] for e in training + validation
-    }
+    listed = {e["image"] for e in training + unlabeled + validation} | {e["label"] for e in training + validation}
     for sub in _SUBFOLDERS:
         for stale in (out / sub).glob("phantom_*.nii.gz"):
             if f"{sub}/{stale.name}" not in listed:

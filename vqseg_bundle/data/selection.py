@@ -63,7 +63,5 @@ def first_patients(names: Sequence[str], count: int, source: str) -> list[str]:
     """
     patients = ordered_patients(names)
     if count > len(patients):
-        raise ValueError(
-            f"{source}: asked for {count} labeled patients but the training set has only {len(patients)}"
-        )
+        raise ValueError(f"{source}: asked for {count} labeled patients but the training set has only {len(patients)}")
     return patients[:count]

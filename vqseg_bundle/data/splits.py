@@ -86,7 +86,7 @@ class SemiSupervisedSplits:
                 f"validation: {len(self.validation)} volumes from {len(pats['validation'])} patient(s): "
                 f"{listed(pats['validation'])}",
                 f"training slices resized to {self.image_size[0]}x{self.image_size[1]}, "
-                f"per-volume normalization '{self.normalization}', "
+                f"per-volume normalization {self.normalization!r}, "
                 f"orientation {self.orientation or 'as stored'}",
             ]
         )
@@ -193,9 +193,7 @@ def build_splits(
         raise ValueError(f"dataset_format must be one of {DATASET_FORMATS}, got {dataset_format!r}")
     if image_resize_mode not in RESIZE_MODES:
         raise ValueError(f"image_resize_mode must be one of {RESIZE_MODES}, got {image_resize_mode!r}")
-    size = tuple(
-        int(s) for s in (image_size if isinstance(image_size, Sequence) else (image_size, image_size))
-    )
+    size = tuple(int(s) for s in (image_size if isinstance(image_size, Sequence) else (image_size, image_size)))
     if len(size) != 2 or min(size) < 1:
         raise ValueError(f"image_size must be two positive integers, got {image_size!r}")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:

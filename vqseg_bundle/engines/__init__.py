@@ -2,9 +2,9 @@
 
 from vqseg_bundle.engines.checkpoint import (
     BestMetricState,
-    checkpoint_problem,
     TrainerCheckpointLoader,
     TrainerCheckpointSaver,
+    checkpoint_problem,
     latest_checkpoint,
     resume_path,
 )
@@ -13,9 +13,9 @@ from vqseg_bundle.engines.handlers import (
     CodebookUsageHandler,
     NaNSkipLogger,
     NonFiniteLossError,
+    ProgressBarHandler,
     TerminateOnNonFinite,
     output_dict,
-    ProgressBarHandler,
     per_class_dice_metrics,
     scalar_output,
 )

@@ -106,9 +106,7 @@ def resume_path(resume: bool | str, directory: str | os.PathLike) -> str | None:
                 return path
             logger.warning("resume: skipped %s: %s", path, problem)
             skipped.append(f"{path}: {problem}")
-        raise FileNotFoundError(
-            f"resume=True but no checkpoint in {os.fspath(directory)} loads: " + "; ".join(skipped)
-        )
+        raise FileNotFoundError(f"resume=True but no checkpoint in {os.fspath(directory)} loads: " + "; ".join(skipped))
     path = os.fspath(resume)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"resume checkpoint {path} does not exist")

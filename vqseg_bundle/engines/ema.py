@@ -113,7 +113,9 @@ class EMATeacher:
         t_params, s_params = dict(teacher.named_parameters()), dict(student.named_parameters())
         if t_params.keys() != s_params.keys():
             missing = sorted(set(s_params) ^ set(t_params))[:5]
-            raise ValueError(f"teacher and student parameters differ (e.g. {missing}): build the teacher with make_teacher")
+            raise ValueError(
+                f"teacher and student parameters differ (e.g. {missing}): build the teacher with make_teacher"
+            )
         t_bufs, s_bufs = dict(teacher.named_buffers()), dict(student.named_buffers())
         if t_bufs.keys() != s_bufs.keys():
             raise ValueError("teacher and student buffers differ: build the teacher with make_teacher")
@@ -139,7 +141,7 @@ class EMATeacher:
             torch._foreach_lerp_(self._t_params, [p.detach() for p in self._s_params], weight)
         if self.buffers != "none":
             if self._float_bufs:
-                t, s = zip(*self._float_bufs)
+                t, s = zip(*self._float_bufs, strict=True)
                 if self.buffers == "copy":
                     torch._foreach_copy_(list(t), list(s))
                 else:

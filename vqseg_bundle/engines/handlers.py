@@ -74,7 +74,9 @@ class CodebookUsageHandler:
     Attach it *before* the logging handlers so that its values are there when they run.
     """
 
-    def __init__(self, network: torch.nn.Module, interval: int = 50, reset: bool = True, prefix: str = "codebook_") -> None:
+    def __init__(
+        self, network: torch.nn.Module, interval: int = 50, reset: bool = True, prefix: str = "codebook_"
+    ) -> None:
         """
         Args:
             network: the student (plain, DDP-wrapped or compiled) with ``codebook_usage()`` and
@@ -145,7 +147,10 @@ class NaNSkipLogger:
         if count > self.seen:
             logger.warning(
                 "iteration %d: %d training step(s) skipped because the loss or gradient was not finite "
-                "(%d in total)", engine.state.iteration, count - self.seen, count
+                "(%d in total)",
+                engine.state.iteration,
+                count - self.seen,
+                count,
             )
             self.seen = count
 
@@ -186,7 +191,9 @@ class TerminateOnNonFinite:
         value = float(value.detach().float().cpu()) if torch.is_tensor(value) else float(value)
         if not torch.isfinite(torch.tensor(value)):
             self.stopped_at, self.value = int(engine.state.iteration), value
-            logger.error("iteration %d: %s is %s; stopping the run (terminate_on_nan)", self.stopped_at, self.key, value)
+            logger.error(
+                "iteration %d: %s is %s; stopping the run (terminate_on_nan)", self.stopped_at, self.key, value
+            )
             engine.terminate()
 
     def fail(self, engine: Engine) -> None:
@@ -238,7 +245,7 @@ def per_class_dice_metrics(
     num_classes: int,
     class_names: Sequence[str] | None = None,
     prefix: str = "val_dice_",
-    output_transform: Callable = from_engine(["pred", "label"]),
+    output_transform: Callable | None = None,
 ) -> dict[str, MeanDice]:
     """One MONAI ``MeanDice`` per foreground class, for ``additional_metrics`` of an evaluator.
 
@@ -246,7 +253,8 @@ def per_class_dice_metrics(
         num_classes: ``K`` including background; predictions and labels must be one-hot ``(K, ...)``.
         class_names: names of the ``K - 1`` foreground classes (default ``class1`` ...).
         prefix: metric name prefix.
-        output_transform: gives ``(preds, labels)`` lists of one-hot tensors.
+        output_transform: gives ``(preds, labels)`` lists of one-hot tensors (default
+            ``from_engine(["pred", "label"])``).
 
     Returns:
         ``{f"{prefix}{name}": MeanDice}``, each reading one class channel.
@@ -256,6 +264,9 @@ def per_class_dice_metrics(
     names = list(class_names) if class_names is not None else [f"class{c}" for c in range(1, num_classes)]
     if len(names) != num_classes - 1:
         raise ValueError(f"class_names must name the {num_classes - 1} foreground classes, got {names}")
+
+    if output_transform is None:
+        output_transform = from_engine(["pred", "label"])
 
     def _select(c: int) -> Callable:
         def _transform(output: Any) -> tuple[list, list]:

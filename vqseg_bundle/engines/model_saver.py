@@ -45,7 +45,9 @@ logger = logging.getLogger(__name__)
 def network_arguments(config: Mapping[str, Any]) -> dict:
     """``{"_target_": ..., **arguments}`` of a resolved component config, completed with the defaults of the
     target's signature (so that the record holds every argument, given or not), as JSON values."""
-    config = {k: v for k, v in config.items() if not (str(k).startswith("_") and str(k).endswith("_")) or k == "_target_"}
+    config = {
+        k: v for k, v in config.items() if not (str(k).startswith("_") and str(k).endswith("_")) or k == "_target_"
+    }
     target = config.get("_target_")
     args = {k: v for k, v in config.items() if k != "_target_"}
     cls = None
@@ -117,7 +119,11 @@ def _state_dict(network: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _non_finite(state: Mapping[str, torch.Tensor]) -> list[str]:
-    return [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    return [
+        k
+        for k, v in state.items()
+        if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())
+    ]
 
 
 class BestModelSaver:
@@ -223,7 +229,10 @@ class BestModelSaver:
             self.restore_best(float(value), int(metric.get("epoch", -1)))
             logger.info(
                 "%s holds a model with %s %.4f (recorded in %s): this run replaces it only with a better one",
-                self.path, metric_name, value, self.settings_file,
+                self.path,
+                metric_name,
+                value,
+                self.settings_file,
             )
             return
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -239,7 +248,9 @@ class BestModelSaver:
     def __call__(self, engine: Engine) -> None:
         name = self.metric_name or getattr(engine.state, "key_metric_name", None)
         if name is None or name not in engine.state.metrics:
-            raise ValueError(f"BestModelSaver: the evaluator has no metric {name!r} (metrics: {sorted(engine.state.metrics)})")
+            raise ValueError(
+                f"BestModelSaver: the evaluator has no metric {name!r} (metrics: {sorted(engine.state.metrics)})"
+            )
         score = float(engine.state.metrics[name])
         epoch = int(engine.state.epoch)
         self._check_existing(name)
@@ -247,16 +258,16 @@ class BestModelSaver:
             logger.warning("%s not written: validation %s is %s at epoch %d", self.path, name, score, epoch)
             return
         if self.best is not None and not score > self.best:
-            logger.info(
-                "%s kept: %s %.4f at epoch %d does not beat %.4f", self.path, name, score, epoch, self.best
-            )
+            logger.info("%s kept: %s %.4f at epoch %d does not beat %.4f", self.path, name, score, epoch, self.best)
             return
         state = _state_dict(self.network)
         bad = _non_finite(state)
         if bad:
             logger.warning(
                 "%s not written: %d tensor(s) of the network are not finite (%s)",
-                self.path, len(bad), ", ".join(bad[:5]) + (", ..." if len(bad) > 5 else ""),
+                self.path,
+                len(bad),
+                ", ".join(bad[:5]) + (", ..." if len(bad) > 5 else ""),
             )
             return
         self.write(state, name, score, epoch)
@@ -281,5 +292,9 @@ class BestModelSaver:
         atomic_write_bytes(self.path, data)
         logger.info(
             "best model written: %s (%s %.4f at epoch %d; settings in %s)",
-            self.path, metric_name, score, epoch, self.settings_file,
+            self.path,
+            metric_name,
+            score,
+            epoch,
+            self.settings_file,
         )

@@ -88,7 +88,7 @@ def frozen_batchnorm_stats(module: nn.Module) -> Iterator[None]:
     try:
         yield
     finally:
-        for m, momentum in zip(norms, saved):
+        for m, momentum in zip(norms, saved, strict=True):
             m.momentum = momentum
 
 
@@ -144,7 +144,9 @@ class SemiSupervisedForward(nn.Module):
         if strong is None:
             return out_lw, None
         with frozen_batchnorm_stats(self.network) if freeze_strong_bn else contextlib.nullcontext():
-            out_s = self.network.forward_train(strong, perturb=perturb_strong, generator=generator, align_size=align_size)
+            out_s = self.network.forward_train(
+                strong, perturb=perturb_strong, generator=generator, align_size=align_size
+            )
         return out_lw, out_s
 
 
@@ -336,9 +338,7 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         dev = torch.device(device)
         self.generator = torch.Generator(device=dev)
         self.generator.manual_seed(self.seed)
-        self.grad_scaler = (
-            torch.amp.GradScaler(dev.type) if self.use_amp and self.amp_dtype == torch.float16 else None
-        )
+        self.grad_scaler = torch.amp.GradScaler(dev.type) if self.use_amp and self.amp_dtype == torch.float16 else None
         self._skipped = torch.zeros((), dtype=torch.long, device=dev)
         self.add_event_handler(Events.STARTED, self._start_unlabeled)
 
@@ -375,7 +375,11 @@ class SemiSupervisedTrainer(SupervisedTrainer):
             return None
         named = [(k, b) for k, b in _unwrap(self.network).named_buffers() if b is not None]
         floats = [(k, b) for k, b in named if b.is_floating_point()]
-        snapshot = dict(zip([k for k, _ in floats], torch._foreach_mul([b.detach() for _, b in floats], 1.0))) if floats else {}
+        snapshot = (
+            dict(zip([k for k, _ in floats], torch._foreach_mul([b.detach() for _, b in floats], 1.0), strict=True))
+            if floats
+            else {}
+        )
         snapshot.update({k: b.detach().clone() for k, b in named if not b.is_floating_point()})
         return snapshot
 
@@ -392,7 +396,7 @@ class SemiSupervisedTrainer(SupervisedTrainer):
                 saved.append(old)
         if current:
             with torch.no_grad():
-                torch._foreach_copy_(current, [torch.where(finite, b, o) for b, o in zip(current, saved)])
+                torch._foreach_copy_(current, [torch.where(finite, b, o) for b, o in zip(current, saved, strict=True)])
 
     def _guarded_step(self, loss: torch.Tensor, buffers: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Optimizer step that is undone on the device when the loss or gradients are not finite.
@@ -445,7 +449,7 @@ class SemiSupervisedTrainer(SupervisedTrainer):
             p.grad.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
         self.optimizer.step()
         with torch.no_grad():
-            restored = [torch.where(finite, t, b) for t, b in zip(guarded, backup)]
+            restored = [torch.where(finite, t, b) for t, b in zip(guarded, backup, strict=True)]
             torch._foreach_copy_(guarded, restored)
             new_state = [t for t in _state_tensors() if id(t) not in old_ids]
             if new_state:
@@ -453,7 +457,6 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         self._restore_buffers(finite, buffers)
         self._skipped += (~finite).long()
         return grad_norm
-
 
     def _foundation_features(self, images: torch.Tensor) -> torch.Tensor:
         with torch.no_grad(), self._autocast():
@@ -523,7 +526,7 @@ class SemiSupervisedTrainer(SupervisedTrainer):
                 ]
                 views = [
                     self.cutmix.mix(d, v, None if partner is None else partner[k])
-                    for d, v, k in zip(draws, views, STRONG_KEYS)
+                    for d, v, k in zip(draws, views, STRONG_KEYS, strict=False)  # one or two strong views
                 ]
                 if partner is not None and streams:
                     labeler = self.teacher if self.pseudo_labeler == "teacher" else self.network

@@ -19,9 +19,7 @@ _MAX_LISTED = 8
 
 
 def _is_state_dict(obj: object) -> bool:
-    return (
-        isinstance(obj, Mapping) and len(obj) > 0 and all(isinstance(v, torch.Tensor) for v in obj.values())
-    )
+    return isinstance(obj, Mapping) and len(obj) > 0 and all(isinstance(v, torch.Tensor) for v in obj.values())
 
 
 def _listed(names: list[str]) -> str:
@@ -51,27 +49,27 @@ def read_state_dict(path: str | os.PathLike, key: str | None = None) -> dict[str
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
-            f"Checkpoint file '{path}' does not exist. Train the bundle first (it writes models/model.pt) "
+            f"Checkpoint file {str(path)!r} does not exist. Train the bundle first (it writes models/model.pt) "
             "or pass the weights with --ckpt_path /path/to/model.pt."
         )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types (UnpicklingError, RuntimeError, ...)
         raise ValueError(
-            f"Checkpoint file '{path}' could not be read as a PyTorch state dict ({type(e).__name__}: {e}). "
+            f"Checkpoint file {str(path)!r} could not be read as a PyTorch state dict ({type(e).__name__}: {e}). "
             "Expected a flat state dict saved with torch.save (not a TorchScript or ONNX file)."
         ) from e
     if key is not None:
         if not isinstance(obj, Mapping) or key not in obj:
             found = list(obj.keys()) if isinstance(obj, Mapping) else type(obj).__name__
-            raise ValueError(f"Checkpoint file '{path}' has no entry '{key}'; top-level entries: {found}.")
+            raise ValueError(f"Checkpoint file {str(path)!r} has no entry {key!r}; top-level entries: {found}.")
         obj = obj[key]
     elif isinstance(obj, Mapping) and len(obj) == 1 and _is_state_dict(next(iter(obj.values()))):
         obj = next(iter(obj.values()))
     if not _is_state_dict(obj):
         found = _listed([str(k) for k in obj.keys()]) if isinstance(obj, Mapping) else type(obj).__name__
         raise ValueError(
-            f"Checkpoint file '{path}' does not hold a flat state dict of tensors (top level: {found}). "
+            f"Checkpoint file {str(path)!r} does not hold a flat state dict of tensors (top level: {found}). "
             "Pass the entry holding the network weights as `key`."
         )
     state = dict(obj)
@@ -120,7 +118,7 @@ def load_network_weights(
         problems.append(f"unexpected keys: {_listed(unexpected)}")
     if problems:
         raise ValueError(
-            f"Checkpoint '{path}' does not match the network {type(network).__name__}: "
+            f"Checkpoint {str(path)!r} does not match the network {type(network).__name__}: "
             + "; ".join(problems)
             + ". Was it trained with another network, backbone or number of classes (num_classes / "
             "in_channels in the config)?"

@@ -183,7 +183,7 @@ def compare_program(
 def _existing(path: str | os.PathLike, what: str) -> Path:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{what} '{path}' does not exist.")
+        raise FileNotFoundError(f"{what} {str(path)!r} does not exist.")
     return path
 
 
@@ -194,5 +194,7 @@ def _compare(network, run, what: str, in_channels, image_size, batch: int, seed:
         ref = network.eval()(x).cpu()
         out = run(x)
     if out.shape != ref.shape:
-        raise ValueError(f"{what} output shape {tuple(out.shape)} differs from PyTorch output shape {tuple(ref.shape)}.")
+        raise ValueError(
+            f"{what} output shape {tuple(out.shape)} differs from PyTorch output shape {tuple(ref.shape)}."
+        )
     return float((out - ref).abs().max()), float(ref.abs().max())

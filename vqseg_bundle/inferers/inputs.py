@@ -46,26 +46,22 @@ def list_inference_inputs(
     if datalist is not None and str(datalist) != "":
         path = Path(datalist)
         if not path.is_file():
-            raise FileNotFoundError(f"datalist file '{path}' does not exist.")
-        items = load_decathlon_datalist(
-            path, is_segmentation=False, data_list_key=data_list_key, base_dir=base_dir
-        )
+            raise FileNotFoundError(f"datalist file {str(path)!r} does not exist.")
+        items = load_decathlon_datalist(path, is_segmentation=False, data_list_key=data_list_key, base_dir=base_dir)
         for item in items:
             if image_key not in item:
-                raise ValueError(f"datalist '{path}' entry {item!r} has no '{image_key}' key.")
+                raise ValueError(f"datalist {str(path)!r} entry {item!r} has no {image_key!r} key.")
             if not os.path.exists(item[image_key]):
-                raise FileNotFoundError(
-                    f"image '{item[image_key]}' listed in datalist '{path}' does not exist."
-                )
+                raise FileNotFoundError(f"image {item[image_key]!r} listed in datalist {str(path)!r} does not exist.")
         if not items and not allow_empty:
-            raise FileNotFoundError(f"datalist '{path}' lists no images under '{data_list_key}'.")
+            raise FileNotFoundError(f"datalist {str(path)!r} lists no images under {data_list_key!r}.")
         return [dict(item) for item in items]
     if not input_glob:
         raise ValueError("Give either input_glob (e.g. '/data/*.nii.gz') or datalist (a JSON file).")
     matches = literal_glob(str(input_glob))
     if not matches and not allow_empty:
         raise FileNotFoundError(
-            f"No input matches '{input_glob}'. Set --dataset_dir to the folder of the scans or --input_glob "
+            f"No input matches {input_glob!r}. Set --dataset_dir to the folder of the scans or --input_glob "
             "to a pattern, or --datalist to a JSON file."
         )
     return [{image_key: m} for m in matches]
@@ -86,9 +82,7 @@ def literal_glob(pattern: str) -> list[str]:
     return sorted(glob.glob(pattern))
 
 
-def require_inputs(
-    items: Sized, input_glob: str | None = None, datalist: str | os.PathLike | None = None
-) -> int:
+def require_inputs(items: Sized, input_glob: str | None = None, datalist: str | os.PathLike | None = None) -> int:
     """Raise a clear error when an inference run has nothing to read; return the number of items.
 
     Args:
@@ -100,7 +94,7 @@ def require_inputs(
     """
     n = len(items)
     if n == 0:
-        source = f"datalist '{datalist}'" if datalist else f"pattern '{input_glob}'"
+        source = f"datalist {str(datalist)!r}" if datalist else f"pattern {input_glob!r}"
         raise FileNotFoundError(
             f"No input image found for {source}. Set --dataset_dir to the folder of the scans, "
             "--input_glob to a "

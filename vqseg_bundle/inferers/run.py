@@ -79,7 +79,7 @@ def output_names(inputs: Sequence[str], postfix: str = "seg", ext: str = ".nii.g
             continue
         parents = [os.path.dirname(os.path.abspath(inputs[i])) for i in idx]
         common = os.path.commonpath(parents)
-        for i, parent in zip(idx, parents):
+        for i, parent in zip(idx, parents, strict=True):
             rel = os.path.relpath(parent, common)
             names[i] = stem if rel == "." else "_".join([*Path(rel).parts, stem])
     used: dict[str, int] = {}
@@ -135,7 +135,7 @@ class InferenceInputs(Sequence):
         self.output_dir = check_writable_dir(output_dir)
         sources = [_source_name(item, self.image_key) for item in self.items]
         names = output_names(sources, postfix, ext)
-        for item, name in zip(self.items, names):
+        for item, name in zip(self.items, names, strict=True):
             item[self.output_key] = str(self.output_dir / name)
         existing = [item[self.output_key] for item in self.items if os.path.exists(item[self.output_key])]
         if existing and not overwrite:
@@ -145,7 +145,7 @@ class InferenceInputs(Sequence):
                 "or another --output_dir."
             )
         good, self.bad = [], []
-        for item, source in zip(self.items, sources):
+        for item, source in zip(self.items, sources, strict=True):
             if transform is not None:
                 try:
                     transform(dict(item))
@@ -159,7 +159,11 @@ class InferenceInputs(Sequence):
             good.append(item)
         self.good = good
         logger.info(
-            "%d input(s): %d to segment into %s, %d rejected", len(self.items), len(good), self.output_dir, len(self.bad)
+            "%d input(s): %d to segment into %s, %d rejected",
+            len(self.items),
+            len(good),
+            self.output_dir,
+            len(self.bad),
         )
         if not good:
             self.finish()
@@ -252,7 +256,9 @@ class CheckInputd:
                             "--nonfinite replace to set them to the scan's minimum"
                         )
                     low = t[finite].min() if bool(finite.any()) else torch.zeros((), dtype=t.dtype)
-                    logger.warning("%s: %d NaN / infinite voxel(s) set to the scan's minimum %s", name, n_bad, float(low))
+                    logger.warning(
+                        "%s: %d NaN / infinite voxel(s) set to the scan's minimum %s", name, n_bad, float(low)
+                    )
                     d[key] = torch.where(finite, t, low.to(t.dtype))
         return d
 
@@ -278,7 +284,9 @@ class SaveSegmentationd:
         d = dict(data)
         target = d.get(self.output_key)
         if not target:
-            raise ValueError(f"SaveSegmentationd: the item has no {self.output_key!r} path (InferenceInputs.prepare sets it)")
+            raise ValueError(
+                f"SaveSegmentationd: the item has no {self.output_key!r} path (InferenceInputs.prepare sets it)"
+            )
         target = str(target)
         ext = ".nii.gz" if target.lower().endswith(".nii.gz") else os.path.splitext(target)[1]
         saver = SaveImage(

@@ -92,9 +92,9 @@ def read_model_record(ckpt_path: str | os.PathLike) -> dict | None:
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise ValueError(f"model settings file '{path}' cannot be read: {e}") from e
+        raise ValueError(f"model settings file {str(path)!r} cannot be read: {e}") from e
     if not isinstance(record, dict) or record.get("format") != FORMAT or not isinstance(record.get("settings"), dict):
-        raise ValueError(f"'{path}' is not a model settings file of this bundle (expected format {FORMAT!r}).")
+        raise ValueError(f"{str(path)!r} is not a model settings file of this bundle (expected format {FORMAT!r}).")
     entries = [record] + ([record["previous"]] if isinstance(record.get("previous"), dict) else [])
     if not os.path.isfile(ckpt_path):
         return {**record, "path": str(path)}
@@ -103,9 +103,9 @@ def read_model_record(ckpt_path: str | os.PathLike) -> dict | None:
         if entry.get("sha256") == digest:
             return {**entry, "path": str(path)}
     raise ValueError(
-        f"model settings file '{path}' does not describe '{os.fspath(ckpt_path)}' (SHA-256 differs): the weights were "
+        f"model settings file {str(path)!r} does not describe {os.fspath(ckpt_path)!r} (SHA-256 differs): the weights were "
         "replaced or copied without their settings. Copy the matching .json beside the weights, or delete "
-        f"'{path}' to use the config's values."
+        f"{str(path)!r} to use the config's values."
     )
 
 
@@ -116,7 +116,7 @@ def model_settings_of(record: Mapping | None) -> dict:
         return {}
     settings = dict(record["settings"])
     network = dict(settings.pop("network_def", None) or {})
-    flat = {k: v for k, v in settings.items()}
+    flat = dict(settings)
     target = network.pop("_target_", None)
     flat.update(network)
     if target is not None:
@@ -249,7 +249,9 @@ def train_defaults() -> dict:
 
             raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
             values = {
-                k: v for k, v in raw.items() if not (isinstance(v, str) and v[:1] in ("$", "@", "%")) and not isinstance(v, dict)
+                k: v
+                for k, v in raw.items()
+                if not (isinstance(v, str) and v[:1] in ("$", "@", "%")) and not isinstance(v, dict)
             }
         _TRAIN_DEFAULTS = values
     return dict(_TRAIN_DEFAULTS)

@@ -81,9 +81,7 @@ class ResizedSliceInferer(Inferer):
         if mode not in _RESIZE_MODES:
             raise ValueError(f"mode must be one of {_RESIZE_MODES}, got {mode!r}.")
         if isinstance(slice_axis, bool) or not isinstance(slice_axis, int) or not -3 <= slice_axis <= 2:
-            raise ValueError(
-                f"slice_axis must be an int in -3..2 (a spatial axis of a 3D volume), got {slice_axis!r}."
-            )
+            raise ValueError(f"slice_axis must be an int in -3..2 (a spatial axis of a 3D volume), got {slice_axis!r}.")
         self.slice_axis = slice_axis % 3
         self.roi_size: tuple[int, int] = roi  # type: ignore[assignment]
         self.sw_batch_size = int(sw_batch_size)
@@ -97,9 +95,7 @@ class ResizedSliceInferer(Inferer):
         align = None if self.mode in ("nearest", "area") else False
         return F.interpolate(x, size=size, mode=self.mode, align_corners=align)
 
-    def _predict(
-        self, slices: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any
-    ) -> torch.Tensor:
+    def _predict(self, slices: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> torch.Tensor:
         """Network logits of ``slices (N, C, S_h, S_w)``, checked to be ``(N, K, h, w)``."""
         out = network(slices, *args, **kwargs)
         if not isinstance(out, torch.Tensor) or out.ndim != 4 or out.shape[0] != slices.shape[0]:

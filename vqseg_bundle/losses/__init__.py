@@ -6,8 +6,8 @@ from .dice import masked_dice_loss
 from .pseudo_label import (
     ConfidenceMaskedCrossEntropy,
     MaskedCEResult,
-    confidence_masked_cross_entropy,
     PseudoLabelLoss,
+    confidence_masked_cross_entropy,
     pseudo_labels_from_logits,
 )
 from .rampup import RAMPUP_SHAPES, rampup_factor

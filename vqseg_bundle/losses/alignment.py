@@ -53,17 +53,13 @@ def patch_infonce_loss(
     b, c, h, w = student.shape
     n = h * w
     if n < 2:
-        raise ValueError(
-            f"patch_infonce_loss: needs at least 2 patches per image for negatives, got {h}x{w}."
-        )
+        raise ValueError(f"patch_infonce_loss: needs at least 2 patches per image for negatives, got {h}x{w}.")
     s = F.normalize(student.float().reshape(b, c, n), dim=1)
     t = F.normalize(teacher.detach().float().reshape(b, c, n), dim=1)
     logits = torch.einsum("bcn,bcm->bnm", s, t) / temperature  # (B, N anchors, N candidates)
     if valid_mask is not None:
         if valid_mask.shape != (b, h, w):
-            raise ValueError(
-                f"patch_infonce_loss: valid_mask must be {(b, h, w)}, got {tuple(valid_mask.shape)}."
-            )
+            raise ValueError(f"patch_infonce_loss: valid_mask must be {(b, h, w)}, got {tuple(valid_mask.shape)}.")
         valid = valid_mask.reshape(b, n).bool()
         # negatives restricted to valid patches; rows of invalid anchors stay unmasked (finite) and are
         # zeroed below, so an image without valid patches gives 0 and no NaN gradient

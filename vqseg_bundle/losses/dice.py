@@ -47,9 +47,7 @@ def masked_dice_loss(
         labels = labels[:, 0]
     spatial = (logits.shape[0], *logits.shape[2:])
     if tuple(labels.shape) != spatial:
-        raise ValueError(
-            f"masked_dice_loss: labels {tuple(labels.shape)} do not match logits {tuple(logits.shape)}."
-        )
+        raise ValueError(f"masked_dice_loss: labels {tuple(labels.shape)} do not match logits {tuple(logits.shape)}.")
     if keep is None:
         keep = torch.ones(spatial, dtype=torch.bool, device=logits.device)
     elif keep.ndim == logits.ndim:

@@ -50,9 +50,7 @@ def pseudo_labels_from_logits(logits: torch.Tensor) -> tuple[torch.Tensor, torch
         probability, computed in float32 without gradient.
     """
     if logits.ndim < 2:
-        raise ValueError(
-            f"pseudo_labels_from_logits: expected logits (B, C, ...), got {tuple(logits.shape)}."
-        )
+        raise ValueError(f"pseudo_labels_from_logits: expected logits (B, C, ...), got {tuple(logits.shape)}.")
     with torch.no_grad():
         conf, labels = torch.softmax(logits.float(), dim=1).max(dim=1)
     return labels, conf
@@ -102,9 +100,7 @@ def confidence_masked_cross_entropy(
     """
     _check_options("confidence_masked_cross_entropy", threshold, reduction, denominator)
     if logits.ndim < 3:
-        raise ValueError(
-            f"confidence_masked_cross_entropy: expected logits (B, C, H, W), got {tuple(logits.shape)}."
-        )
+        raise ValueError(f"confidence_masked_cross_entropy: expected logits (B, C, H, W), got {tuple(logits.shape)}.")
     target_shape = (logits.shape[0], *logits.shape[2:])
 
     def _squeeze(t: torch.Tensor, name: str) -> torch.Tensor:

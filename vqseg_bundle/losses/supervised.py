@@ -40,9 +40,7 @@ class SupervisedSegLoss(nn.Module):
     ) -> None:
         super().__init__()
         if lambda_ce < 0 or lambda_dice < 0:
-            raise ValueError(
-                f"SupervisedSegLoss: weights must be >= 0, got ce={lambda_ce}, dice={lambda_dice}."
-            )
+            raise ValueError(f"SupervisedSegLoss: weights must be >= 0, got ce={lambda_ce}, dice={lambda_dice}.")
         if reduction not in ("mean", "sum"):
             raise ValueError(f"SupervisedSegLoss: reduction must be 'mean' or 'sum', got {reduction!r}.")
         self.loss = DiceCELoss(

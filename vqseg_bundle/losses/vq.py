@@ -55,9 +55,7 @@ def vq_codebook_commitment_loss(
     """
     check_reduction(reduction, "vq_codebook_commitment_loss")
     if z.shape != z_q.shape:
-        raise ValueError(
-            f"vq_codebook_commitment_loss: z {tuple(z.shape)} and z_q {tuple(z_q.shape)} must match."
-        )
+        raise ValueError(f"vq_codebook_commitment_loss: z {tuple(z.shape)} and z_q {tuple(z_q.shape)} must match.")
     if beta < 0:
         raise ValueError(f"vq_codebook_commitment_loss: beta must be >= 0, got {beta}.")
     z32, zq32 = z.float(), z_q.float()
@@ -66,9 +64,7 @@ def vq_codebook_commitment_loss(
     return VQLoss(codebook + beta * commitment, codebook, commitment)
 
 
-def _entropy_chunk(
-    z: torch.Tensor, codebook: torch.Tensor, temperature: float
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _entropy_chunk(z: torch.Tensor, codebook: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token entropy of softmax(-||z - c||^2 / T) and the sum over tokens of those probabilities."""
     d = (z * z).sum(1, keepdim=True) - 2.0 * z @ codebook.t() + (codebook * codebook).sum(1)[None]
     logp = torch.log_softmax(-d / temperature, dim=1)

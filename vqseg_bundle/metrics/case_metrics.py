@@ -119,7 +119,7 @@ def resolve_class_names(class_names: Sequence[str] | None, num_classes: int) -> 
 
 def _diagonal(shape: Sequence[int], spacing: Sequence[float] | None) -> float:
     sp = spacing if spacing is not None else [1.0] * len(shape)
-    return float(math.sqrt(sum((n * s) ** 2 for n, s in zip(shape, sp))))
+    return float(math.sqrt(sum((n * s) ** 2 for n, s in zip(shape, sp, strict=False))))
 
 
 def compute_case_metrics(
@@ -169,9 +169,7 @@ def compute_case_metrics(
     if spacing is not None:
         spacing = [float(s) for s in spacing]
         if len(spacing) != len(shape) or any(not s > 0 for s in spacing):
-            raise ValueError(
-                f"spacing must have {len(shape)} positive values for shape {shape}, got {spacing}."
-            )
+            raise ValueError(f"spacing must have {len(shape)} positive values for shape {shape}, got {spacing}.")
 
     # one-hot (1, K, *S) as MONAI's metrics expect
     p1 = torch.nn.functional.one_hot(p, num_classes).movedim(-1, 0).unsqueeze(0).float()

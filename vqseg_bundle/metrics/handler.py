@@ -165,11 +165,7 @@ class CaseMetricsHandler:
         return str(name)
 
     def _spacing(self, item: Mapping[str, Any], label: Any, pred: Any) -> list[float] | None:
-        if (
-            self.spacing_key is not None
-            and isinstance(item, Mapping)
-            and item.get(self.spacing_key) is not None
-        ):
+        if self.spacing_key is not None and isinstance(item, Mapping) and item.get(self.spacing_key) is not None:
             sp = item[self.spacing_key]
             sp = sp.tolist() if isinstance(sp, (torch.Tensor, np.ndarray)) else list(sp)
             return [float(s) for s in sp]
@@ -182,19 +178,11 @@ class CaseMetricsHandler:
         batch = self._items(engine.state.batch) if engine.state.batch is not None else [{}] * len(outputs)
         if len(batch) != len(outputs):
             batch = [{}] * len(outputs)
-        for out, item in zip(outputs, batch):
-            if (
-                not isinstance(out, Mapping)
-                or out.get(self.label_key) is None
-                or out.get(self.pred_key) is None
-            ):
-                found = (
-                    sorted(k for k, v in out.items() if v is not None)
-                    if isinstance(out, Mapping)
-                    else type(out)
-                )
+        for out, item in zip(outputs, batch, strict=True):
+            if not isinstance(out, Mapping) or out.get(self.label_key) is None or out.get(self.pred_key) is None:
+                found = sorted(k for k, v in out.items() if v is not None) if isinstance(out, Mapping) else type(out)
                 raise ValueError(
-                    f"CaseMetricsHandler needs '{self.pred_key}' and '{self.label_key}' in the evaluator "
+                    f"CaseMetricsHandler needs {self.pred_key!r} and {self.label_key!r} in the evaluator "
                     "output, "
                     f"got {found} (does the dataset provide labels?)."
                 )

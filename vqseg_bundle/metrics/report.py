@@ -98,9 +98,7 @@ def _write_csv(rows: list[dict[str, object]], path: str | os.PathLike) -> Path:
     return atomic_write_text(path, buffer.getvalue())
 
 
-def write_case_csv(
-    records: Iterable[CaseClassMetrics | Mapping[str, object]], path: str | os.PathLike
-) -> Path:
+def write_case_csv(records: Iterable[CaseClassMetrics | Mapping[str, object]], path: str | os.PathLike) -> Path:
     """Write one row per case and class (columns of :class:`CaseClassMetrics`); returns the path."""
     return _write_csv(_records(records), path)
 
@@ -141,6 +139,6 @@ def format_summary_table(
             cells.append(cell)
         lines.append(cells)
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
-    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
+    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True))  # noqa: E731
     rule = "-" * len(fmt(header))
     return "\n".join([fmt(header), rule] + [fmt(line) for line in lines])

@@ -38,9 +38,7 @@ class PFAAdapter(nn.Module):
 
     def forward(self, x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != self.proj.in_channels:
-            raise ValueError(
-                f"PFAAdapter: expected (B, {self.proj.in_channels}, h, w), got {tuple(x.shape)}."
-            )
+            raise ValueError(f"PFAAdapter: expected (B, {self.proj.in_channels}, h, w), got {tuple(x.shape)}.")
         size = tuple(int(s) for s in size)
         if len(size) != 2 or min(size) < 1:
             raise ValueError(f"PFAAdapter: size must be (h, w) with positive entries, got {size}.")

@@ -134,7 +134,7 @@ class VQSegNetworkBase(nn.Module):
                     seed=None if codebook_seed is None else int(codebook_seed) + level,
                     **quantizer_options,
                 )
-                for level, size in zip(self.vq_levels, sizes)
+                for level, size in zip(self.vq_levels, sizes, strict=True)
             }
         )
 
@@ -146,9 +146,7 @@ class VQSegNetworkBase(nn.Module):
         self.dropout_levels: tuple[int, ...] = ()
         if perturbation in ("qpm", "qpm_dropout"):
             if not self.vq_levels:
-                raise ValueError(
-                    f"{cls}: perturbation='qpm' needs at least one quantized level (vq_levels is empty)."
-                )
+                raise ValueError(f"{cls}: perturbation='qpm' needs at least one quantized level (vq_levels is empty).")
             levels = (
                 self.vq_levels
                 if perturb_levels is None
@@ -223,23 +221,17 @@ class VQSegNetworkBase(nn.Module):
     @pfa_gradient.setter
     def pfa_gradient(self, mode: str) -> None:
         if mode not in PFA_GRADIENTS:
-            raise ValueError(
-                f"{type(self).__name__}: pfa_gradient must be one of {PFA_GRADIENTS}, got {mode!r}."
-            )
+            raise ValueError(f"{type(self).__name__}: pfa_gradient must be one of {PFA_GRADIENTS}, got {mode!r}.")
         self._pfa_gradient = mode
 
     # ------------------------------------------------------------------ hooks for subclasses
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def decode_seg(
-        self, features: list[torch.Tensor], out_size: Sequence[int]
-    ) -> torch.Tensor:  # pragma: no cover
+    def decode_seg(self, features: list[torch.Tensor], out_size: Sequence[int]) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
-    def decode_rec(
-        self, features: list[torch.Tensor], out_size: Sequence[int]
-    ) -> torch.Tensor:  # pragma: no cover
+    def decode_rec(self, features: list[torch.Tensor], out_size: Sequence[int]) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
     def _check_input(self, x: torch.Tensor) -> None:
@@ -326,13 +318,15 @@ class VQSegNetworkBase(nn.Module):
         if perturb and self.feature_perturbation is not None:
             seg_input = list(seg_input)
             levels = list(self.dropout_levels)
-            for level, value in zip(levels, self.feature_perturbation([seg_input[l] for l in levels], generator)):
+            for level, value in zip(
+                levels, self.feature_perturbation([seg_input[l] for l in levels], generator), strict=True
+            ):
                 seg_input[level] = value
 
         out_size = x.shape[-2:]
         clean_seg_logits = None
         if return_clean and seg_input is not post:
-            both = self.decode_seg([torch.cat([c, p]) for c, p in zip(post, seg_input)], out_size)
+            both = self.decode_seg([torch.cat([c, p]) for c, p in zip(post, seg_input, strict=True)], out_size)
             clean_seg_logits, seg_logits = both.chunk(2)
         else:
             seg_logits = self.decode_seg(seg_input, out_size)

@@ -45,9 +45,7 @@ class UNetDecoder(nn.Module):
         if len(features) < 2:
             raise ValueError(f"UNetDecoder: needs at least 2 levels, got features={features}.")
         self.ups = nn.ModuleList(
-            UpCat(
-                2, features[l], features[l - 1], features[l - 1], act, norm, bias, dropout, upsample=upsample
-            )
+            UpCat(2, features[l], features[l - 1], features[l - 1], act, norm, bias, dropout, upsample=upsample)
             for l in range(len(features) - 1, 0, -1)
         )
         self.head = nn.Conv2d(features[0], int(out_channels), head_kernel_size, padding=head_kernel_size // 2)
@@ -56,6 +54,7 @@ class UNetDecoder(nn.Module):
         if len(features) != len(self.ups) + 1:
             raise ValueError(f"UNetDecoder: expected {len(self.ups) + 1} feature maps, got {len(features)}.")
         x = features[-1]
-        for up, skip in zip(self.ups, reversed(features[:-1])):
+        # TorchScript has no zip(strict=); the lengths are checked above
+        for up, skip in zip(self.ups, reversed(features[:-1])):  # noqa: B905
             x = up(x, skip)
         return self.head(x)

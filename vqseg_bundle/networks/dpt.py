@@ -79,9 +79,7 @@ class DPTHead(nn.Module):
         if len(level_channels) != 4:
             raise ValueError(f"DPTHead: level_channels must have 4 entries, got {level_channels}.")
         if int(features) < 1 or int(in_channels) < 1:
-            raise ValueError(
-                f"DPTHead: in_channels and features must be >= 1, got {in_channels}, {features}."
-            )
+            raise ValueError(f"DPTHead: in_channels and features must be >= 1, got {in_channels}, {features}.")
         self.project = nn.ModuleList(nn.Conv2d(in_channels, c, 1) for c in level_channels)
         self.resample = nn.ModuleList(
             [
@@ -91,9 +89,7 @@ class DPTHead(nn.Module):
                 nn.Conv2d(level_channels[3], level_channels[3], 3, stride=2, padding=1),
             ]
         )
-        self.to_features = nn.ModuleList(
-            nn.Conv2d(c, features, 3, padding=1, bias=False) for c in level_channels
-        )
+        self.to_features = nn.ModuleList(nn.Conv2d(c, features, 3, padding=1, bias=False) for c in level_channels)
         self.fusion = nn.ModuleList(_FusionBlock(features, has_lateral=i < 3) for i in range(4))
         self.head = nn.Sequential(
             nn.Conv2d(features, features, 3, padding=1),
@@ -104,10 +100,9 @@ class DPTHead(nn.Module):
     def forward(self, levels: Sequence[torch.Tensor], out_size: Sequence[int]) -> torch.Tensor:
         if len(levels) != 4:
             raise ValueError(f"DPTHead: expected 4 feature levels, got {len(levels)}.")
-        maps = [
-            feat(res(proj(x)))
-            for x, proj, res, feat in zip(levels, self.project, self.resample, self.to_features)
-        ]
+        # TorchScript has no zip(strict=); the four lengths are checked above and fixed by construction
+        stages = zip(levels, self.project, self.resample, self.to_features)  # noqa: B905
+        maps = [feat(res(proj(x))) for x, proj, res, feat in stages]
         # deep to shallow: fusion[3] takes the deepest map alone, the others add a lateral map
         path = self.fusion[3](maps[3], None, tuple(maps[2].shape[-2:]))
         path = self.fusion[2](path, maps[2], tuple(maps[1].shape[-2:]))

@@ -53,9 +53,7 @@ class FrozenFoundationModel(nn.Module):
     def __init__(self, in_channels: int = 1, imagenet_norm: bool = True) -> None:
         super().__init__()
         if int(in_channels) not in (1, 3):
-            raise ValueError(
-                f"{type(self).__name__}: in_channels must be 1 (repeated to RGB) or 3, got {in_channels}."
-            )
+            raise ValueError(f"{type(self).__name__}: in_channels must be 1 (repeated to RGB) or 3, got {in_channels}.")
         self.in_channels = int(in_channels)
         self.imagenet_norm = bool(imagenet_norm)
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
@@ -134,9 +132,7 @@ _TOP = {
 }
 
 
-def convert_efficientnet_lite0_state_dict(
-    state: dict[str, torch.Tensor], model: nn.Module
-) -> dict[str, torch.Tensor]:
+def convert_efficientnet_lite0_state_dict(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     """Map an ``efficientnet-lite-pytorch`` state dict (``_blocks.<k>._depthwise_conv.weight`` ...) onto a
     timm EfficientNet (``blocks.<stage>.<block>.conv_dw.weight`` ...).
 
@@ -207,9 +203,7 @@ class EfficientNetLite0Encoder(FrozenFoundationModel):
     ) -> None:
         super().__init__(in_channels, imagenet_norm)
         full = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-        path = (
-            Path(weights_path).expanduser() if weights_path is not None else efficientnet_lite0_weights_path()
-        )
+        path = Path(weights_path).expanduser() if weights_path is not None else efficientnet_lite0_weights_path()
         full.load_state_dict(convert_efficientnet_lite0_state_dict(read_state_dict(path), full), strict=True)
         # keep the stem and the stages up to the last one at the requested stride
         stages = [info for info in full.feature_info if info["reduction"] == int(stride)]

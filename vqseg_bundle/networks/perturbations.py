@@ -34,9 +34,7 @@ class FeatureDropout(nn.Module):
             raise ValueError(f"FeatureDropout: p must be in [0, 1), got {p}.")
         self.p = float(p)
 
-    def forward(
-        self, features: Sequence[torch.Tensor], generator: torch.Generator | None = None
-    ) -> list[torch.Tensor]:
+    def forward(self, features: Sequence[torch.Tensor], generator: torch.Generator | None = None) -> list[torch.Tensor]:
         if self.p == 0.0:
             return list(features)
         out = []
@@ -70,15 +68,11 @@ class ComplementaryDropout(nn.Module):
         if not 0.0 < float(p) < 1.0:
             raise ValueError(f"ComplementaryDropout: p must be in (0, 1), got {p}.")
         if not 0.0 <= float(keep_pair_ratio) <= 1.0:
-            raise ValueError(
-                f"ComplementaryDropout: keep_pair_ratio must be in [0, 1], got {keep_pair_ratio}."
-            )
+            raise ValueError(f"ComplementaryDropout: keep_pair_ratio must be in [0, 1], got {keep_pair_ratio}.")
         self.p = float(p)
         self.keep_pair_ratio = float(keep_pair_ratio)
 
-    def forward(
-        self, features: Sequence[torch.Tensor], generator: torch.Generator | None = None
-    ) -> list[torch.Tensor]:
+    def forward(self, features: Sequence[torch.Tensor], generator: torch.Generator | None = None) -> list[torch.Tensor]:
         if not features:
             return []
         b = features[0].shape[0]

@@ -75,13 +75,9 @@ class QuantizedPerturbation(nn.Module):
         if distance not in DISTANCES:
             raise ValueError(f"QuantizedPerturbation: distance must be one of {DISTANCES}, got {distance!r}.")
         if strategy not in QPM_STRATEGIES:
-            raise ValueError(
-                f"QuantizedPerturbation: strategy must be one of {QPM_STRATEGIES}, got {strategy!r}."
-            )
+            raise ValueError(f"QuantizedPerturbation: strategy must be one of {QPM_STRATEGIES}, got {strategy!r}.")
         if int(max_chunk_elements) < 1:
-            raise ValueError(
-                f"QuantizedPerturbation: max_chunk_elements must be >= 1, got {max_chunk_elements}."
-            )
+            raise ValueError(f"QuantizedPerturbation: max_chunk_elements must be >= 1, got {max_chunk_elements}.")
         self.mode = mode
         self.eps = float(eps)
         self.temperature = float(temperature)
@@ -90,9 +86,7 @@ class QuantizedPerturbation(nn.Module):
         self.max_chunk_elements = int(max_chunk_elements)
 
     def extra_repr(self) -> str:
-        return (
-            f"mode={self.mode!r}, eps={self.eps}, temperature={self.temperature}, distance={self.distance!r}"
-        )
+        return f"mode={self.mode!r}, eps={self.eps}, temperature={self.temperature}, distance={self.distance!r}"
 
     def forward(
         self,
@@ -149,16 +143,12 @@ class QuantizedPerturbation(nn.Module):
         return out.reshape(indices.shape)
 
     # ------------------------------------------------------------------ kernel
-    def _kernel(
-        self, indices: torch.Tensor, codebook: torch.Tensor, generator: torch.Generator | None
-    ) -> torch.Tensor:
+    def _kernel(self, indices: torch.Tensor, codebook: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         k = codebook.shape[0]
         if not indices.is_cuda:  # range check reads values: skipped on GPUs to avoid a synchronisation
             lo, hi = int(indices.min()), int(indices.max())
             if lo < 0 or hi >= k:
-                raise ValueError(
-                    f"QuantizedPerturbation: indices must be in [0, {k}), got values in [{lo}, {hi}]."
-                )
+                raise ValueError(f"QuantizedPerturbation: indices must be in [0, {k}), got values in [{lo}, {hi}].")
         flat = indices.reshape(-1)
         change = torch.rand(flat.shape, generator=generator, device=flat.device) < self.eps
         strategy = self.strategy

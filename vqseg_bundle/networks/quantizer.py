@@ -136,15 +136,11 @@ class VectorQuantizer(nn.Module):
         if int(embedding_dim) < 1:
             raise ValueError(f"VectorQuantizer: embedding_dim must be >= 1, got {embedding_dim}.")
         if int(num_embeddings) < 2:
-            raise ValueError(
-                f"VectorQuantizer: num_embeddings (codebook size) must be >= 2, got {num_embeddings}."
-            )
+            raise ValueError(f"VectorQuantizer: num_embeddings (codebook size) must be >= 2, got {num_embeddings}.")
         if commitment_beta < 0:
             raise ValueError(f"VectorQuantizer: commitment_beta must be >= 0, got {commitment_beta}.")
         if usage_entropy_weight < 0:
-            raise ValueError(
-                f"VectorQuantizer: usage_entropy_weight must be >= 0, got {usage_entropy_weight}."
-            )
+            raise ValueError(f"VectorQuantizer: usage_entropy_weight must be >= 0, got {usage_entropy_weight}.")
         if usage_entropy_temperature <= 0:
             raise ValueError(
                 f"VectorQuantizer: usage_entropy_temperature must be > 0, got {usage_entropy_temperature}."
@@ -308,8 +304,7 @@ class VectorQuantizer(nn.Module):
     def _check(self, z: torch.Tensor) -> None:
         if z.ndim < 3 or z.shape[1] != self.embedding_dim:
             raise ValueError(
-                f"VectorQuantizer: expected features (B, {self.embedding_dim}, *spatial), "
-                f"got {tuple(z.shape)}."
+                f"VectorQuantizer: expected features (B, {self.embedding_dim}, *spatial), " f"got {tuple(z.shape)}."
             )
 
     @staticmethod
@@ -342,8 +337,10 @@ class VectorQuantizer(nn.Module):
                 base_rows = torch.linalg.lstsq(w, rhs).solution.t()
                 self.base_codebook[rows] = base_rows.to(self.base_codebook.dtype)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            for t in (self.codebook.data,) if self.codebook_type == "learnable" else (
-                self.base_codebook, self.codebook_mapping.weight.data, self.codebook_mapping.bias.data
+            for t in (
+                (self.codebook.data,)
+                if self.codebook_type == "learnable"
+                else (self.base_codebook, self.codebook_mapping.weight.data, self.codebook_mapping.bias.data)
             ):
                 torch.distributed.broadcast(t, src=0)
 

@@ -116,21 +116,14 @@ class VQSegUNet(VQSegNetworkBase):
         if len(features) < 2 or min(features) < 1:
             raise ValueError(f"VQSegUNet: features needs >= 2 positive widths, got {features}.")
         if int(in_channels) < 1 or int(num_classes) < 1:
-            raise ValueError(
-                f"VQSegUNet: in_channels and num_classes must be >= 1, got {in_channels}, {num_classes}."
-            )
+            raise ValueError(f"VQSegUNet: in_channels and num_classes must be >= 1, got {in_channels}, {num_classes}.")
         if dropout is None:
             n = len(features)
             dropout = SSL4MIS_DROPOUT if n == 5 else [0.05 + (0.5 - 0.05) * i / (n - 1) for i in range(n)]
-        drops = (
-            [float(dropout)] * len(features)
-            if isinstance(dropout, (int, float))
-            else [float(d) for d in dropout]
-        )
+        drops = [float(dropout)] * len(features) if isinstance(dropout, (int, float)) else [float(d) for d in dropout]
         if len(drops) != len(features) or not all(0.0 <= d < 1.0 for d in drops):
             raise ValueError(
-                f"VQSegUNet: dropout must be one float in [0, 1) or one per level ({len(features)}), "
-                f"got {dropout}."
+                f"VQSegUNet: dropout must be one float in [0, 1) or one per level ({len(features)}), " f"got {dropout}."
             )
         if dropout_convs not in DROPOUT_CONVS:
             raise ValueError(f"VQSegUNet: dropout_convs must be one of {DROPOUT_CONVS}, got {dropout_convs!r}.")

@@ -226,9 +226,7 @@ class VQSegViT(VQSegNetworkBase):
     ) -> None:
         super().__init__()
         if int(in_channels) not in (1, 3):
-            raise ValueError(
-                f"VQSegViT: in_channels must be 1 (grayscale, repeated) or 3, got {in_channels}."
-            )
+            raise ValueError(f"VQSegViT: in_channels must be 1 (grayscale, repeated) or 3, got {in_channels}.")
         if int(num_classes) < 1:
             raise ValueError(f"VQSegViT: num_classes must be >= 1, got {num_classes}.")
         self.in_channels = int(in_channels)
@@ -251,9 +249,7 @@ class VQSegViT(VQSegNetworkBase):
                 intermediate_layers = tuple(round((i + 1) * depth / 4) - 1 for i in range(4))
         layers = tuple(int(i) for i in intermediate_layers)
         if len(layers) != 4 or not all(0 <= i < depth for i in layers):
-            raise ValueError(
-                f"VQSegViT: intermediate_layers must be 4 block indices in [0, {depth}), got {layers}."
-            )
+            raise ValueError(f"VQSegViT: intermediate_layers must be 4 block indices in [0, {depth}), got {layers}.")
         self.intermediate_layers = layers
         default_features, default_channels = DPT_DEFAULTS[size]
         features = int(dpt_features) if dpt_features is not None else default_features

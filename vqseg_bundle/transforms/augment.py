@@ -47,7 +47,13 @@ from monai.transforms import (
     ScaleIntensityRanged,
 )
 
-__all__ = ["STRONG_KEYS", "weak_transforms", "strong_intensity_transforms", "labeled_transforms", "unlabeled_transforms"]
+__all__ = [
+    "STRONG_KEYS",
+    "weak_transforms",
+    "strong_intensity_transforms",
+    "labeled_transforms",
+    "unlabeled_transforms",
+]
 
 #: Keys of the two strong views produced by :func:`unlabeled_transforms`.
 STRONG_KEYS = ("image_s1", "image_s2")

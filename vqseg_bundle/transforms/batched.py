@@ -174,7 +174,11 @@ class BatchedWeakAugment:
         one-past-last output pixel holding image content)``, each ``(B,)``.
         """
         s = torch.floor(size * zoom.double()).clamp_min(1.0)
-        before = torch.where(s <= size, torch.div(size - s, 2, rounding_mode="floor"), -(torch.div(s, 2, rounding_mode="floor") - size // 2))
+        before = torch.where(
+            s <= size,
+            torch.div(size - s, 2, rounding_mode="floor"),
+            -(torch.div(s, 2, rounding_mode="floor") - size // 2),
+        )
         shift = (size - s - 2.0 * before) / s
         start = before.clamp_min(0.0)
         stop = torch.clamp(before + s, max=float(size))
@@ -241,7 +245,12 @@ class BatchedWeakAugment:
         # MONAI pads a zoomed-out image with exact zeros outside the resized image ...
         rows = torch.arange(h, device=image.device, dtype=torch.float32).view(1, h, 1)
         cols = torch.arange(w, device=image.device, dtype=torch.float32).view(1, 1, w)
-        inside = (rows >= h0.view(-1, 1, 1)) & (rows < h1.view(-1, 1, 1)) & (cols >= w0.view(-1, 1, 1)) & (cols < w1.view(-1, 1, 1))
+        inside = (
+            (rows >= h0.view(-1, 1, 1))
+            & (rows < h1.view(-1, 1, 1))
+            & (cols >= w0.view(-1, 1, 1))
+            & (cols < w1.view(-1, 1, 1))
+        )
         inside = inside.unsqueeze(1)
         out = F.grid_sample(image, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         # ... and its zoom interpolation clamps at the image border (a zero-padded rotation does not): for

@@ -156,8 +156,10 @@ class BatchCutMix:
                 raise ValueError(f"target {i} must be (B, H, W) or (B, C, H, W) matching image, got {tuple(t.shape)}")
         if partner is not None:
             p_image, p_targets = partner[0], list(partner[1])
-            if p_image.shape != image.shape or len(p_targets) != len(targets) or any(
-                pt.shape != t.shape for pt, t in zip(p_targets, targets)
+            if (
+                p_image.shape != image.shape
+                or len(p_targets) != len(targets)
+                or any(pt.shape != t.shape for pt, t in zip(p_targets, targets, strict=True))
             ):
                 raise ValueError(
                     f"partner batch must match the batch: image {tuple(p_image.shape)} vs {tuple(image.shape)}, "
@@ -173,7 +175,7 @@ class BatchCutMix:
         if partner is None:
             return self.mix(d, image), [self.mix(d, t) for t in targets]
         mixed = self.mix(d, image, p_image)
-        out = [self.mix(d, t, pt) for t, pt in zip(targets, p_targets)]
+        out = [self.mix(d, t, pt) for t, pt in zip(targets, p_targets, strict=True)]
         return mixed, out
 
     def draw(
@@ -188,7 +190,9 @@ class BatchCutMix:
         before their pseudo-labels exist (a student that labels its own weak view in the training forward).
         ``"box"`` and ``"none"`` modes only (``"none"`` gives empty boxes)."""
         if self.mode == "monai":
-            raise ValueError("BatchCutMix.draw needs mode 'box' or 'none' (monai.transforms.CutMix draws its own boxes)")
+            raise ValueError(
+                "BatchCutMix.draw needs mode 'box' or 'none' (monai.transforms.CutMix draws its own boxes)"
+            )
         if self.mode == "none":
             box = torch.zeros(batch_size, *spatial_size, dtype=torch.bool, device=device)
             return CutMixDraw(box, None if second_batch else torch.arange(batch_size, device=device))
