@@ -34,18 +34,12 @@ import torch
 import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
-for _path in (REPO, REPO / "scripts"):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))  # run from a plain checkout
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # run from a plain checkout
 
-from benchmark_acdc import (  # noqa: E402  (scripts/ is on sys.path when run as a file)
-    DEFAULT_DATASET_DIR,
-    _save_figure,
-    environment,
-    machine_label,
-    write_section,
-)
-
+from vqseg_bundle.benchmarks.environment import environment, machine_label  # noqa: E402
+from vqseg_bundle.benchmarks.paths import DEFAULT_DATASET_DIR  # noqa: E402
+from vqseg_bundle.benchmarks.publish import pyplot, save_figure, write_section  # noqa: E402
 from vqseg_bundle.data.datasets import resize_slices  # noqa: E402
 from vqseg_bundle.networks.perturbations import FeatureDropout  # noqa: E402
 from vqseg_bundle.networks.qpm import QuantizedPerturbation  # noqa: E402
@@ -290,12 +284,7 @@ class Cli:
 
 
 def _plot(results: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4), squeeze=False)
+    fig, axes = pyplot().subplots(1, len(results), figsize=(5 * len(results), 4), squeeze=False)
     for ax, res in zip(axes[0], results, strict=True):
         groups: dict[str, list] = {}
         for row in res["rows"]:
@@ -309,7 +298,7 @@ def _plot(results: list[dict], path: Path) -> None:
         ax.set_xlabel("eps (QPM) / p (dropout)")
         ax.set_ylabel("foreground pixels changed (%)")
         ax.set_ylim(0, 100)
-    _save_figure(fig, axes[0], path, dpi=90)
+    save_figure(fig, axes[0], path, dpi=90)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Tests of scripts/benchmark_acdc.py: command construction, report section, and one tiny end-to-end run.
+"""Tests of scripts/benchmark_acdc.py and vqseg_bundle.benchmarks: command construction, report section, and one
+tiny end-to-end run.
 
 The end-to-end test trains and evaluates the ``labeled_only`` variant for 2 iterations on the built-in
 synthetic phantoms (``dataset_dir demo``), through the same subprocesses as the real benchmark
@@ -15,6 +16,9 @@ from pathlib import Path
 
 import pytest
 from fire import parser as fire_parser
+
+from vqseg_bundle.benchmarks import commands, protocols, publish, variants
+from vqseg_bundle.benchmarks.archive import unpack_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "benchmark_acdc.py"
@@ -34,19 +38,19 @@ bm = _load()
 @pytest.mark.parametrize("value", [True, False, None, 0.0, 3, [], [8, 16, 32], ["bottleneck"], {"a": True}])
 def test_cli_value_round_trips_through_fire(value):
     # monai.bundle parses its command line with fire: the token must come back as the same Python value
-    assert fire_parser.DefaultParseValue(bm.cli_value(value)) == value
+    assert fire_parser.DefaultParseValue(commands.cli_value(value)) == value
 
 
 def test_cli_value_rejects_objects():
     with pytest.raises(ValueError, match="cannot pass"):
-        bm.cli_value(object())
+        commands.cli_value(object())
 
 
-@pytest.mark.parametrize("variant", sorted(bm.VARIANTS))
+@pytest.mark.parametrize("variant", sorted(variants.VARIANTS))
 def test_commands_carry_variant_and_protocol(variant, tmp_path):
-    proto = bm.PROTOCOLS["cpu"]
+    proto = protocols.PROTOCOLS["cpu"]
     run_dir = tmp_path / "cpu" / "labeled7" / variant
-    train, evaluate = bm.build_commands(proto, variant, 7, "/data/acdc", run_dir, seed=5)
+    train, evaluate = commands.build_commands(proto, variant, 7, "/data/acdc", run_dir, seed=5)
 
     def pairs(cmd):
         return {cmd[i][2:]: cmd[i + 1] for i in range(len(cmd) - 1) if cmd[i].startswith("--")}
@@ -57,7 +61,7 @@ def test_commands_carry_variant_and_protocol(variant, tmp_path):
     assert "evaluate.yaml" in e["config_file"] and e["ckpt_path"].endswith("models/model.pt")
     # evaluation rebuilds exactly the trained network: every training override is repeated
     assert all(e[k] == v for k, v in t.items() if k != "config_file")
-    for key, value in bm.variant_overrides(variant, proto).items():
+    for key, value in variants.variant_overrides(variant, proto).items():
         assert fire_parser.DefaultParseValue(t[key]) == value
     # the schedule is the protocol's, identical for every variant
     assert int(t["epochs"]) * int(t["iterations_per_epoch"]) == proto.iterations
@@ -65,38 +69,40 @@ def test_commands_carry_variant_and_protocol(variant, tmp_path):
 
 
 def test_variant_semantics():
-    cpu = bm.PROTOCOLS["cpu"]
-    lo = bm.variant_overrides("labeled_only", cpu)
+    cpu = protocols.PROTOCOLS["cpu"]
+    lo = variants.variant_overrides("labeled_only", cpu)
     assert lo["unsup_weight"] == 0 and lo["vq_levels"] == [] and lo["perturb"] is False
-    assert bm.variant_overrides("dropout_mt", cpu)["perturbation"] == "dropout"
-    assert bm.variant_overrides("vq_qpm", cpu)["recon_weight"] == 0
-    assert bm.variant_overrides("vq_qpm_rec", cpu)["fm_name"] == "none"
-    assert bm.variant_overrides("vqseg_full", cpu)["fm_name"] == "efficientnet_lite0"
-    assert bm.variant_overrides("vqseg_full", bm.PROTOCOLS["gpu_vit"])["fm_name"] == "dinov2"
-    eps = sorted(bm.variant_overrides(f"vqseg_full_eps{e}", cpu)["qpm_eps"] for e in (0.1, 0.3, 0.5, 0.7, 0.9))
+    assert variants.variant_overrides("dropout_mt", cpu)["perturbation"] == "dropout"
+    assert variants.variant_overrides("vq_qpm", cpu)["recon_weight"] == 0
+    assert variants.variant_overrides("vq_qpm_rec", cpu)["fm_name"] == "none"
+    assert variants.variant_overrides("vqseg_full", cpu)["fm_name"] == "efficientnet_lite0"
+    assert variants.variant_overrides("vqseg_full", protocols.PROTOCOLS["gpu_vit"])["fm_name"] == "dinov2"
+    eps = sorted(variants.variant_overrides(f"vqseg_full_eps{e}", cpu)["qpm_eps"] for e in (0.1, 0.3, 0.5, 0.7, 0.9))
     assert eps == [0.1, 0.3, 0.5, 0.7, 0.9]
-    assert bm.variant_overrides("vqseg_full_shuffle", cpu)["qpm_mode"] == "shuffle"
+    assert variants.variant_overrides("vqseg_full_shuffle", cpu)["qpm_mode"] == "shuffle"
     with pytest.raises(ValueError, match="unknown variant"):
-        bm.variant_overrides("nope", cpu)
+        variants.variant_overrides("nope", cpu)
 
 
 def test_gpu_protocol_is_the_literature_schedule():
-    gpu = bm.PROTOCOLS["gpu"].schedule_overrides()
+    gpu = protocols.PROTOCOLS["gpu"].schedule_overrides()
     assert gpu["image_size"] == 256 and gpu["epochs"] * gpu["iterations_per_epoch"] == 30000
     assert gpu["batch_size_labeled"] == 12 and gpu["batch_size_unlabeled"] == 12
-    assert bm.PROTOCOLS["gpu_vit"].image_size == 224
+    assert protocols.PROTOCOLS["gpu_vit"].image_size == 224
 
 
 def test_write_section_replaces_only_the_marked_text(tmp_path):
     doc = tmp_path / "results.md"
-    doc.write_text(f"# T\nbefore\n{bm.MARK_START}\nold\n{bm.MARK_END}\nafter\n<!-- x:start -->keep<!-- x:end -->\n")
-    bm.write_section(doc, "new body\n")
+    doc.write_text(
+        f"# T\nbefore\n{publish.MARK_START}\nold\n{publish.MARK_END}\nafter\n<!-- x:start -->keep<!-- x:end -->\n"
+    )
+    publish.write_section(doc, "new body\n")
     text = doc.read_text()
     assert "old" not in text and "new body" in text
     assert text.startswith("# T\nbefore\n") and text.endswith("after\n<!-- x:start -->keep<!-- x:end -->\n")
     other = tmp_path / "other.md"
-    bm.write_section(other, "body\n")  # no markers yet: a section is appended
-    assert bm.MARK_START in other.read_text() and "body" in other.read_text()
+    publish.write_section(other, "body\n")  # no markers yet: a section is appended
+    assert publish.MARK_START in other.read_text() and "body" in other.read_text()
 
 
 def test_run_rejects_bad_arguments(tmp_path):
@@ -113,7 +119,7 @@ def test_end_to_end_smoke(tmp_path):
     results, docs = tmp_path / "results", tmp_path / "docs"
     doc = docs / "results.md"
     docs.mkdir()
-    doc.write_text(f"# R\n{bm.MARK_START}\nNot run yet.\n{bm.MARK_END}\n")
+    doc.write_text(f"# R\n{publish.MARK_START}\nNot run yet.\n{publish.MARK_END}\n")
     b = bm.Benchmark()
     b.run(
         protocol="smoke",
@@ -171,10 +177,10 @@ def test_unpack_dataset_once_and_finds_the_acdc_folder(tmp_path):
     with tarfile.open(archive, "w:xz") as tar:
         tar.add(src, arcname="acdc")
     dest = tmp_path / "unpacked"
-    found = bm.unpack_dataset(archive, dest)
+    found = unpack_dataset(archive, dest)
     assert found == dest / "acdc" and (found / "data" / "slices" / "patient001_frame01_slice_1.h5").exists()
     (found / "train_slices.list").write_text("edited\n")  # a second call must not unpack again
-    assert bm.unpack_dataset(archive, dest) == found
+    assert unpack_dataset(archive, dest) == found
     assert (found / "train_slices.list").read_text() == "edited\n"
 
 
@@ -182,14 +188,14 @@ def test_unpack_dataset_errors_name_the_archive(tmp_path):
     import tarfile
 
     with pytest.raises(FileNotFoundError, match="missing.tar.xz"):
-        bm.unpack_dataset(tmp_path / "missing.tar.xz", tmp_path / "d")
+        unpack_dataset(tmp_path / "missing.tar.xz", tmp_path / "d")
     not_tar = tmp_path / "notes.tar.xz"
     not_tar.write_bytes(b"plain text")
     with pytest.raises(ValueError, match="notes.tar.xz: not a tar archive"):
-        bm.unpack_dataset(not_tar, tmp_path / "d")
+        unpack_dataset(not_tar, tmp_path / "d")
     other = tmp_path / "other.tar"
     (tmp_path / "x.txt").write_text("x")
     with tarfile.open(other, "w") as tar:
         tar.add(tmp_path / "x.txt", arcname="x.txt")
     with pytest.raises(ValueError, match="other.tar: holds no train_slices.list"):
-        bm.unpack_dataset(other, tmp_path / "d2")
+        unpack_dataset(other, tmp_path / "d2")
