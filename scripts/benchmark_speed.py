@@ -189,7 +189,7 @@ def run_one(args: argparse.Namespace, backbone: str, eps: float, variant: str) -
     from monai.bundle import ConfigParser
     from monai.engines.utils import IterationEvents
 
-    from vqseg_bundle.engines.ema import _unwrap
+    from vqseg_bundle.engines import unwrap_model
     from vqseg_bundle.networks.qpm import QuantizedPerturbation
 
     device = torch.device(args.device)
@@ -216,7 +216,7 @@ def run_one(args: argparse.Namespace, backbone: str, eps: float, variant: str) -
     t_build = time.perf_counter()
     trainer = parser.get_parsed_content("train#trainer")
     build_s = time.perf_counter() - t_build
-    net = _unwrap(trainer.network)
+    net = unwrap_model(trainer.network)
 
     clock = _Clock(device)
     records: list[dict[str, float]] = []
@@ -265,7 +265,8 @@ def run_one(args: argparse.Namespace, backbone: str, eps: float, variant: str) -
         engine._unlabeled_iter = _TimedIter(engine._unlabeled_iter, clock, "data")
 
     trainer.add_event_handler(Events.STARTED, _wrap_unlabeled)
-    trainer._to_device = _TimedCall(trainer._to_device, clock, "data")
+    trainer.prepare_batch = _TimedCall(trainer.prepare_batch, clock, "data")
+    trainer.prepare_unlabeled_batch = _TimedCall(trainer.prepare_unlabeled_batch, clock, "data")
     trainer._teacher_forward = _TimedCall(trainer._teacher_forward, clock, "teacher")
     trainer.student_step = _TimedCall(trainer.student_step, clock, "student")
     for m in net.modules():

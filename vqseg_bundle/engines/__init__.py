@@ -1,4 +1,5 @@
-"""Semi-supervised trainer, EMA teacher and training handlers of the VQ-Seg bundle."""
+"""Semi-supervised trainer (with its prepare_batch callables, student step and step guard), EMA teacher and
+training handlers of the VQ-Seg bundle."""
 
 from vqseg_bundle.engines.checkpoint import (
     BestMetricState,
@@ -22,16 +23,17 @@ from vqseg_bundle.engines.handlers import (
 from vqseg_bundle.engines.loaders import InfiniteLoader
 from vqseg_bundle.engines.model_saver import BestModelSaver, network_arguments, resolved_config
 from vqseg_bundle.engines.optim import backbone_param_groups
+from vqseg_bundle.engines.prepare_batch import PrepareLabeledBatch, PrepareUnlabeledBatch
+from vqseg_bundle.engines.step_guard import NAN_POLICIES, StepGuard
+from vqseg_bundle.engines.student_step import SemiSupervisedForward, frozen_batchnorm_stats
 from vqseg_bundle.engines.trainer import (
     CUTMIX_PARTNERS,
-    NAN_POLICIES,
     PERTURBED_STREAMS,
     PSEUDO_LABELERS,
     STRONG_BN_STATS,
-    SemiSupervisedForward,
     SemiSupervisedTrainer,
-    frozen_batchnorm_stats,
 )
+from vqseg_bundle.engines.unwrap import unwrap_model
 
 __all__ = [
     "BestMetricState",
@@ -64,4 +66,8 @@ __all__ = [
     "resume_path",
     "scalar_output",
     "output_dict",
+    "PrepareLabeledBatch",
+    "PrepareUnlabeledBatch",
+    "StepGuard",
+    "unwrap_model",
 ]

@@ -24,24 +24,12 @@ import copy
 import torch
 from ignite.engine import Engine, Events
 
+from vqseg_bundle.engines.unwrap import unwrap_model
+
 __all__ = ["BUFFER_POLICIES", "EMA_WARMUPS", "make_teacher", "ema_decay_at", "EMATeacher"]
 
 BUFFER_POLICIES = ("copy", "ema", "none")
 EMA_WARMUPS = ("mean_teacher", "none")
-
-
-def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
-    """The plain network inside DDP / the training-step wrapper / ``torch.compile``."""
-    for attr in ("module", "_orig_mod", "network"):
-        inner = getattr(module, attr, None)
-        if isinstance(inner, torch.nn.Module) and type(module).__name__ in (
-            "DistributedDataParallel",
-            "DataParallel",
-            "OptimizedModule",
-            "SemiSupervisedForward",
-        ):
-            return _unwrap(inner)
-    return module
 
 
 def make_teacher(student: torch.nn.Module) -> torch.nn.Module:
@@ -53,7 +41,7 @@ def make_teacher(student: torch.nn.Module) -> torch.nn.Module:
     Returns:
         The teacher module: ``requires_grad`` off on every parameter, ``eval()`` mode.
     """
-    teacher = copy.deepcopy(_unwrap(student))
+    teacher = copy.deepcopy(unwrap_model(student))
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher.eval()
@@ -109,7 +97,7 @@ class EMATeacher:
             raise ValueError(f"buffers must be one of {BUFFER_POLICIES}, got {buffers!r}")
         if interval < 1:
             raise ValueError(f"interval must be >= 1, got {interval}")
-        student = _unwrap(student)
+        student = unwrap_model(student)
         t_params, s_params = dict(teacher.named_parameters()), dict(student.named_parameters())
         if t_params.keys() != s_params.keys():
             missing = sorted(set(s_params) ^ set(t_params))[:5]

@@ -17,7 +17,7 @@ from ignite.contrib.handlers import ProgressBar
 from ignite.engine import Engine, Events
 from monai.handlers import MeanDice, from_engine
 
-from vqseg_bundle.engines.ema import _unwrap
+from vqseg_bundle.engines.unwrap import unwrap_model
 
 __all__ = [
     "output_dict",
@@ -87,7 +87,7 @@ class CodebookUsageHandler:
         """
         if interval < 1:
             raise ValueError(f"interval must be >= 1, got {interval}")
-        net = _unwrap(network)
+        net = unwrap_model(network)
         if not callable(getattr(net, "codebook_usage", None)):
             raise ValueError(f"network {type(net).__name__} has no codebook_usage() method")
         self.network, self.interval, self.reset, self.prefix = net, int(interval), bool(reset), prefix

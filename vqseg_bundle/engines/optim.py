@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from vqseg_bundle.engines.ema import _unwrap
+from vqseg_bundle.engines.unwrap import unwrap_model
 
 __all__ = ["backbone_param_groups"]
 
@@ -39,7 +39,7 @@ def backbone_param_groups(
     """
     if lr <= 0 or (backbone_lr is not None and backbone_lr <= 0):
         raise ValueError(f"learning rates must be > 0, got lr={lr}, backbone_lr={backbone_lr}")
-    net = _unwrap(network)
+    net = unwrap_model(network)
     backbone, head = [], []
     for name, p in net.named_parameters():
         if not p.requires_grad:

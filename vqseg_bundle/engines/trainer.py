@@ -17,25 +17,34 @@ threshold and ramp-up is there, none here). One iteration:
 4. pseudo-labels (argmax, confidence = max softmax) come from the EMA teacher's plain forward of the weak view
    (``pseudo_labeler="teacher"``) or from the student's own clean train-mode prediction of it, with the
    CutMix partners labeled by the student in eval mode (``"student"``, UniMatch V1, no EMA in the loop);
-5. the loss module composes the terms; backward, optional gradient clipping, optimizer step guarded against
-   non-finite values.
+5. the loss module composes the terms; backward, then the optimizer step (optional gradient clipping, guarded
+   against non-finite values).
 
 When no loss term reads the unlabeled batch (labeled-only training) steps 2-4 and the unlabeled branch are
 skipped.
 
+Around it everything is MONAI's: the labeled batch comes through MONAI's ``prepare_batch`` mechanism
+(:class:`~vqseg_bundle.engines.prepare_batch.PrepareLabeledBatch` by default; the unlabeled one through
+``prepare_unlabeled_batch``, same interface), autocast and the float16 gradient scaler are MONAI's ``amp``,
+``amp_kwargs`` and ``scaler`` (bf16 autocast on any device, no scaler; float16 with ``torch.amp.GradScaler``),
+and the optimizer step is :class:`~vqseg_bundle.engines.step_guard.StepGuard` (gradient norm, clipping, the
+non-finite step guard).
+
 Events fire in MONAI's order: ``FORWARD_COMPLETED``, ``LOSS_COMPLETED``, ``BACKWARD_COMPLETED``,
 ``MODEL_COMPLETED``. ``engine.state.output`` is ``[dict]``, MONAI's decollated form (so that the stock
-``from_engine(["loss"], first=True)`` of ``StatsHandler`` / ``MLFlowHandler`` works); the dict holds
-detached scalar tensors only (``"loss"`` and every term, ``"mask_ratio"``, ``"grad_norm"``,
-``"skipped_steps"``, ``"lr"``): nothing in the iteration reads a value back to the host, so logging
-handlers decide how often to synchronise (``iteration_log``).
+``from_engine(["loss"], first=True)`` of ``StatsHandler`` / ``MLFlowHandler`` works). The dict holds MONAI's
+keys (``monai.utils.CommonKeys``): ``"image"`` the labeled images ``(B_l, C, H, W)``, ``"label"`` their labels
+``(B_l, H, W)`` int64, ``"pred"`` the student's clean logits of them ``(B_l, K, H, W)`` (detached), ``"loss"``;
+and detached scalar tensors (every loss term, ``"mask_ratio"``, ``"grad_norm"``, ``"skipped_steps"``, ``"lr"``,
+what handlers add), which :func:`~vqseg_bundle.engines.handlers.scalar_output` selects for logging: nothing in
+the iteration reads a value back to the host, so logging handlers decide how often to synchronise
+(``iteration_log``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -43,29 +52,30 @@ import torch.nn as nn
 from ignite.engine import Engine, Events
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
+from monai.engines.workflow import Workflow
 from monai.inferers import Inferer
+from monai.utils import CommonKeys
 from torch.optim import Optimizer
 
-from vqseg_bundle.engines.ema import _unwrap
 from vqseg_bundle.engines.loaders import InfiniteLoader
+from vqseg_bundle.engines.prepare_batch import PrepareLabeledBatch, PrepareUnlabeledBatch
+from vqseg_bundle.engines.step_guard import StepGuard
+from vqseg_bundle.engines.student_step import SemiSupervisedForward
+from vqseg_bundle.engines.unwrap import unwrap_model
 from vqseg_bundle.losses import SemiSupervisedLoss, pseudo_labels_from_logits
 from vqseg_bundle.transforms.augment import STRONG_KEYS
 from vqseg_bundle.transforms.cutmix import BatchCutMix
 
 __all__ = [
     "CUTMIX_PARTNERS",
-    "NAN_POLICIES",
     "PERTURBED_STREAMS",
     "PSEUDO_LABELERS",
     "STRONG_BN_STATS",
-    "SemiSupervisedForward",
     "SemiSupervisedTrainer",
-    "frozen_batchnorm_stats",
 ]
 
 logger = logging.getLogger(__name__)
 
-NAN_POLICIES = ("skip", "none")
 #: who labels the weak view: the EMA teacher, or the student itself (UniMatch V1)
 PSEUDO_LABELERS = ("teacher", "student")
 #: which unlabeled stream the network's feature perturbation (QPM / dropout) acts on
@@ -75,79 +85,6 @@ CUTMIX_PARTNERS = ("batch", "second_batch")
 #: whether the strong-view forward updates BatchNorm running statistics
 STRONG_BN_STATS = ("update", "frozen")
 _AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@contextlib.contextmanager
-def frozen_batchnorm_stats(module: nn.Module) -> Iterator[None]:
-    """BatchNorm layers of ``module`` normalise with the batch's statistics (train mode) but do not update
-    their running statistics inside the block (momentum 0 leaves ``running_mean / var`` unchanged)."""
-    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
-    saved = [m.momentum for m in norms]
-    for m in norms:
-        m.momentum = 0.0
-    try:
-        yield
-    finally:
-        for m, momentum in zip(norms, saved, strict=True):
-            m.momentum = momentum
-
-
-class SemiSupervisedForward(nn.Module):
-    """The student's training forwards of one step as a single ``forward`` call.
-
-    DDP synchronises gradients through hooks set up in ``forward``; calling ``forward_train`` on a
-    wrapped network twice would bypass it (or trip "marked ready twice"). Wrap this module, not the
-    network, in ``DistributedDataParallel`` (``configs/multi_gpu_train.yaml`` does).
-    """
-
-    def __init__(self, network: nn.Module) -> None:
-        """
-        Args:
-            network: a VQ-Seg network with ``forward_train(x, perturb, generator, align_size, return_clean)``.
-        """
-        super().__init__()
-        if not callable(getattr(network, "forward_train", None)):
-            raise ValueError(f"network must have a forward_train method, got {type(network).__name__}")
-        self.network = network
-
-    def forward(
-        self,
-        labeled: torch.Tensor,
-        weak: torch.Tensor | None = None,
-        strong: torch.Tensor | None = None,
-        perturb_weak: bool = False,
-        perturb_strong: bool = True,
-        freeze_strong_bn: bool = False,
-        generator: torch.Generator | None = None,
-        align_size: Sequence[int] | None = None,
-    ) -> tuple[Any, Any]:
-        """
-        Args:
-            labeled: ``(B_l, C, H, W)`` labeled images, never perturbed.
-            weak: ``(B_u, C, H, W)`` weak views run with the labeled batch (``cat(labeled, weak)``), or ``None``.
-            strong: ``(2 B_u, C, H, W)`` the two strong views concatenated, or ``None``.
-            perturb_weak: also decode the feature-perturbed ``cat(labeled, weak)`` (its ``seg_logits``; the
-                clean logits are then ``clean_seg_logits``).
-            perturb_strong: apply the network's perturbation to the strong views.
-            freeze_strong_bn: the strong-view forward leaves BatchNorm running statistics unchanged.
-            generator: random generator for the perturbation (on the inputs' device).
-            align_size: ``(h, w)`` of the foundation model's feature grid, or ``None`` without PFA.
-
-        Returns:
-            ``(VQSegOutput of cat(labeled, weak), VQSegOutput of strong or None)``; the first always has
-            ``clean_seg_logits``.
-        """
-        first = labeled if weak is None else torch.cat([labeled, weak])
-        out_lw = self.network.forward_train(
-            first, perturb=perturb_weak, generator=generator, align_size=align_size, return_clean=True
-        )
-        if strong is None:
-            return out_lw, None
-        with frozen_batchnorm_stats(self.network) if freeze_strong_bn else contextlib.nullcontext():
-            out_s = self.network.forward_train(
-                strong, perturb=perturb_strong, generator=generator, align_size=align_size
-            )
-        return out_lw, out_s
 
 
 class SemiSupervisedTrainer(SupervisedTrainer):
@@ -187,6 +124,8 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         compile_kwargs: dict | None = None,
         seed: int = 0,
         non_blocking: bool = True,
+        prepare_batch: Callable | None = None,
+        prepare_unlabeled_batch: Callable | None = None,
         inferer: Inferer | None = None,
         train_handlers: Sequence | None = None,
         optim_set_to_none: bool = True,
@@ -224,13 +163,18 @@ class SemiSupervisedTrainer(SupervisedTrainer):
                 and optimizer state unchanged, decided on the device without host sync, counted in
                 ``output["skipped_steps"]`` and logged by :class:`~vqseg_bundle.engines.handlers.NaNSkipLogger`;
                 ``"none"``: no guard (pair with ignite's ``TerminateOnNan`` to stop instead).
-            amp: autocast the forward passes (``amp_dtype``); bf16 needs no gradient scaler.
-            amp_dtype: ``"bfloat16"`` or ``"float16"`` (float16 uses ``torch.amp.GradScaler``).
+            amp: autocast the forward passes (``amp_dtype``, on the trainer's device type: MONAI's ``amp`` with
+                ``amp_kwargs={"dtype": ...}``); bf16 needs no gradient scaler.
+            amp_dtype: ``"bfloat16"`` or ``"float16"`` (float16 uses ``torch.amp.GradScaler``, MONAI's ``scaler``).
             channels_last: convert inputs (and the networks) to channels-last memory format.
             compile: ``torch.compile`` the student step and the teacher forward.
             compile_kwargs: arguments of ``torch.compile``.
             seed: seed of the trainer's device random generator (CutMix boxes, QPM draws).
             non_blocking: asynchronous host-to-device copies.
+            prepare_batch: MONAI ``prepare_batch`` callable of the labeled batch, returning ``(image, label)``
+                (default :class:`~vqseg_bundle.engines.prepare_batch.PrepareLabeledBatch`).
+            prepare_unlabeled_batch: the same for the unlabeled batch, returning ``{"image", "image_s1",
+                "image_s2"}`` (default :class:`~vqseg_bundle.engines.prepare_batch.PrepareUnlabeledBatch`).
             inferer: kept for MONAI's ``train#inferer`` property; the iteration calls the networks directly.
             train_handlers: ignite / MONAI handlers.
             optim_set_to_none: ``optimizer.zero_grad(set_to_none=...)``.
@@ -244,14 +188,11 @@ class SemiSupervisedTrainer(SupervisedTrainer):
             ("perturbed_stream", perturbed_stream, PERTURBED_STREAMS),
             ("cutmix_partner", cutmix_partner, CUTMIX_PARTNERS),
             ("strong_bn_stats", strong_bn_stats, STRONG_BN_STATS),
-            ("nan_policy", nan_policy, NAN_POLICIES),
         ):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         if amp_dtype not in _AMP_DTYPES:
             raise ValueError(f"amp_dtype must be one of {tuple(_AMP_DTYPES)}, got {amp_dtype!r}")
-        if grad_clip_norm is not None and grad_clip_norm <= 0:
-            raise ValueError(f"grad_clip_norm must be > 0 or None, got {grad_clip_norm}")
         if epoch_length is None or int(epoch_length) < 1:
             raise ValueError(f"epoch_length must be a positive int (the loaders cycle forever), got {epoch_length}")
         if kwargs.get("decollate"):
@@ -264,7 +205,7 @@ class SemiSupervisedTrainer(SupervisedTrainer):
             )
 
         student_step = network if isinstance(network, nn.parallel.DistributedDataParallel) else None
-        plain = _unwrap(network)
+        plain = unwrap_model(network)
         if student_step is not None and not isinstance(student_step.module, SemiSupervisedForward):
             raise ValueError(
                 "a DistributedDataParallel network must wrap SemiSupervisedForward(network), e.g. "
@@ -290,7 +231,6 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         labeled_loader = (
             train_data_loader if isinstance(train_data_loader, InfiniteLoader) else InfiniteLoader(train_data_loader)
         )
-        # amp is handled here (bf16 on any device); MONAI's own amp means CUDA float16 + GradScaler
         super().__init__(
             device=device,
             max_epochs=max_epochs,
@@ -300,9 +240,11 @@ class SemiSupervisedTrainer(SupervisedTrainer):
             loss_function=loss,
             epoch_length=int(epoch_length),
             non_blocking=non_blocking,
+            prepare_batch=prepare_batch if prepare_batch is not None else PrepareLabeledBatch(channels_last),
             inferer=inferer,
             train_handlers=train_handlers,
-            amp=False,
+            amp=bool(amp),
+            amp_kwargs={"dtype": _AMP_DTYPES[amp_dtype]},
             optim_set_to_none=optim_set_to_none,
             compile=False,
             **kwargs,
@@ -329,18 +271,31 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         self.strong_bn_stats = strong_bn_stats
         self.uses_unlabeled = loss.uses_unlabeled(plain, self.foundation_model is not None)
         self.perturb = bool(perturb)
-        self.grad_clip_norm = grad_clip_norm
-        self.nan_policy = nan_policy
-        self.use_amp = bool(amp)
-        self.amp_dtype = _AMP_DTYPES[amp_dtype]
         self.channels_last = bool(channels_last)
         self.seed = int(seed)
         dev = torch.device(device)
         self.generator = torch.Generator(device=dev)
         self.generator.manual_seed(self.seed)
-        self.grad_scaler = torch.amp.GradScaler(dev.type) if self.use_amp and self.amp_dtype == torch.float16 else None
-        self._skipped = torch.zeros((), dtype=torch.long, device=dev)
+        self.prepare_unlabeled_batch = (
+            prepare_unlabeled_batch
+            if prepare_unlabeled_batch is not None
+            else PrepareUnlabeledBatch(channels_last=channels_last)
+        )
+        # MONAI's scaler attribute: float16 only (bf16 needs none), on the trainer's device type
+        self.scaler = torch.amp.GradScaler(dev.type) if self.amp and self.amp_dtype == torch.float16 else None
+        self.step_guard = StepGuard(plain, optimizer, nan_policy, grad_clip_norm, self.scaler, dev)
         self.add_event_handler(Events.STARTED, self._start_unlabeled)
+
+    @property
+    def amp_dtype(self) -> torch.dtype:
+        """The autocast dtype (``amp_kwargs["dtype"]``)."""
+        return self.amp_kwargs["dtype"]
+
+    def run(self) -> None:  # type: ignore[override]
+        """Run the training: MONAI's ``Workflow.run``. MONAI's ``Trainer.run`` would first replace ``scaler`` by a
+        CUDA float16 ``GradScaler`` whenever ``amp`` is set; the trainer keeps its own (float16 on the trainer's
+        device type, none for bf16)."""
+        Workflow.run(self)
 
     # ------------------------------------------------------------------ helpers
     def _start_unlabeled(self, engine: Engine) -> None:
@@ -350,113 +305,8 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         self.generator.manual_seed(self.seed + int(engine.state.iteration) + 1_000_003 * int(engine.state.rank))
         self._unlabeled_iter = iter(self.unlabeled_loader)
 
-    def _to_device(self, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-        x = torch.as_tensor(x)
-        if hasattr(x, "as_tensor"):  # MetaTensor -> plain tensor (no metadata needed in training)
-            x = x.as_tensor()
-        x = x.to(self.state.device, dtype=dtype, non_blocking=self.non_blocking)
-        if self.channels_last and x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
-
-    def _autocast(self):
-        return torch.autocast(self.state.device.type, dtype=self.amp_dtype, enabled=self.use_amp)
-
-    def _trainable(self) -> list[torch.Tensor]:
-        return [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
-
-    def _guards_buffers(self) -> bool:
-        return self.nan_policy == "skip" and self.grad_scaler is None
-
-    def _snapshot_buffers(self) -> dict[str, torch.Tensor] | None:
-        """Copies of the student's buffers (BatchNorm running statistics, quantizer state) before the forward,
-        for :meth:`_guarded_step` to restore when the step is skipped (one fused copy, no host sync)."""
-        if not self._guards_buffers():
-            return None
-        named = [(k, b) for k, b in _unwrap(self.network).named_buffers() if b is not None]
-        floats = [(k, b) for k, b in named if b.is_floating_point()]
-        snapshot = (
-            dict(zip([k for k, _ in floats], torch._foreach_mul([b.detach() for _, b in floats], 1.0), strict=True))
-            if floats
-            else {}
-        )
-        snapshot.update({k: b.detach().clone() for k, b in named if not b.is_floating_point()})
-        return snapshot
-
-    def _restore_buffers(self, finite: torch.Tensor, snapshot: dict[str, torch.Tensor] | None) -> None:
-        """Where the step is not finite, put the buffers of :meth:`_snapshot_buffers` back (on the device)."""
-        if not snapshot:
-            return
-        current = []
-        saved = []
-        for k, b in _unwrap(self.network).named_buffers():
-            old = snapshot.get(k)
-            if old is not None and b is not None and old.shape == b.shape and old.device == b.device == finite.device:
-                current.append(b)
-                saved.append(old)
-        if current:
-            with torch.no_grad():
-                torch._foreach_copy_(current, [torch.where(finite, b, o) for b, o in zip(current, saved, strict=True)])
-
-    def _guarded_step(self, loss: torch.Tensor, buffers: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        """Optimizer step that is undone on the device when the loss or gradients are not finite.
-
-        Args:
-            loss: the step's loss.
-            buffers: the student's buffers before the forward (:meth:`_snapshot_buffers`): restored too when
-                the step is skipped, so that a non-finite forward leaves no non-finite BatchNorm statistics.
-
-        Returns:
-            The global gradient norm (scalar tensor, before clipping).
-        """
-        params = self._trainable()
-        if self.grad_scaler is not None:
-            self.grad_scaler.unscale_(self.optimizer)
-        if not params:
-            if buffers:
-                self._restore_buffers(torch.isfinite(loss.detach()), buffers)
-            return torch.zeros((), device=self.state.device)
-        if self.grad_clip_norm is not None:
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip_norm, foreach=True)
-        else:
-            grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm([p.grad for p in params])))
-        if self.grad_scaler is not None:  # float16: the scaler already skips non-finite steps (with a sync)
-            self.grad_scaler.step(self.optimizer)
-            self.grad_scaler.update()
-            return grad_norm
-        if self.nan_policy == "none":
-            self.optimizer.step()
-            return grad_norm
-        finite = torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)
-        # snapshot parameters and existing optimizer state, step, then keep the old values where not finite;
-        # all on the device, no host sync (a Python branch on `finite` would force one every step).
-        # State held on another device (Adam's CPU step counters) is not guarded: copying it back would sync.
-        dev = finite.device
-
-        def _state_tensors() -> list[torch.Tensor]:
-            return [
-                t
-                for p in params
-                for t in self.optimizer.state.get(p, {}).values()
-                if torch.is_tensor(t) and t.device == dev and t.is_floating_point()
-            ]
-
-        old_state = _state_tensors()
-        old_ids = {id(t) for t in old_state}
-        guarded = [p.detach() for p in params] + old_state
-        backup = torch._foreach_mul(guarded, 1.0)  # one fused copy
-        for p in params:  # non-finite gradients must not leak into newly created optimizer state
-            p.grad.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
-        self.optimizer.step()
-        with torch.no_grad():
-            restored = [torch.where(finite, t, b) for t, b in zip(guarded, backup, strict=True)]
-            torch._foreach_copy_(guarded, restored)
-            new_state = [t for t in _state_tensors() if id(t) not in old_ids]
-            if new_state:
-                torch._foreach_copy_(new_state, [torch.where(finite, t, torch.zeros_like(t)) for t in new_state])
-        self._restore_buffers(finite, buffers)
-        self._skipped += (~finite).long()
-        return grad_norm
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(self.state.device.type, enabled=self.amp, **self.amp_kwargs)
 
     def _foundation_features(self, images: torch.Tensor) -> torch.Tensor:
         with torch.no_grad(), self._autocast():
@@ -475,26 +325,19 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         return pseudo_labels_from_logits(logits.float())
 
     def _next_unlabeled(self, engine: Engine) -> dict[str, torch.Tensor]:
+        """The next unlabeled batch, through ``prepare_unlabeled_batch`` (``{"image", "image_s1", "image_s2"}``)."""
         if self._unlabeled_iter is None:
             self._start_unlabeled(engine)
         batch = next(self._unlabeled_iter)
-        for key in ("image", *STRONG_KEYS):
-            if key not in batch:
-                raise ValueError(
-                    f"unlabeled batch has no {key!r} (keys: {sorted(batch)}); build the unlabeled dataset "
-                    "with vqseg_bundle.transforms.unlabeled_transforms"
-                )
-        return {k: self._to_device(batch[k], torch.float32) for k in ("image", *STRONG_KEYS)}
+        return self.prepare_unlabeled_batch(batch, engine.state.device, engine.non_blocking, **engine.to_kwargs)
 
     # ------------------------------------------------------------------ iteration
     def _iteration(self, engine: Engine, batchdata: dict[str, torch.Tensor]) -> list[dict]:  # type: ignore[override]
-        """One semi-supervised step; returns ``engine.state.output``: ``[{name: detached scalar}]``."""
+        """One semi-supervised step; returns ``engine.state.output``: ``[{image, label, pred, loss, name: scalar}]``
+        (see the module docstring)."""
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
-        x_l = self._to_device(batchdata["image"], torch.float32)
-        y_l = self._to_device(batchdata["label"], torch.long)
-        if y_l.ndim == 4:
-            y_l = y_l[:, 0]
+        x_l, y_l = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)[:2]
         loss_fn: SemiSupervisedLoss = self.loss_function
         streams = loss_fn.pseudo_label_streams
         gen = self.generator
@@ -547,9 +390,9 @@ class SemiSupervisedTrainer(SupervisedTrainer):
             fm_strong = self._foundation_features(x_s) if x_s is not None else None
             align_size = tuple(fm_first.shape[-2:])
 
-        out: dict[str, Any] = {}
+        out: dict[str, Any] = {CommonKeys.IMAGE: x_l, CommonKeys.LABEL: y_l}
         engine.state.output = [out]
-        buffers = self._snapshot_buffers()
+        buffers = self.step_guard.snapshot_buffers()
         self.student_step.train()
         self.optimizer.zero_grad(set_to_none=self.optim_set_to_none)
         with self._autocast():
@@ -563,10 +406,11 @@ class SemiSupervisedTrainer(SupervisedTrainer):
                 generator=gen,
                 align_size=align_size,
             )
-        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
-
         clean = out_lw.clean_seg_logits
         labeled_logits = clean[:b_l]
+        out[CommonKeys.PRED] = labeled_logits.detach()
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+
         strong_targets, fp_target = [], None
         if streams:
             if teacher_labels is not None:
@@ -615,20 +459,20 @@ class SemiSupervisedTrainer(SupervisedTrainer):
             for name in set.intersection(*(set(o.vq_loss_terms) for o in vq_outputs)):
                 if "/" not in name:  # per-level terms stay out of the logs
                     vq_terms[f"vq_{name}"] = sum(o.vq_loss_terms[name] for o in vq_outputs) / len(vq_outputs)
-        out["loss"] = total
+        out[CommonKeys.LOSS] = total
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
 
-        if self.grad_scaler is not None:
-            self.grad_scaler.scale(total).backward()
+        if self.scaler is not None:
+            self.scaler.scale(total).backward()
         else:
             total.backward()
         engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-        grad_norm = self._guarded_step(total, buffers)
+        grad_norm = self.step_guard.step(total, buffers)
 
         for k, v in {**terms, **vq_terms}.items():
             out[k] = v.detach() if torch.is_tensor(v) else v
         out["grad_norm"] = grad_norm.detach()
-        out["skipped_steps"] = self._skipped.clone()
+        out["skipped_steps"] = self.step_guard.skipped.clone()
         out["lr"] = float(self.optimizer.param_groups[0]["lr"])
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output
