@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vqseg_bundle.networks import VQSegUNet
+from vqseg_bundle.networks import FeatureDropout, QuantizedPerturbation, VQSegUNet
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "benchmark_perturbation.py"
@@ -28,9 +28,9 @@ def bp():
 def _net(vq: bool) -> VQSegUNet:
     torch.manual_seed(0)
     kwargs = (
-        dict(vq_levels="all", codebook_size=32, perturbation="qpm")
+        dict(vq_levels="all", codebook_size=32, perturbation=QuantizedPerturbation())
         if vq
-        else dict(vq_levels=[], perturbation="dropout")
+        else dict(vq_levels=[], perturbation=FeatureDropout())
     )
     return VQSegUNet(features=(4, 8, 16), reconstruction=False, **kwargs).eval()
 

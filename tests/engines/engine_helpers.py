@@ -8,14 +8,19 @@ from monai.data import DataLoader
 from vqseg_bundle.data import InMemorySliceDataset
 from vqseg_bundle.engines import EMATeacher, SemiSupervisedTrainer, make_teacher
 from vqseg_bundle.losses import PseudoLabelLoss, SemiSupervisedLoss
-from vqseg_bundle.networks import VQSegUNet
+from vqseg_bundle.networks import VQSegUNet, build_perturbation
 from vqseg_bundle.transforms import BatchCutMix, labeled_transforms, unlabeled_transforms
 
 SIZE = 32
 
 
 def tiny_unet(**kwargs) -> VQSegUNet:
+    """A small VQSegUNet; ``perturbation`` by name (default QPM), ``qpm_eps`` its eps."""
     args = dict(features=(4, 8, 16, 32, 32), dropout=0.0, codebook_size=16, pfa_channels=None)
+    eps = kwargs.pop("qpm_eps", None)
+    args["perturbation"] = build_perturbation(
+        kwargs.pop("perturbation", "qpm"), qpm=None if eps is None else {"eps": eps}
+    )
     args.update(kwargs)
     return VQSegUNet(**args)
 

@@ -14,7 +14,7 @@ GUARDED = dict(codebook_type="learnable", codebook_dim=8, cosine=True)
 @pytest.mark.parametrize(
     "kwargs",
     [
-        dict(vq_levels=[], perturbation="dropout"),  # the default recipe's plain U-Net
+        dict(vq_levels=[]),  # the default recipe's plain U-Net
         dict(vq_levels=["bottleneck"], codebook_size=64),  # the paper's SimVQ quantizer
         dict(vq_levels=[2, 3], codebook_size=64, quantizer=GUARDED),  # collapse-guarded quantizer
     ],
@@ -33,6 +33,6 @@ def test_exported_program_matches_pytorch_at_another_batch_size(tmp_path, kwargs
 
 
 def test_compare_program_names_a_missing_file(tmp_path):
-    net = VQSegUNet(features=(4, 8), vq_levels=[], perturbation="dropout", reconstruction=False)
+    net = VQSegUNet(features=(4, 8), vq_levels=[], reconstruction=False)
     with pytest.raises(FileNotFoundError, match="missing.pt2"):
         compare_program(net, tmp_path / "missing.pt2", image_size=16)

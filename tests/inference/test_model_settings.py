@@ -26,7 +26,6 @@ NET = {
     "vq_levels": ["bottleneck"],
     "reconstruction": True,
     "recon_input": "quantized",
-    "perturbation": "qpm",
 }
 
 

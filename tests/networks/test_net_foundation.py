@@ -4,7 +4,7 @@ import pytest
 import timm
 import torch
 
-from vqseg_bundle.networks import VQSegUNet, build_foundation_model
+from vqseg_bundle.networks import QuantizedPerturbation, VQSegUNet, build_foundation_model
 from vqseg_bundle.networks.foundation import (
     DINOv2Encoder,
     EfficientNetLite0Encoder,
@@ -79,7 +79,9 @@ def test_frozen_model_stays_frozen_after_an_optimizer_step(fm16):
     assert not fm16.training and all(not m.training for m in fm16.modules())
     assert all(not p.requires_grad for p in fm16.parameters())
 
-    student = VQSegUNet(features=(4, 8, 8, 16), codebook_size=16, pfa_channels=fm16.out_channels)
+    student = VQSegUNet(
+        features=(4, 8, 8, 16), codebook_size=16, pfa_channels=fm16.out_channels, perturbation=QuantizedPerturbation()
+    )
     assert not any(k.startswith(("stem", "blocks")) for k in student.state_dict())
     # even an optimizer wrongly handed the FM's parameters must leave them untouched
     opt = torch.optim.AdamW(list(student.parameters()) + list(fm16.parameters()), lr=0.1, weight_decay=0.5)

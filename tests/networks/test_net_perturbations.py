@@ -71,9 +71,10 @@ def test_invalid_arguments(cls, kwargs):
 
 
 def _unet(**kwargs):
-    from vqseg_bundle.networks import VQSegUNet
+    from vqseg_bundle.networks import VQSegUNet, build_perturbation
 
     args = dict(features=(4, 8, 16, 16), codebook_size=16, reconstruction=False, pfa_channels=None)
+    args["perturbation"] = build_perturbation(kwargs.pop("perturbation", "qpm"), qpm=kwargs.pop("qpm", None))
     args.update(kwargs)
     return VQSegUNet(**args)
 
@@ -90,12 +91,12 @@ def test_return_clean_decodes_clean_and_perturbed_maps_together():
 
 
 def test_qpm_dropout_perturbs_codes_then_drops_channels():
-    net = _unet(vq_levels=["bottleneck"], perturbation="qpm_dropout", qpm_eps=0.9).eval()
+    net = _unet(vq_levels=["bottleneck"], perturbation="qpm_dropout", qpm={"eps": 0.9}).eval()
     assert net.dropout_levels == (0, 1, 2, 3) and net.perturb_levels == (3,)
     x = torch.rand(4, 1, 16, 16)
     out = net.forward_train(x, perturb=True, generator=_gen(1))
     assert (out.perturbed_indices[0] != out.indices[0]).any()
-    qpm_only = _unet(vq_levels=["bottleneck"], perturbation="qpm", qpm_eps=0.9).eval()
+    qpm_only = _unet(vq_levels=["bottleneck"], perturbation="qpm", qpm={"eps": 0.9}).eval()
     qpm_only.load_state_dict(net.state_dict())
     assert not torch.allclose(out.seg_logits, qpm_only.forward_train(x, perturb=True, generator=_gen(1)).seg_logits)
 

@@ -17,7 +17,7 @@ def _net(mode: str | None = None) -> VQSegUNet:
     net = VQSegUNet(
         features=(4, 8, 16, 32),
         codebook_size=32,
-        perturbation="none",
+        perturbation=None,
         reconstruction=False,
         pfa_channels=FM_CHANNELS,
     )

@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 
-from vqseg_bundle.networks import VQSegUNet
+from vqseg_bundle.networks import QuantizedPerturbation, VQSegUNet
 from vqseg_bundle.networks.quantizer import VectorQuantizer
 from vqseg_bundle.networks.vq_ops import kmeans, rotation_trick
 
@@ -153,7 +153,7 @@ def test_unet_builds_every_level_quantizer_from_the_options_and_qpm_runs_through
         features=(4, 8, 16),
         vq_levels=[1, 2],
         codebook_size=16,
-        perturbation="qpm",
+        perturbation=QuantizedPerturbation(),
         reconstruction=True,
         recon_input="quantized",
         quantizer=dict(codebook_type="learnable", **GUARDS),

@@ -5,14 +5,14 @@ import io
 import pytest
 import torch
 
-from vqseg_bundle.networks import VQSegOutput, VQSegUNet
+from vqseg_bundle.networks import QuantizedPerturbation, VQSegOutput, VQSegUNet, build_perturbation
 
 SMALL = dict(features=(4, 8, 8, 16), dropout=0.0, codebook_size=32)
 
 
 def _net(**kwargs):
     torch.manual_seed(0)
-    return VQSegUNet(**(SMALL | kwargs))
+    return VQSegUNet(**(SMALL | {"perturbation": QuantizedPerturbation()} | kwargs))  # QPM unless told
 
 
 def _gen(seed=0):
@@ -45,7 +45,7 @@ def test_shapes_for_odd_sizes(shape):
 
 
 def test_every_trainable_parameter_gets_a_gradient():
-    net = _net(pfa_channels=3, vq_levels=(2, 3), usage_entropy_weight=0.1).train()
+    net = _net(pfa_channels=3, vq_levels=(2, 3), quantizer={"usage_entropy_weight": 0.1}).train()
     out = net.forward_train(torch.randn(2, 1, 24, 24), perturb=True, generator=_gen(), align_size=(3, 3))
     loss = out.seg_logits.square().mean() + out.reconstruction.abs().mean() + out.vq_loss + out.aligned.mean()
     loss.backward()
@@ -55,7 +55,7 @@ def test_every_trainable_parameter_gets_a_gradient():
 
 
 def test_straight_through_carries_the_perturbed_seg_loss_into_the_encoder():
-    net = _net(qpm_eps=1.0).train()
+    net = _net(perturbation=QuantizedPerturbation(eps=1.0)).train()
     out = net.forward_train(torch.randn(2, 1, 16, 16), perturb=True, generator=_gen())
     out.seg_logits.square().mean().backward()
     deepest = net.encoder[-1].parameters()
@@ -64,7 +64,7 @@ def test_straight_through_carries_the_perturbed_seg_loss_into_the_encoder():
 
 
 def test_qpm_changes_seg_input_only_and_reconstruction_reads_unperturbed_features():
-    net = _net(qpm_eps=1.0).eval()  # eval: no dropout / BN batch statistics, so runs are comparable
+    net = _net(perturbation=QuantizedPerturbation(eps=1.0)).eval()  # eval: no dropout / BN batch statistics, so runs are comparable
     x = torch.randn(2, 1, 32, 32)
     clean = net.forward_train(x)
     pert = net.forward_train(x, perturb=True, generator=_gen(1))
@@ -90,7 +90,7 @@ def test_vq_loss_terms_add_up():
 
 @pytest.mark.parametrize("perturbation", ["none", "dropout", "complementary_dropout"])
 def test_baseline_perturbations(perturbation):
-    net = _net(perturbation=perturbation).eval()
+    net = _net(perturbation=build_perturbation(perturbation)).eval()
     x = torch.randn(4, 1, 16, 16)
     out = net.forward_train(x, perturb=True, generator=_gen())
     clean = net.forward_train(x)
@@ -104,7 +104,7 @@ def test_baseline_perturbations(perturbation):
 
 
 def test_plain_unet_without_quantization():
-    net = _net(vq_levels=(), perturbation="dropout", pfa_channels=2)
+    net = _net(vq_levels=(), perturbation=build_perturbation("dropout"), pfa_channels=2)
     out = net.forward_train(torch.randn(2, 1, 16, 16), perturb=True, align_size=(2, 2))
     assert out.pre_vq == [] and out.vq_loss.item() == 0.0 and out.aligned.shape == (2, 2, 2, 2)
     assert net.codebook_usage() == {}
@@ -135,11 +135,11 @@ def test_codebook_usage_aggregates_quantizers():
     [
         (dict(vq_levels=(7,)), "out of range"),
         (dict(vq_levels=("middle",)), "unknown level"),
-        (dict(vq_levels=(), perturbation="qpm"), "at least one quantized"),
+        (dict(vq_levels=(), perturbation=QuantizedPerturbation()), "at least one quantized"),
         (dict(perturb_levels=(1,)), "not in vq_levels"),
         (dict(perturbation="mixup"), "perturbation"),
         (dict(recon_input="skip"), "recon_input"),
-        (dict(recon_input="quantized", vq_levels=(), perturbation="none"), "recon_input"),
+        (dict(recon_input="quantized", vq_levels=(), perturbation=None), "recon_input"),
         (dict(codebook_size=(8, 8)), "codebook_size"),
         (dict(dropout=(0.1, 0.2)), "dropout"),
     ],

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from vqseg_bundle.networks import VQSegViT
+from vqseg_bundle.networks import QuantizedPerturbation, VQSegViT
 from vqseg_bundle.networks.vit import create_dinov2_backbone
 
 TINY = dict(vit_kwargs=dict(depth=4, embed_dim=32, num_heads=2), dpt_features=8, dpt_level_channels=(4, 4, 8, 8))
@@ -11,7 +11,7 @@ TINY = dict(vit_kwargs=dict(depth=4, embed_dim=32, num_heads=2), dpt_features=8,
 
 def _net(**kwargs):
     torch.manual_seed(0)
-    args = dict(pretrained=False, codebook_size=32) | TINY | kwargs
+    args = dict(pretrained=False, codebook_size=32, perturbation=QuantizedPerturbation()) | TINY | kwargs
     return VQSegViT(**args)
 
 

@@ -12,7 +12,7 @@ from vqseg_bundle.data import InMemorySliceDataset
 from vqseg_bundle.data.device_loader import DeviceBatchLoader
 from vqseg_bundle.engines import EMATeacher, InfiniteLoader, SemiSupervisedTrainer, make_teacher
 from vqseg_bundle.losses import SemiSupervisedLoss, SupervisedSegLoss
-from vqseg_bundle.networks import VQSegUNet
+from vqseg_bundle.networks import QuantizedPerturbation, VQSegUNet
 from vqseg_bundle.transforms import BatchCutMix, labeled_transforms, unlabeled_transforms
 from vqseg_bundle.transforms.batched import BatchedLabeledAugment, BatchedUnlabeledAugment
 
@@ -84,7 +84,9 @@ def test_bad_arguments_are_named():
 
 def _tiny_net() -> VQSegUNet:
     torch.manual_seed(0)
-    return VQSegUNet(features=(4, 8, 16, 32, 32), dropout=0.0, codebook_size=16, pfa_channels=None)
+    return VQSegUNet(
+        features=(4, 8, 16, 32, 32), dropout=0.0, codebook_size=16, pfa_channels=None, perturbation=QuantizedPerturbation()
+    )
 
 
 def _marker_datasets(n: int = 8):

@@ -1,19 +1,23 @@
 """Data: demo phantoms, ACDC HDF5 reader, Decathlon-style NIfTI reader, in-memory slice datasets,
 integrity checks.
 
-The training configs use one entry point, :func:`build_splits`.
+The training configs use two entry points: :func:`build_splits` (the checked splits) and :func:`train_loader`
+(the training loaders of both backends).
 """
 
 from vqseg_bundle.data.acdc import load_acdc_splits
 from vqseg_bundle.data.datasets import InMemorySliceDataset, resize_slices
 from vqseg_bundle.data.integrity import DataIntegrityError, patient_id_from_name
 from vqseg_bundle.data.intensity import NORMALIZATION_MODES, normalize_intensity
+from vqseg_bundle.data.loaders import DATA_BACKENDS, train_loader
 from vqseg_bundle.data.nifti import load_datalist, load_nifti_splits
 from vqseg_bundle.data.phantoms import make_demo_dataset, make_phantom_volume
 from vqseg_bundle.data.splits import SemiSupervisedSplits, build_splits, default_demo_dir, detect_format
 
 __all__ = [
     "build_splits",
+    "train_loader",
+    "DATA_BACKENDS",
     "SemiSupervisedSplits",
     "InMemorySliceDataset",
     "DataIntegrityError",

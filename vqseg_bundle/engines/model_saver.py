@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 
-from vqseg_bundle.engines.unwrap import unwrap_model
+from vqseg_bundle.engines.ema import _unwrap
 from vqseg_bundle.fileio import atomic_write_bytes, atomic_write_text
 from vqseg_bundle.inferers.settings import FORMAT, file_sha256, jsonable, settings_path
 
@@ -63,19 +63,48 @@ def network_arguments(config: Mapping[str, Any]) -> dict:
     elif target is not None:
         cls, target = target, f"{target.__module__}.{target.__qualname__}"
     if cls is not None and callable(cls):
-        try:
-            bound = inspect.signature(cls).bind_partial(**args)
-            bound.apply_defaults()
-            args = {k: v for k, v in bound.arguments.items() if k not in ("args", "kwargs")}
-        except (TypeError, ValueError):
-            pass
+        args = _with_defaults(cls, args)
     out: dict[str, Any] = {"_target_": target}
     for k, v in args.items():
+        if _is_built_module(v):
+            # built modules (the perturbation) hold no weights and act in training only: nothing to rebuild
+            logger.debug("model settings: argument %r of %s (a built %s) is not recorded", k, target, type(v).__name__)
+            continue
         try:
             out[k] = jsonable(v)
         except TypeError:
             logger.warning("model settings: argument %r of %s (%s) is not recorded", k, target, type(v).__name__)
     return out
+
+
+def _with_defaults(cls: Any, args: dict[str, Any]) -> dict[str, Any]:
+    """``args`` completed with the defaults of ``cls``'s signature; the options a class passes through as
+    ``**kwargs`` are completed from its ``shared_arguments()`` signature when it has one (the VQ-Seg networks)."""
+    try:
+        signature = inspect.signature(cls)
+        bound = signature.bind_partial(**args)
+        bound.apply_defaults()
+    except (TypeError, ValueError):
+        return args
+    out: dict[str, Any] = {}
+    for name, value in bound.arguments.items():
+        kind = signature.parameters[name].kind
+        if kind is inspect.Parameter.VAR_KEYWORD:
+            out.update(value)
+        elif kind is not inspect.Parameter.VAR_POSITIONAL:
+            out[name] = value
+    shared = getattr(cls, "shared_arguments", None)
+    if callable(shared):
+        for name, param in shared().parameters.items():
+            if name not in out and param.default is not inspect.Parameter.empty:
+                out[name] = param.default
+    return out
+
+
+def _is_built_module(value: Any) -> bool:
+    if isinstance(value, (list, tuple)):
+        return bool(value) and all(_is_built_module(v) for v in value)
+    return isinstance(value, torch.nn.Module)
 
 
 def resolved_config(component_id: str = "network_def") -> dict:
@@ -114,7 +143,7 @@ def resolved_config(component_id: str = "network_def") -> dict:
 
 
 def _state_dict(network: torch.nn.Module) -> dict[str, torch.Tensor]:
-    net = unwrap_model(network)
+    net = _unwrap(network)
     return {k: v.detach().cpu() for k, v in net.state_dict().items()}
 
 

@@ -61,7 +61,7 @@ def list_inference_inputs(
     matches = literal_glob(str(input_glob))
     if not matches and not allow_empty:
         raise FileNotFoundError(
-            f"No input matches {input_glob!r}. Set --dataset_dir to the folder of the scans or --input_glob "
+            f"No input matches {input_glob!r}. Set --input_dir to the folder of the scans or --input_glob "
             "to a pattern, or --datalist to a JSON file."
         )
     return [{image_key: m} for m in matches]
@@ -96,7 +96,7 @@ def require_inputs(items: Sized, input_glob: str | None = None, datalist: str | 
     if n == 0:
         source = f"datalist {str(datalist)!r}" if datalist else f"pattern {input_glob!r}"
         raise FileNotFoundError(
-            f"No input image found for {source}. Set --dataset_dir to the folder of the scans, "
+            f"No input image found for {source}. Set --input_dir to the folder of the scans, "
             "--input_glob to a "
             "pattern (e.g. '/data/*.nii.gz') or --datalist to a JSON file."
         )

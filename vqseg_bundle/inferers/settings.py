@@ -34,6 +34,7 @@ __all__ = [
     "model_value",
     "check_model_settings",
     "build_network",
+    "current_network_arguments",
     "jsonable",
     "train_defaults",
     "effective_value",
@@ -232,7 +233,35 @@ def build_network(settings: Mapping[str, Any], keys: list[str] | tuple[str, ...]
     else:
         names = keys if keys is not None else [k for k in settings if k not in ("image_size", "settings_file")]
         config = {"_target_": _UNET, **{k: settings[k] for k in names if k in settings}}
-    return ConfigComponent(config).instantiate()
+    return ConfigComponent(current_network_arguments(config)).instantiate()
+
+
+#: arguments of the networks before version 0.4.0 that are now options of every level's quantizer
+_QUANTIZER_ARGS = ("commitment_beta", "usage_entropy_weight", "usage_entropy_temperature", "max_chunk_elements")
+#: arguments before 0.4.0 that described the perturbation by name and options (now a built module that acts in
+#: training only, hence not needed to rebuild a trained network)
+_PERTURBATION_ARGS = (
+    "dropout_rate",
+    "complementary_keep_ratio",
+    "qpm_mode",
+    "qpm_eps",
+    "qpm_temperature",
+    "qpm_distance",
+    "qpm_strategy",
+)
+
+
+def current_network_arguments(config: Mapping[str, Any]) -> dict:
+    """A network component config (``_target_`` and arguments) in the current form: the arguments a settings
+    file of an earlier version recorded flat (``commitment_beta``, ``qpm_eps``, ``perturbation: "qpm"``, ...)
+    moved into ``quantizer`` or dropped (the perturbation does not change the weights)."""
+    out = {k: v for k, v in config.items() if k not in _PERTURBATION_ARGS and k not in _QUANTIZER_ARGS}
+    if isinstance(out.get("perturbation"), str):
+        out["perturbation"] = None
+    moved = {k: config[k] for k in _QUANTIZER_ARGS if k in config}
+    if moved:
+        out["quantizer"] = {**moved, **dict(config.get("quantizer") or {})}
+    return out
 
 
 _TRAIN_DEFAULTS: dict | None = None

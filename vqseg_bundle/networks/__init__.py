@@ -13,7 +13,7 @@ from .foundation import (
     build_foundation_model,
 )
 from .outputs import VQSegOutput
-from .perturbations import PERTURBATIONS, ComplementaryDropout, FeatureDropout
+from .perturbations import PERTURBATIONS, ComplementaryDropout, FeatureDropout, build_perturbation
 from .qpm import QuantizedPerturbation
 from .quantizer import QuantizerOutput, VectorQuantizer
 from .unet import VQSegUNet
@@ -27,6 +27,7 @@ __all__ = [
     "FrozenFoundationModel",
     "VQSegViT",
     "build_foundation_model",
+    "build_perturbation",
     "create_dinov2_backbone",
     "load_dinov2_weights",
     "ComplementaryDropout",

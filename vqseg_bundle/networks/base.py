@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import functools
+import inspect
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -10,7 +12,7 @@ import torch.nn as nn
 
 from .adapter import PFAAdapter
 from .outputs import VQSegOutput
-from .perturbations import PERTURBATIONS, ComplementaryDropout, FeatureDropout
+from .perturbations import ComplementaryDropout, FeatureDropout
 from .qpm import QuantizedPerturbation
 from .quantizer import VectorQuantizer
 
@@ -61,6 +63,50 @@ def parse_levels(spec: int | str | Sequence[int | str] | None, num_levels: int, 
     return tuple(sorted(out))
 
 
+def _quantizer_factory(quantizer: Mapping[str, Any] | Callable[..., Any] | None, cls: str) -> Callable[..., Any]:
+    """``quantizer(embedding_dim, num_embeddings, seed=...)`` for a mapping of options or a factory."""
+    if quantizer is None or isinstance(quantizer, Mapping):
+        options = dict(quantizer or {})
+        reserved = sorted(set(options) & {"embedding_dim", "num_embeddings", "seed"})
+        if reserved:
+            raise ValueError(
+                f"{cls}: quantizer options {reserved} are set by the network (level channels, codebook_size, "
+                "codebook_seed); remove them from `quantizer`."
+            )
+        return functools.partial(VectorQuantizer, **options)
+    if callable(quantizer):
+        return quantizer
+    raise TypeError(f"{cls}: quantizer must be a mapping of VectorQuantizer options or a factory, got {quantizer!r}.")
+
+
+def _split_perturbation(
+    perturbation: nn.Module | Sequence[nn.Module] | None, cls: str
+) -> tuple[QuantizedPerturbation | None, nn.Module | None]:
+    """``(qpm, dropout)`` of a built perturbation: a module, ``[qpm, dropout]`` or ``None``."""
+    if perturbation is None:
+        return None, None
+    modules = list(perturbation) if isinstance(perturbation, (list, tuple, nn.ModuleList)) else [perturbation]
+    qpm = [m for m in modules if isinstance(m, QuantizedPerturbation)]
+    dropout = [m for m in modules if isinstance(m, (FeatureDropout, ComplementaryDropout))]
+    if len(qpm) + len(dropout) != len(modules) or len(qpm) > 1 or len(dropout) > 1:
+        raise ValueError(
+            f"{cls}: perturbation must be a QuantizedPerturbation, a FeatureDropout, a ComplementaryDropout, "
+            f"[QuantizedPerturbation, FeatureDropout] or None, got {[type(m).__name__ for m in modules]}."
+        )
+    if qpm and dropout and isinstance(dropout[0], ComplementaryDropout):
+        raise ValueError(f"{cls}: QPM combines with FeatureDropout only, not ComplementaryDropout.")
+    return (qpm[0] if qpm else None), (dropout[0] if dropout else None)
+
+
+def _perturbation_name(qpm: nn.Module | None, dropout: nn.Module | None) -> str:
+    """The name (one of :data:`~.perturbations.PERTURBATIONS`) of a built perturbation."""
+    if qpm is not None:
+        return "qpm_dropout" if dropout is not None else "qpm"
+    if dropout is None:
+        return "none"
+    return "complementary_dropout" if isinstance(dropout, ComplementaryDropout) else "dropout"
+
+
 class VQSegNetworkBase(nn.Module):
     """Shared logic of :class:`~vqseg_bundle.networks.unet.VQSegUNet` and
     :class:`~vqseg_bundle.networks.vit.VQSegViT`.
@@ -79,29 +125,47 @@ class VQSegNetworkBase(nn.Module):
     def _setup_vq(
         self,
         level_channels: Sequence[int],
-        vq_levels,
-        codebook_size: int | Sequence[int],
-        commitment_beta: float,
-        usage_entropy_weight: float,
-        usage_entropy_temperature: float,
-        perturbation: str,
-        perturb_levels,
-        dropout_rate: float,
-        complementary_keep_ratio: float,
-        qpm_mode: str,
-        qpm_eps: float,
-        qpm_temperature: float,
-        qpm_distance: str,
-        qpm_strategy: str,
         reconstruction: bool,
-        recon_input: str,
-        pfa_channels: int | None,
-        pfa_level,
-        max_chunk_elements: int,
-        codebook_seed: int | None,
+        vq_levels: int | str | Sequence[int | str] = ("bottleneck",),
+        codebook_size: int | Sequence[int] = 16384,
+        codebook_seed: int | None = 0,
+        quantizer: Mapping[str, Any] | Callable[..., VectorQuantizer] | None = None,
+        perturbation: nn.Module | Sequence[nn.Module] | None = None,
+        perturb_levels: int | str | Sequence[int | str] | None = None,
+        recon_input: str = "all",
+        pfa_channels: int | None = None,
+        pfa_level: int | str | None = None,
         pfa_gradient: str = "codebook",
-        quantizer: Mapping[str, Any] | None = None,
     ) -> None:
+        """Build the quantized levels, take the perturbation and build the PFA adapter (the options every
+        backbone shares; subclasses pass them through as keyword arguments).
+
+        Args:
+            level_channels: channels of each encoder level, shallow to deep.
+            reconstruction: whether the subclass built a reconstruction decoder (dual branch).
+            vq_levels: levels to quantize: ``("bottleneck",)`` (default: the deepest), indices such as ``(3, 4)``,
+                ``"all"``, or ``()`` for no quantized level (then only dropout-type perturbations are possible).
+            codebook_size: K, one int or one per quantized level (16384 in the paper).
+            codebook_seed: seed of the frozen base codebooks (level l uses ``seed + l``).
+            quantizer: every level's quantizer: a mapping of
+                :class:`~vqseg_bundle.networks.quantizer.VectorQuantizer` options (``commitment_beta``,
+                ``codebook_type``, ``codebook_dim``, ``cosine``, ``kmeans_init``, ``dead_code_steps``, ``gradient``,
+                ``max_chunk_elements``, ...; ``None`` or ``{}``: the paper's SimVQ quantizer), or a factory called
+                as ``quantizer(embedding_dim, num_embeddings, seed=...)`` (e.g. a MONAI ``_mode_: partial``
+                component).
+            perturbation: the built perturbation of the perturbed stream (:func:`~.perturbations.build_perturbation`):
+                a :class:`~.qpm.QuantizedPerturbation` (QPM on the code indices of the quantized levels), a
+                :class:`~.perturbations.FeatureDropout` (UniMatch) or :class:`~.perturbations.ComplementaryDropout`
+                (UniMatch V2; ``forward_train`` then expects the two strong views concatenated along the batch),
+                or ``[QuantizedPerturbation, FeatureDropout]`` (QPM, then dropout on every level). ``None``: no
+                perturbation (the one switch that turns it off).
+            perturb_levels: levels perturbed; ``None`` = the quantized levels for QPM, every level for dropout.
+            recon_input: ``"all"``: the reconstruction decoder reads every level as the segmentation decoder
+                does; ``"quantized"``: non-quantized levels are zeroed for it.
+            pfa_channels: channels of the foundation model for the PFA adapter; ``None`` = no adapter.
+            pfa_level: level the adapter reads (default: the deepest quantized level).
+            pfa_gradient: see :attr:`pfa_gradient`.
+        """
         cls = type(self).__name__
         num_levels = len(level_channels)
         self.level_channels = tuple(int(c) for c in level_channels)
@@ -115,38 +179,24 @@ class VQSegNetworkBase(nn.Module):
                     f"{cls}: codebook_size has {len(sizes)} entries but vq_levels {self.vq_levels} has "
                     f"{len(self.vq_levels)}; give one int or one size per level."
                 )
-        quantizer_options = dict(quantizer or {})
-        reserved = sorted(set(quantizer_options) & {"embedding_dim", "num_embeddings", "seed"})
-        if reserved:
-            raise ValueError(
-                f"{cls}: quantizer options {reserved} are set by the network (level channels, codebook_size, "
-                "codebook_seed); remove them from `quantizer`."
-            )
+        make_quantizer = _quantizer_factory(quantizer, cls)
         self.quantizers = nn.ModuleDict(
             {
-                str(level): VectorQuantizer(
-                    self.level_channels[level],
-                    size,
-                    commitment_beta,
-                    usage_entropy_weight,
-                    usage_entropy_temperature,
-                    max_chunk_elements,
-                    seed=None if codebook_seed is None else int(codebook_seed) + level,
-                    **quantizer_options,
+                str(level): make_quantizer(
+                    self.level_channels[level], size, seed=None if codebook_seed is None else int(codebook_seed) + level
                 )
                 for level, size in zip(self.vq_levels, sizes, strict=True)
             }
         )
 
-        if perturbation not in PERTURBATIONS:
-            raise ValueError(f"{cls}: perturbation must be one of {PERTURBATIONS}, got {perturbation!r}.")
-        self.perturbation = perturbation
-        self.qpm: QuantizedPerturbation | None = None
-        self.feature_perturbation: nn.Module | None = None
+        qpm, dropout = _split_perturbation(perturbation, cls)
+        self.perturbation = _perturbation_name(qpm, dropout)
+        self.qpm: QuantizedPerturbation | None = qpm
+        self.feature_perturbation: nn.Module | None = dropout
         self.dropout_levels: tuple[int, ...] = ()
-        if perturbation in ("qpm", "qpm_dropout"):
+        if qpm is not None:
             if not self.vq_levels:
-                raise ValueError(f"{cls}: perturbation='qpm' needs at least one quantized level (vq_levels is empty).")
+                raise ValueError(f"{cls}: a QPM perturbation needs at least one quantized level (vq_levels is empty).")
             levels = (
                 self.vq_levels
                 if perturb_levels is None
@@ -154,14 +204,8 @@ class VQSegNetworkBase(nn.Module):
             )
             missing = sorted(set(levels) - set(self.vq_levels))
             if missing:
-                raise ValueError(
-                    f"{cls}: QPM can only perturb quantized levels; levels {missing} are not in vq_levels."
-                )
-            self.qpm = QuantizedPerturbation(
-                qpm_mode, qpm_eps, qpm_temperature, qpm_distance, qpm_strategy, max_chunk_elements
-            )
-            if perturbation == "qpm_dropout":  # QPM on the codes, then UniMatch's dropout on every level
-                self.feature_perturbation = FeatureDropout(dropout_rate)
+                raise ValueError(f"{cls}: QPM can only perturb quantized levels; levels {missing} are not in vq_levels.")
+            if dropout is not None:  # QPM on the codes, then UniMatch's dropout on every level
                 self.dropout_levels = tuple(range(num_levels))
         else:
             levels = (
@@ -169,11 +213,7 @@ class VQSegNetworkBase(nn.Module):
                 if perturb_levels is None
                 else parse_levels(perturb_levels, num_levels, f"{cls}.perturb_levels")
             )
-            if perturbation == "dropout":
-                self.feature_perturbation = FeatureDropout(dropout_rate)
-            elif perturbation == "complementary_dropout":
-                self.feature_perturbation = ComplementaryDropout(dropout_rate, complementary_keep_ratio)
-            else:
+            if dropout is None:
                 levels = ()
             self.dropout_levels = levels
         self.perturb_levels = levels
@@ -194,6 +234,13 @@ class VQSegNetworkBase(nn.Module):
                 (self.pfa_level,) = parse_levels([pfa_level], num_levels, f"{cls}.pfa_level")
             self.adapter = PFAAdapter(self.level_channels[self.pfa_level], int(pfa_channels))
         self.pfa_gradient = pfa_gradient
+
+    @classmethod
+    def shared_arguments(cls) -> inspect.Signature:
+        """The signature of the options every backbone passes through to :meth:`_setup_vq` (``**vq_options`` of
+        the subclasses), with their defaults: what a settings record completes a network's arguments with."""
+        params = list(inspect.signature(cls._setup_vq).parameters.values())
+        return inspect.Signature([p for p in params if p.name not in ("self", "level_channels", "reconstruction")])
 
     @property
     def pfa_gradient(self) -> str:

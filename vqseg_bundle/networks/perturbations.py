@@ -1,5 +1,6 @@
 """Feature-perturbation baselines applied to (post-VQ) feature maps: UniMatch feature dropout and UniMatch V2
-complementary dropout. QPM, which perturbs code indices instead, lives in :mod:`.qpm`.
+complementary dropout; and :func:`build_perturbation`, the one place that turns a perturbation name into the
+built module(s) a network takes. QPM, which perturbs code indices instead, lives in :mod:`.qpm`.
 
 Both are a few lines on top of random channel masks; they are written here (rather than with
 ``nn.Dropout2d``) to accept a ``torch.Generator`` and, for the complementary variant, to couple two views.
@@ -7,12 +8,14 @@ Both are a few lines on top of random channel masks; they are written here (rath
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn as nn
 
-__all__ = ["PERTURBATIONS", "FeatureDropout", "ComplementaryDropout"]
+from .qpm import QuantizedPerturbation
+
+__all__ = ["PERTURBATIONS", "FeatureDropout", "ComplementaryDropout", "build_perturbation"]
 
 PERTURBATIONS = ("qpm", "none", "dropout", "complementary_dropout", "qpm_dropout")
 
@@ -100,3 +103,36 @@ class ComplementaryDropout(nn.Module):
             mask = torch.cat([first, second], dim=0)
             out.append(f * mask.view(*mask.shape, *([1] * (f.ndim - 2))))
         return out
+
+
+def build_perturbation(
+    name: str | None,
+    qpm: Mapping | None = None,
+    dropout: Mapping | None = None,
+    complementary: Mapping | None = None,
+) -> nn.Module | list[nn.Module] | None:
+    """The perturbation module(s) a network takes (``perturbation=`` of the VQ-Seg networks), from its name.
+
+    Args:
+        name: ``"qpm"`` (:class:`~.qpm.QuantizedPerturbation`), ``"dropout"`` (:class:`FeatureDropout`),
+            ``"complementary_dropout"`` (:class:`ComplementaryDropout`), ``"qpm_dropout"`` (QPM, then feature
+            dropout: a list of both) or ``"none"`` / ``None`` (no perturbation: the one switch that turns it off).
+        qpm, dropout, complementary: keyword arguments of the three classes (their defaults otherwise; options
+            of a class the name does not use are ignored, so a config can hold all three).
+
+    Raises:
+        ValueError: unknown name.
+    """
+    key = "none" if name is None else str(name)
+    if key not in PERTURBATIONS:
+        raise ValueError(f"perturbation must be one of {PERTURBATIONS}, got {name!r}.")
+    modules: list[nn.Module] = []
+    if key in ("qpm", "qpm_dropout"):
+        modules.append(QuantizedPerturbation(**dict(qpm or {})))
+    if key in ("dropout", "qpm_dropout"):
+        modules.append(FeatureDropout(**dict(dropout or {})))
+    if key == "complementary_dropout":
+        modules.append(ComplementaryDropout(**dict(complementary or {})))
+    if not modules:
+        return None
+    return modules[0] if len(modules) == 1 else modules

@@ -63,7 +63,7 @@ class QuantizedPerturbation(nn.Module):
         temperature: float = 1.0,
         distance: str = "sqeuclidean",
         strategy: str = "auto",
-        max_chunk_elements: int = 2**22,
+        max_chunk_elements: int = 2**24,
     ) -> None:
         super().__init__()
         if mode not in QPM_MODES:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -43,35 +44,12 @@ class VQSegUNet(VQSegNetworkBase):
             ``bilinear=True`` block, 1.81 M parameters in total), ``"deconv"`` (transposed conv, 1.94 M) or
             ``"pixelshuffle"``.
         reconstruction: build the image-reconstruction decoder (dual branch).
-        recon_input: ``"all"``: the reconstruction decoder reads every level as the segmentation decoder
-            does; ``"quantized"``: non-quantized levels are zeroed for it, so the image must be rebuilt from
-            the post-VQ features alone.
-        vq_levels: levels to quantize: ``("bottleneck",)`` (default), indices such as ``(3, 4)``, or ``()``
-            for a plain U-Net (then only dropout-type perturbations are possible).
-        codebook_size: K, one int or one per quantized level (16384 in the paper).
-        commitment_beta: commitment loss weight.
-        usage_entropy_weight, usage_entropy_temperature: code-usage entropy loss (0 = off).
-        perturbation: ``"qpm"``, ``"none"``, ``"dropout"`` (UniMatch), ``"complementary_dropout"``
-            (UniMatch V2; ``forward_train`` then expects the two strong views concatenated along the batch) or
-            ``"qpm_dropout"`` (QPM on the quantized levels, then UniMatch's dropout on every level).
-        perturb_levels: levels perturbed; ``None`` = the quantized levels for QPM, every level for the
-            dropout baselines (as UniMatch does).
-        dropout_rate: rate of the dropout baselines.
-        complementary_keep_ratio: fraction of view pairs left unperturbed by complementary dropout.
-        qpm_mode, qpm_eps, qpm_temperature, qpm_distance, qpm_strategy: see
-            :class:`~vqseg_bundle.networks.qpm.QuantizedPerturbation`.
-        pfa_channels: channels of the foundation model for the PFA adapter; ``None`` = no adapter.
-        pfa_level: level the adapter reads (default: the deepest quantized level).
-        pfa_gradient: where the PFA alignment gradient goes: ``"codebook"`` (default: the codebook mapping
-            and adapter; the encoder gets none, which keeps PFA from pushing features off the codebook) or
-            ``"straight_through"`` (the paper's routing through the straight-through estimator).
-        max_chunk_elements: memory bound (float32 elements) of one ``(tokens, K)`` block in the nearest-code
-            search and in QPM.
-        codebook_seed: seed of the frozen base codebooks (level l uses ``seed + l``).
-        quantizer: further options of every level's
-            :class:`~vqseg_bundle.networks.quantizer.VectorQuantizer` (``codebook_type``, ``codebook_dim``,
-            ``cosine``, ``kmeans_init``, ``kmeans_iters``, ``dead_code_steps``, ``gradient``, ...); ``None``:
-            the paper's SimVQ quantizer.
+        vq_options: the options every backbone shares, passed through to
+            :meth:`~vqseg_bundle.networks.base.VQSegNetworkBase._setup_vq` (one home for their defaults):
+            ``vq_levels`` (default the bottleneck; ``()`` for a plain U-Net), ``codebook_size``, ``codebook_seed``,
+            ``quantizer`` (the levels' :class:`~vqseg_bundle.networks.quantizer.VectorQuantizer` options or a
+            factory), ``perturbation`` (a built module, :func:`~vqseg_bundle.networks.build_perturbation`;
+            ``None``: none), ``perturb_levels``, ``recon_input``, ``pfa_channels``, ``pfa_level``, ``pfa_gradient``.
 
     Input ``(B, in_channels, H, W)`` with ``H, W >= 2 ** (len(features) - 1)``; any such size works (odd sizes
     are padded back after each upsampling).
@@ -89,27 +67,7 @@ class VQSegUNet(VQSegNetworkBase):
         norm: str | tuple = ("batch", {"affine": True}),
         upsample: str = "nontrainable",
         reconstruction: bool = True,
-        recon_input: str = "all",
-        vq_levels: int | str | Sequence[int | str] = ("bottleneck",),
-        codebook_size: int | Sequence[int] = 16384,
-        commitment_beta: float = 0.25,
-        usage_entropy_weight: float = 0.0,
-        usage_entropy_temperature: float = 1.0,
-        perturbation: str = "qpm",
-        perturb_levels: int | str | Sequence[int | str] | None = None,
-        dropout_rate: float = 0.5,
-        complementary_keep_ratio: float = 0.5,
-        qpm_mode: str = "kernel",
-        qpm_eps: float = 0.7,
-        qpm_temperature: float = 1.0,
-        qpm_distance: str = "sqeuclidean",
-        qpm_strategy: str = "auto",
-        pfa_channels: int | None = None,
-        pfa_level: int | str | None = None,
-        pfa_gradient: str = "codebook",
-        max_chunk_elements: int = 2**24,
-        codebook_seed: int | None = 0,
-        quantizer: dict | None = None,
+        **vq_options: Any,
     ) -> None:
         super().__init__()
         features = [int(f) for f in features]
@@ -145,31 +103,7 @@ class VQSegUNet(VQSegNetworkBase):
             if reconstruction
             else None
         )
-        self._setup_vq(
-            features,
-            vq_levels,
-            codebook_size,
-            commitment_beta,
-            usage_entropy_weight,
-            usage_entropy_temperature,
-            perturbation,
-            perturb_levels,
-            dropout_rate,
-            complementary_keep_ratio,
-            qpm_mode,
-            qpm_eps,
-            qpm_temperature,
-            qpm_distance,
-            qpm_strategy,
-            reconstruction,
-            recon_input,
-            pfa_channels,
-            pfa_level,
-            max_chunk_elements,
-            codebook_seed,
-            pfa_gradient,
-            quantizer,
-        )
+        self._setup_vq(features, reconstruction, **vq_options)
 
     def _check_input(self, x: torch.Tensor) -> None:
         super()._check_input(x)

@@ -180,10 +180,10 @@ class VQSegViT(VQSegNetworkBase):
         drop_path_rate: stochastic depth of the ViT.
         grad_checkpointing: activation checkpointing in the ViT blocks (memory for time).
         vit_kwargs: extra ``timm.create_model`` arguments (tiny models in tests).
-        reconstruction, recon_input, vq_levels, codebook_size, commitment_beta, usage_entropy_weight,
-        usage_entropy_temperature, perturbation, perturb_levels, dropout_rate, complementary_keep_ratio,
-        qpm_*, pfa_channels, pfa_level, pfa_gradient, max_chunk_elements, codebook_seed, quantizer: as in
-        :class:`~vqseg_bundle.networks.unet.VQSegUNet` (levels here are the four ViT levels).
+        reconstruction: build the reconstruction DPT head (dual branch).
+        vq_options: the options every backbone shares (``vq_levels``, default the deepest; ``codebook_size``,
+            ``codebook_seed``, ``quantizer``, ``perturbation``, ``perturb_levels``, ``recon_input``, ``pfa_*``):
+            :meth:`~vqseg_bundle.networks.base.VQSegNetworkBase._setup_vq` (levels here are the four ViT levels).
     """
 
     def __init__(
@@ -202,27 +202,7 @@ class VQSegViT(VQSegNetworkBase):
         grad_checkpointing: bool = False,
         vit_kwargs: dict[str, Any] | None = None,
         reconstruction: bool = True,
-        recon_input: str = "all",
-        vq_levels: int | str | Sequence[int | str] = ("deepest",),
-        codebook_size: int | Sequence[int] = 16384,
-        commitment_beta: float = 0.25,
-        usage_entropy_weight: float = 0.0,
-        usage_entropy_temperature: float = 1.0,
-        perturbation: str = "qpm",
-        perturb_levels: int | str | Sequence[int | str] | None = None,
-        dropout_rate: float = 0.5,
-        complementary_keep_ratio: float = 0.5,
-        qpm_mode: str = "kernel",
-        qpm_eps: float = 0.7,
-        qpm_temperature: float = 1.0,
-        qpm_distance: str = "sqeuclidean",
-        qpm_strategy: str = "auto",
-        pfa_channels: int | None = None,
-        pfa_level: int | str | None = None,
-        pfa_gradient: str = "codebook",
-        max_chunk_elements: int = 2**24,
-        codebook_seed: int | None = 0,
-        quantizer: dict | None = None,
+        **vq_options: Any,
     ) -> None:
         super().__init__()
         if int(in_channels) not in (1, 3):
@@ -259,31 +239,7 @@ class VQSegViT(VQSegNetworkBase):
         self.imagenet_norm = bool(imagenet_norm)
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        self._setup_vq(
-            [embed_dim] * 4,
-            vq_levels,
-            codebook_size,
-            commitment_beta,
-            usage_entropy_weight,
-            usage_entropy_temperature,
-            perturbation,
-            perturb_levels,
-            dropout_rate,
-            complementary_keep_ratio,
-            qpm_mode,
-            qpm_eps,
-            qpm_temperature,
-            qpm_distance,
-            qpm_strategy,
-            reconstruction,
-            recon_input,
-            pfa_channels,
-            pfa_level,
-            max_chunk_elements,
-            codebook_seed,
-            pfa_gradient,
-            quantizer,
-        )
+        self._setup_vq([embed_dim] * 4, reconstruction, **vq_options)
 
     def _vit_input(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] == 1:
