@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 
-from vqseg_bundle.engines.ema import _unwrap
+from vqseg_bundle.engines.unwrap import unwrap_model
 from vqseg_bundle.fileio import atomic_write_bytes, atomic_write_text
 from vqseg_bundle.inferers.settings import FORMAT, file_sha256, jsonable, settings_path
 
@@ -143,7 +143,7 @@ def resolved_config(component_id: str = "network_def") -> dict:
 
 
 def _state_dict(network: torch.nn.Module) -> dict[str, torch.Tensor]:
-    net = _unwrap(network)
+    net = unwrap_model(network)
     return {k: v.detach().cpu() for k, v in net.state_dict().items()}
 
 
