@@ -106,6 +106,8 @@ def test_protocols_extend_and_compose(tmp_path):
         ({"p": {k: v for k, v in PROTOCOL.items() if k != "image_size"}}, "missing \\['image_size'\\]"),
         ({"p": {**PROTOCOL, "image_size": "32"}}, "image_size must be a positive integer"),
         ({"p": {**PROTOCOL, "iterations": 5}}, "multiple of val_every"),
+        ({"p": {**PROTOCOL, "config_files": "configs/train.yaml"}}, "config_files must be a non-empty list"),
+        ({"p": {**PROTOCOL, "threads": 0}}, "threads must be a positive integer"),
         ({"p": {**PROTOCOL, "name": "x"}}, "unknown keys \\['name'\\]"),
         ({"p": {**PROTOCOL, "extends": "nope"}}, "extends 'nope'"),
         ({"p": {**PROTOCOL, "extends": "q"}, "q": {"extends": "p"}}, "extends"),

@@ -120,7 +120,13 @@ def _fields(
     if missing and not trail:
         raise ValueError(f"{where}: missing {missing}")
     if "config_files" in values:
-        values["config_files"] = tuple(values["config_files"])
+        files = values["config_files"]
+        if not isinstance(files, (list, tuple)) or not files or not all(isinstance(f, str) for f in files):
+            raise ValueError(f"{where}: config_files must be a non-empty list of paths, got {files!r}")
+        values["config_files"] = tuple(files)
+    threads = values.get("threads")
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+        raise ValueError(f"{where}: threads must be a positive integer or absent, got {threads!r}")
     for key in _INT_FIELDS:
         if key in values and (not isinstance(values[key], int) or isinstance(values[key], bool) or values[key] < 1):
             raise ValueError(f"{where}: {key} must be a positive integer, got {values[key]!r}")
