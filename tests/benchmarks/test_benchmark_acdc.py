@@ -71,7 +71,7 @@ def test_commands_carry_variant_and_protocol(variant, tmp_path):
 def test_variant_semantics():
     cpu = protocols.PROTOCOLS["cpu"]
     lo = variants.variant_overrides("labeled_only", cpu)
-    assert lo["unsup_weight"] == 0 and lo["vq_levels"] == [] and lo["perturb"] is False
+    assert lo["unsup_weight"] == 0 and lo["vq_levels"] == [] and lo["perturbation"] == "none"
     assert variants.variant_overrides("dropout_mt", cpu)["perturbation"] == "dropout"
     assert variants.variant_overrides("vq_qpm", cpu)["recon_weight"] == 0
     assert variants.variant_overrides("vq_qpm_rec", cpu)["fm_name"] == "none"

@@ -114,7 +114,6 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         perturbed_stream: str = "strong",
         cutmix_partner: str = "batch",
         strong_bn_stats: str = "update",
-        perturb: bool = True,
         grad_clip_norm: float | None = None,
         nan_policy: str = "skip",
         amp: bool = False,
@@ -157,7 +156,6 @@ class SemiSupervisedTrainer(SupervisedTrainer):
                 unlabeled batch, UniMatch V1).
             strong_bn_stats: ``"update"`` or ``"frozen"``: the strong-view forward does not update BatchNorm
                 running statistics (so that they, and the teacher that copies them, come from clean views).
-            perturb: perturb the student (QPM or the network's configured mode) at all.
             grad_clip_norm: clip the global gradient norm to this value (``None``: no clipping).
             nan_policy: ``"skip"``: a step whose loss or gradient norm is not finite leaves parameters
                 and optimizer state unchanged, decided on the device without host sync, counted in
@@ -214,7 +212,8 @@ class SemiSupervisedTrainer(SupervisedTrainer):
             )
         if not callable(getattr(plain, "forward_train", None)):
             raise ValueError(f"network must be a VQ-Seg network with forward_train, got {type(plain).__name__}")
-        has_perturbation = bool(perturb) and getattr(plain, "perturbation", "none") != "none"
+        # the network's perturbation is the one switch (perturbation "none" / None: nothing to perturb)
+        has_perturbation = getattr(plain, "perturbation", "none") != "none"
         streams = loss.pseudo_label_streams
         if has_perturbation and perturbed_stream in ("weak", "both") and "fp" not in streams:
             raise ValueError(
@@ -270,7 +269,7 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         self.cutmix_partner = cutmix_partner
         self.strong_bn_stats = strong_bn_stats
         self.uses_unlabeled = loss.uses_unlabeled(plain, self.foundation_model is not None)
-        self.perturb = bool(perturb)
+        self.perturb = has_perturbation
         self.channels_last = bool(channels_last)
         self.seed = int(seed)
         dev = torch.device(device)
