@@ -1,4 +1,5 @@
-"""Weak / strong augmentation pipelines (MONAI dictionary transforms) and batch CutMix."""
+"""Weak / strong augmentation pipelines (MONAI dictionary transforms; their parameters, shared with the batched
+path of :mod:`vqseg_bundle.transforms.batched`) and batch CutMix."""
 
 from vqseg_bundle.transforms.augment import (
     STRONG_KEYS,
@@ -8,11 +9,14 @@ from vqseg_bundle.transforms.augment import (
     weak_transforms,
 )
 from vqseg_bundle.transforms.cutmix import CUTMIX_MODES, BatchCutMix, random_box_masks
+from vqseg_bundle.transforms.params import StrongAugmentParams, WeakAugmentParams
 
 __all__ = [
     "BatchCutMix",
     "CUTMIX_MODES",
     "STRONG_KEYS",
+    "StrongAugmentParams",
+    "WeakAugmentParams",
     "labeled_transforms",
     "random_box_masks",
     "strong_intensity_transforms",

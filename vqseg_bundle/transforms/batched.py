@@ -34,12 +34,14 @@ Shapes: images ``(B, C, H, W)`` float, labels ``(B, 1, H, W)`` or ``(B, H, W)`` 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from vqseg_bundle.transforms.augment import STRONG_KEYS
+from vqseg_bundle.transforms.params import StrongAugmentParams, WeakAugmentParams, unlabeled_params
 
 __all__ = [
     "BatchedWeakAugment",
@@ -51,20 +53,6 @@ __all__ = [
 
 #: MONAI's GaussianFilter truncation, in standard deviations
 _TRUNCATED = 4.0
-
-
-def _prob(name: str, value: float) -> float:
-    if not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"{name} must be a probability in [0, 1], got {value}")
-    return float(value)
-
-
-def _pair(name: str, value: Sequence[float], positive: bool = False) -> tuple[float, float]:
-    if isinstance(value, (int, float)) or len(value) != 2 or float(value[0]) > float(value[1]):
-        raise ValueError(f"{name} must be a (low, high) pair with low <= high, got {value}")
-    if positive and float(value[0]) <= 0:
-        raise ValueError(f"{name} must be positive, got {value}")
-    return float(value[0]), float(value[1])
 
 
 def _check_image(image: torch.Tensor) -> None:
@@ -115,24 +103,13 @@ class BatchedWeakAugment:
         image, label = weak(image, label, generator=g)   # (B, 1, H, W), (B, 1, H, W)
     """
 
-    def __init__(
-        self,
-        rotate_degrees: float = 20.0,
-        rotate_prob: float = 0.5,
-        flip_prob: float = 0.5,
-        zoom_range: Sequence[float] = (0.9, 1.1),
-        zoom_prob: float = 0.5,
-        rot90_prob: float = 0.0,
-    ) -> None:
-        """Arguments as :func:`vqseg_bundle.transforms.weak_transforms` (same meaning, same defaults)."""
-        self.rot90_prob = _prob("rot90_prob", rot90_prob)
-        if float(rotate_degrees) < 0:
-            raise ValueError(f"rotate_degrees must be >= 0, got {rotate_degrees}")
-        self.rotate = math.radians(float(rotate_degrees))
-        self.rotate_prob = _prob("rotate_prob", rotate_prob)
-        self.flip_prob = _prob("flip_prob", flip_prob)
-        self.zoom_range = _pair("zoom_range", zoom_range, positive=True)
-        self.zoom_prob = _prob("zoom_prob", zoom_prob)
+    def __init__(self, **params: Any) -> None:
+        """
+        Args:
+            params: the fields of :class:`~vqseg_bundle.transforms.params.WeakAugmentParams` (as
+                :func:`vqseg_bundle.transforms.weak_transforms`: same meaning, same defaults).
+        """
+        self.params = WeakAugmentParams(**params)
 
     def sample_params(
         self, batch_size: int, spatial_size: Sequence[int], device: torch.device, generator: torch.Generator | None
@@ -144,16 +121,16 @@ class BatchedWeakAugment:
         of the rotation / flip / zoom chain: a rotation by ``k x 90`` degrees (``k`` uniform in 0..3) and a
         flip of one random axis (exact on square images: pixel centres map onto pixel centres)."""
         u = torch.rand(6, batch_size, device=device, generator=generator)
-        rotated = u[0] < self.rotate_prob
-        angle = torch.where(rotated, (2.0 * u[1] - 1.0) * self.rotate, torch.zeros_like(u[1]))
-        flip_h = torch.where(u[2] < self.flip_prob, -1.0, 1.0)  # MONAI spatial_axis=0: the first (H) axis
-        flip_w = torch.where(u[3] < self.flip_prob, -1.0, 1.0)
-        lo, hi = self.zoom_range
-        zoomed = u[4] < self.zoom_prob
+        rotated = u[0] < self.params.rotate_prob
+        angle = torch.where(rotated, (2.0 * u[1] - 1.0) * self.params.rotate_radians, torch.zeros_like(u[1]))
+        flip_h = torch.where(u[2] < self.params.flip_prob, -1.0, 1.0)  # MONAI spatial_axis=0: the first (H) axis
+        flip_w = torch.where(u[3] < self.params.flip_prob, -1.0, 1.0)
+        lo, hi = self.params.zoom_range
+        zoomed = u[4] < self.params.zoom_prob
         zoom = torch.where(zoomed, lo + (hi - lo) * u[5], torch.ones_like(u[5]))
-        if self.rot90_prob > 0:  # UniMatch's rot90 + flip branch replaces the chain for these samples
+        if self.params.rot90_prob > 0:  # UniMatch's rot90 + flip branch replaces the chain for these samples
             v = torch.rand(3, batch_size, device=device, generator=generator)
-            r90 = v[0] < self.rot90_prob
+            r90 = v[0] < self.params.rot90_prob
             k = torch.floor(v[1] * 4.0).clamp_max(3.0)
             axis_h = v[2] < 0.5
             angle = torch.where(r90, k * (math.pi / 2.0), angle)
@@ -277,53 +254,31 @@ class BatchedStrongAugment:
         view = strong(weak_image, generator=g)   # (B, C, H, W)
     """
 
-    def __init__(
-        self,
-        contrast_prob: float = 0.8,
-        gamma_range: Sequence[float] = (0.7, 1.5),
-        scale_range: float = 0.25,
-        shift_range: float = 0.1,
-        blur_prob: float = 0.5,
-        blur_sigma: Sequence[float] = (0.1, 1.5),
-        noise_prob: float = 0.5,
-        noise_std: float = 0.05,
-        jitter_prob: float = 0.0,
-        brightness: float = 0.0,
-        contrast: float = 0.0,
-        clip_range: Sequence[float] | None = None,
-    ) -> None:
-        """Arguments as :func:`vqseg_bundle.transforms.strong_intensity_transforms` (same meaning and defaults)."""
-        self.jitter_prob = _prob("jitter_prob", jitter_prob)
-        if float(brightness) < 0 or float(contrast) < 0:
-            raise ValueError(f"brightness and contrast must be >= 0, got {brightness}, {contrast}")
-        self.brightness, self.contrast = float(brightness), float(contrast)
-        self.clip_range = None if clip_range is None else _pair("clip_range", clip_range)
-        self.contrast_prob = _prob("contrast_prob", contrast_prob)
-        self.blur_prob = _prob("blur_prob", blur_prob)
-        self.noise_prob = _prob("noise_prob", noise_prob)
-        self.gamma_range = _pair("gamma_range", gamma_range, positive=True)
-        self.blur_sigma = _pair("blur_sigma", blur_sigma, positive=True)
-        if float(scale_range) < 0 or float(shift_range) < 0 or float(noise_std) < 0:
-            raise ValueError(
-                f"scale_range, shift_range and noise_std must be >= 0, got {scale_range}, {shift_range}, {noise_std}"
-            )
-        self.scale_range = float(scale_range)
-        self.shift_range = float(shift_range)
-        self.noise_std = float(noise_std)
-        self.blur_tail = int(max(self.blur_sigma[1] * _TRUNCATED, 0.5) + 0.5)
+    def __init__(self, **params: Any) -> None:
+        """
+        Args:
+            params: the fields of :class:`~vqseg_bundle.transforms.params.StrongAugmentParams` (as
+                :func:`vqseg_bundle.transforms.strong_intensity_transforms`: same meaning, same defaults).
+        """
+        self.params = p = StrongAugmentParams(**params)
+        self.blur_tail = int(max(p.blur_sigma[1] * _TRUNCATED, 0.5) + 0.5)
 
     # -------------------------------------------------------------- stages
     def _clip(self, x: torch.Tensor) -> torch.Tensor:
-        return x if self.clip_range is None else x.clamp(*self.clip_range)
+        return x if self.params.clip_range is None else x.clamp(*self.params.clip_range)
 
     def _jitter(self, x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
         """Grey-level ColorJitter (torchvision's brightness and contrast; saturation and hue are no-ops on one
         channel): with ``jitter_prob``, ``x * b`` and ``mean + c (x - mean)`` in random order, ``b ~ U(1 +- brightness)``,
         ``c ~ U(1 +- contrast)``, each followed by clipping to ``clip_range``."""
         b = x.shape[0]
-        apply = _bernoulli(b, self.jitter_prob, x, g).view(b, 1, 1, 1)
-        factor_b = _uniform(b, 1.0 - self.brightness, 1.0 + self.brightness, x, g).view(b, 1, 1, 1).to(x.dtype)
-        factor_c = _uniform(b, 1.0 - self.contrast, 1.0 + self.contrast, x, g).view(b, 1, 1, 1).to(x.dtype)
+        apply = _bernoulli(b, self.params.jitter_prob, x, g).view(b, 1, 1, 1)
+        factor_b = (
+            _uniform(b, 1.0 - self.params.brightness, 1.0 + self.params.brightness, x, g).view(b, 1, 1, 1).to(x.dtype)
+        )
+        factor_c = (
+            _uniform(b, 1.0 - self.params.contrast, 1.0 + self.params.contrast, x, g).view(b, 1, 1, 1).to(x.dtype)
+        )
         contrast_first = _bernoulli(b, 0.5, x, g).view(b, 1, 1, 1)
 
         def bright(t: torch.Tensor) -> torch.Tensor:
@@ -338,8 +293,8 @@ class BatchedStrongAugment:
 
     def _gamma(self, x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
         b = x.shape[0]
-        apply = _bernoulli(b, self.contrast_prob, x, g)
-        gamma = _uniform(b, *self.gamma_range, x, g).view(b, 1, 1, 1)
+        apply = _bernoulli(b, self.params.contrast_prob, x, g)
+        gamma = _uniform(b, *self.params.gamma_range, x, g).view(b, 1, 1, 1)
         flat = x.reshape(b, -1)
         mean, std = flat.mean(1).view(b, 1, 1, 1), flat.std(1).view(b, 1, 1, 1)  # unbiased, as torch / MONAI
         lo, hi = flat.amin(1).view(b, 1, 1, 1), flat.amax(1).view(b, 1, 1, 1)
@@ -351,10 +306,10 @@ class BatchedStrongAugment:
 
     def _scale_shift(self, x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
         b = x.shape[0]
-        do_scale = _bernoulli(b, self.contrast_prob, x, g)
-        factor = _uniform(b, -self.scale_range, self.scale_range, x, g)
-        do_shift = _bernoulli(b, self.contrast_prob, x, g)
-        offset = _uniform(b, -self.shift_range, self.shift_range, x, g)
+        do_scale = _bernoulli(b, self.params.contrast_prob, x, g)
+        factor = _uniform(b, -self.params.scale_range, self.params.scale_range, x, g)
+        do_shift = _bernoulli(b, self.params.contrast_prob, x, g)
+        offset = _uniform(b, -self.params.shift_range, self.params.shift_range, x, g)
         scale = torch.where(do_scale, 1.0 + factor, torch.ones_like(factor)).view(b, 1, 1, 1)
         shift = torch.where(do_shift, offset, torch.zeros_like(offset)).view(b, 1, 1, 1)
         # the order of MONAI's pipeline: scale first, then shift
@@ -362,9 +317,9 @@ class BatchedStrongAugment:
 
     def _blur(self, x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
         b, c, h, w = x.shape
-        apply = _bernoulli(b, self.blur_prob, x, g)
-        sig_h = _uniform(b, *self.blur_sigma, x, g)
-        sig_w = _uniform(b, *self.blur_sigma, x, g)
+        apply = _bernoulli(b, self.params.blur_prob, x, g)
+        sig_h = _uniform(b, *self.params.blur_sigma, x, g)
+        sig_w = _uniform(b, *self.params.blur_sigma, x, g)
         t = self.blur_tail
         k_h, k_w = gaussian_erf_kernels(sig_h, t), gaussian_erf_kernels(sig_w, t)
         # samples without blur get a unit impulse: an exact identity, no branch on the host
@@ -380,8 +335,8 @@ class BatchedStrongAugment:
 
     def _noise(self, x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
         b = x.shape[0]
-        apply = _bernoulli(b, self.noise_prob, x, g)
-        std = torch.where(apply, _uniform(b, 0.0, self.noise_std, x, g), torch.zeros(b, device=x.device))
+        apply = _bernoulli(b, self.params.noise_prob, x, g)
+        std = torch.where(apply, _uniform(b, 0.0, self.params.noise_std, x, g), torch.zeros(b, device=x.device))
         noise = torch.randn(x.shape, device=x.device, generator=g, dtype=x.dtype)
         return x + noise * std.view(b, 1, 1, 1).to(x.dtype)
 
@@ -395,7 +350,7 @@ class BatchedStrongAugment:
             ``(B, C, H, W)`` strong view, same dtype.
         """
         _check_image(image)
-        x = self._jitter(image, generator) if self.jitter_prob > 0 else image
+        x = self._jitter(image, generator) if self.params.jitter_prob > 0 else image
         x = self._gamma(x, generator)
         x = self._scale_shift(x, generator)
         x = self._blur(x, generator)
@@ -408,10 +363,10 @@ class BatchedLabeledAugment:
     ``{"image": (B, 1, H, W) float, "label": (B, 1, H, W) int}`` -> same keys, float32 / int64.
     """
 
-    def __init__(self, **weak_kwargs) -> None:
+    def __init__(self, **weak_kwargs: Any) -> None:
         """
         Args:
-            weak_kwargs: arguments of :class:`BatchedWeakAugment` (as ``weak_transforms``).
+            weak_kwargs: the weak parameters (:class:`~vqseg_bundle.transforms.params.WeakAugmentParams`).
         """
         self.weak = BatchedWeakAugment(**weak_kwargs)
 
@@ -428,16 +383,15 @@ class BatchedUnlabeledAugment:
     ``{"image": (B, 1, H, W)}`` -> ``{"image": weak, "image_s1": strong, "image_s2": strong}``, float32.
     """
 
-    def __init__(self, weak: dict | None = None, strong: dict | None = None) -> None:
+    def __init__(self, weak: Mapping[str, Any] | None = None, strong: Mapping[str, Any] | None = None) -> None:
         """
         Args:
-            weak: arguments of :class:`BatchedWeakAugment` (the config's ``weak_aug``).
-            strong: arguments of :class:`BatchedStrongAugment` (the config's ``strong_aug``).
+            weak: the weak parameters (:class:`~vqseg_bundle.transforms.params.WeakAugmentParams`, the config's
+                ``weak_aug``).
+            strong: the strong parameters (:class:`~vqseg_bundle.transforms.params.StrongAugmentParams`, the
+                config's ``strong_aug``).
         """
-        weak, strong = dict(weak or {}), dict(strong or {})
-        for name, kw, fixed in (("weak", weak, "keys"), ("strong", strong, "key")):
-            if fixed in kw:
-                raise ValueError(f"{name} must not set {fixed!r}: the batched pipeline has no keys")
+        weak, strong = unlabeled_params(weak, strong)
         self.weak = BatchedWeakAugment(**weak)
         self.strong = BatchedStrongAugment(**strong)
 
