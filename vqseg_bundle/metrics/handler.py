@@ -20,18 +20,12 @@ import torch.distributed as dist
 from ignite.engine import Engine, Events
 from monai.data import MetaTensor, decollate_batch
 
+from vqseg_bundle.metrics import report
 from vqseg_bundle.metrics.case_metrics import (
     METRIC_NAMES,
     CaseClassMetrics,
     compute_case_metrics,
     resolve_class_names,
-)
-from vqseg_bundle.metrics.report import (
-    OVERALL,
-    format_summary_table,
-    summarize,
-    write_case_csv,
-    write_summary_csv,
 )
 
 __all__ = ["CaseMetricsHandler", "spacing_from_meta"]
@@ -222,8 +216,8 @@ class CaseMetricsHandler:
 
     def epoch_completed(self, engine: Engine) -> None:
         self.records = self._gather()
-        self.summary = summarize(self.records)
-        overall = next((r for r in self.summary if r["class_name"] == OVERALL), None)
+        self.summary = report.summarize(self.records)
+        overall = next((r for r in self.summary if r["class_name"] == report.OVERALL), None)
         if overall is not None:
             for m in METRIC_NAMES:
                 engine.state.metrics[f"{self.metric_prefix}{m}"] = overall[f"{m}_mean"]
@@ -231,11 +225,11 @@ class CaseMetricsHandler:
         if not rank0:
             return
         if self.output_dir is not None:
-            case_path = write_case_csv(self.records, self.output_dir / self.case_csv)
-            summary_path = write_summary_csv(self.summary, self.output_dir / self.summary_csv)
+            case_path = report.write_case_csv(self.records, self.output_dir / self.case_csv)
+            summary_path = report.write_summary_csv(self.summary, self.output_dir / self.summary_csv)
             logger.info("per-case metrics written to %s, summary to %s", case_path, summary_path)
         if self.print_table:
             print(
                 f"Per-class metrics over {len({r.case for r in self.records})} cases:\n"
-                + format_summary_table(self.summary)
+                + report.format_summary_table(self.summary)
             )
