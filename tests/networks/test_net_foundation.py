@@ -11,7 +11,7 @@ from vqseg_bundle.networks.foundation import (
     convert_efficientnet_lite0_state_dict,
     efficientnet_lite0_weights_path,
 )
-from vqseg_bundle.networks.vit import read_state_dict
+from vqseg_bundle.networks.weights import read_pretrained_state_dict as read_state_dict
 
 try:
     WEIGHTS = efficientnet_lite0_weights_path()

@@ -2,80 +2,19 @@
 
 ``torch.nn.Module.load_state_dict`` reports a checkpoint from another network or class count as a
 long ``RuntimeError`` without the file name; MONAI's ``CheckpointLoader`` adds nothing to it. This
-helper names the file and lists missing / unexpected keys and shape mismatches, with a hint.
+helper names the file and lists missing / unexpected keys and shape mismatches, with a hint. The file is
+read by :func:`vqseg_bundle.networks.weights.read_state_dict` (re-exported here).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from pathlib import Path
 
 import torch
 
+from vqseg_bundle.networks.weights import listed_names, read_state_dict
+
 __all__ = ["load_network_weights", "read_state_dict"]
-
-_MAX_LISTED = 8
-
-
-def _is_state_dict(obj: object) -> bool:
-    return isinstance(obj, Mapping) and len(obj) > 0 and all(isinstance(v, torch.Tensor) for v in obj.values())
-
-
-def _listed(names: list[str]) -> str:
-    shown = ", ".join(names[:_MAX_LISTED])
-    return shown + (f", ... ({len(names) - _MAX_LISTED} more)" if len(names) > _MAX_LISTED else "")
-
-
-def read_state_dict(path: str | os.PathLike, key: str | None = None) -> dict[str, torch.Tensor]:
-    """Read a flat state dict from ``path``.
-
-    Accepted layouts: a flat ``{name: tensor}`` dict (what the bundle's ``CheckpointSaver`` writes
-    to ``models/model.pt``); a dict whose entry ``key`` is such a dict; or, with ``key=None``, a
-    dict with exactly one entry holding such a dict (e.g. ``{"model": {...}}``). A ``module.``
-    prefix left by ``DistributedDataParallel`` is stripped.
-
-    Args:
-        path: checkpoint file.
-        key: entry of a nested checkpoint to read (e.g. ``"network"``), ``None`` to auto-detect.
-
-    Returns:
-        the state dict, tensors on the CPU.
-
-    Raises:
-        FileNotFoundError: when ``path`` does not exist.
-        ValueError: when the file is not a PyTorch checkpoint or holds no recognisable state dict.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"Checkpoint file {str(path)!r} does not exist. Train the bundle first (it writes models/model.pt) "
-            "or pass the weights with --ckpt_path /path/to/model.pt."
-        )
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types (UnpicklingError, RuntimeError, ...)
-        raise ValueError(
-            f"Checkpoint file {str(path)!r} could not be read as a PyTorch state dict ({type(e).__name__}: {e}). "
-            "Expected a flat state dict saved with torch.save (not a TorchScript or ONNX file)."
-        ) from e
-    if key is not None:
-        if not isinstance(obj, Mapping) or key not in obj:
-            found = list(obj.keys()) if isinstance(obj, Mapping) else type(obj).__name__
-            raise ValueError(f"Checkpoint file {str(path)!r} has no entry {key!r}; top-level entries: {found}.")
-        obj = obj[key]
-    elif isinstance(obj, Mapping) and len(obj) == 1 and _is_state_dict(next(iter(obj.values()))):
-        obj = next(iter(obj.values()))
-    if not _is_state_dict(obj):
-        found = _listed([str(k) for k in obj.keys()]) if isinstance(obj, Mapping) else type(obj).__name__
-        raise ValueError(
-            f"Checkpoint file {str(path)!r} does not hold a flat state dict of tensors (top level: {found}). "
-            "Pass the entry holding the network weights as `key`."
-        )
-    state = dict(obj)
-    if all(k.startswith("module.") for k in state):
-        state = {k[len("module.") :]: v for k, v in state.items()}
-    return state
 
 
 def load_network_weights(
@@ -111,11 +50,11 @@ def load_network_weights(
     ]
     problems = []
     if mismatched:
-        problems.append(f"shape mismatches: {_listed(mismatched)}")
+        problems.append(f"shape mismatches: {listed_names(mismatched)}")
     if strict and missing:
-        problems.append(f"missing keys: {_listed(missing)}")
+        problems.append(f"missing keys: {listed_names(missing)}")
     if strict and unexpected:
-        problems.append(f"unexpected keys: {_listed(unexpected)}")
+        problems.append(f"unexpected keys: {listed_names(unexpected)}")
     if problems:
         raise ValueError(
             f"Checkpoint {str(path)!r} does not match the network {type(network).__name__}: "

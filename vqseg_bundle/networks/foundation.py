@@ -22,7 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .vit import IMAGENET_MEAN, IMAGENET_STD, create_dinov2_backbone, read_state_dict
+from .vit import IMAGENET_MEAN, IMAGENET_STD, create_dinov2_backbone
+from .weights import read_pretrained_state_dict
 
 __all__ = [
     "FrozenFoundationModel",
@@ -204,7 +205,7 @@ class EfficientNetLite0Encoder(FrozenFoundationModel):
         super().__init__(in_channels, imagenet_norm)
         full = timm.create_model("tf_efficientnet_lite0", pretrained=False)
         path = Path(weights_path).expanduser() if weights_path is not None else efficientnet_lite0_weights_path()
-        full.load_state_dict(convert_efficientnet_lite0_state_dict(read_state_dict(path), full), strict=True)
+        full.load_state_dict(convert_efficientnet_lite0_state_dict(read_pretrained_state_dict(path), full), strict=True)
         # keep the stem and the stages up to the last one at the requested stride
         stages = [info for info in full.feature_info if info["reduction"] == int(stride)]
         if not stages:

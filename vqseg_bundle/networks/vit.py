@@ -14,12 +14,12 @@ from timm.models.vision_transformer import checkpoint_filter_fn
 
 from .base import VQSegNetworkBase
 from .dpt import DPT_DEFAULTS, DPTHead
+from .weights import read_pretrained_state_dict
 
 __all__ = [
     "VQSegViT",
     "create_dinov2_backbone",
     "load_dinov2_weights",
-    "read_state_dict",
     "dinov2_size",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -45,42 +45,6 @@ def dinov2_size(model_name: str) -> str:
     raise ValueError(f"cannot tell the ViT size (small/base/large/giant) from model name {model_name!r}.")
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a weights file (``torch.load`` with ``weights_only=True``, or safetensors) into a flat state dict.
-
-    Unwraps ``{"model": ...}``, ``{"state_dict": ...}`` and ``{"teacher": ...}`` containers and strips
-    ``module.`` / ``backbone.`` prefixes (DDP / DINOv2 training checkpoints).
-
-    Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: the file cannot be read or holds no tensors.
-    """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state: Any = load_file(str(path))
-        else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupt file, pickle with objects, ...
-        raise ValueError(f"cannot read weights file {path}: {err}") from err
-    for key in ("model", "state_dict", "teacher"):
-        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-            state = state[key]
-    if not isinstance(state, dict) or not any(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"weights file {path} holds no state dict of tensors.")
-    out = {}
-    for k, v in state.items():
-        for prefix in ("module.", "backbone."):
-            if k.startswith(prefix):
-                k = k[len(prefix) :]
-        out[k] = v
-    return out
-
-
 def load_dinov2_weights(model: nn.Module, path: str | Path) -> None:
     """Load DINOv2 weights into a timm ``VisionTransformer``, strictly.
 
@@ -92,7 +56,7 @@ def load_dinov2_weights(model: nn.Module, path: str | Path) -> None:
         FileNotFoundError: missing file.
         ValueError: unreadable file, or keys / shapes that do not match the model (the message lists them).
     """
-    state = read_state_dict(path)
+    state = read_pretrained_state_dict(path)
     converted = checkpoint_filter_fn(state, model)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(converted))
