@@ -6,12 +6,15 @@ The training configs use two entry points: :func:`build_splits` (the checked spl
 """
 
 from vqseg_bundle.data.acdc import load_acdc_splits
+from vqseg_bundle.data.acdc_layout import AcdcLayout
+from vqseg_bundle.data.datalist import load_datalist, write_datalist
 from vqseg_bundle.data.datasets import InMemorySliceDataset, resize_slices
 from vqseg_bundle.data.integrity import DataIntegrityError, patient_id_from_name
 from vqseg_bundle.data.intensity import NORMALIZATION_MODES, normalize_intensity
 from vqseg_bundle.data.loaders import DATA_BACKENDS, train_loader
-from vqseg_bundle.data.nifti import load_datalist, load_nifti_splits
+from vqseg_bundle.data.nifti import load_nifti_splits
 from vqseg_bundle.data.phantoms import make_demo_dataset, make_phantom_volume
+from vqseg_bundle.data.selection import LabeledChoice, choose_labeled
 from vqseg_bundle.data.splits import SemiSupervisedSplits, build_splits, default_demo_dir, detect_format
 
 __all__ = [
@@ -27,6 +30,10 @@ __all__ = [
     "load_acdc_splits",
     "load_nifti_splits",
     "load_datalist",
+    "write_datalist",
+    "AcdcLayout",
+    "choose_labeled",
+    "LabeledChoice",
     "normalize_intensity",
     "NORMALIZATION_MODES",
     "resize_slices",

@@ -1,12 +1,6 @@
 """Reader for ACDC in the SSL4MIS layout (HDF5 slices for training, HDF5 volumes for validation).
 
-Layout (``dataset_dir``)::
-
-    train_slices.list            training slice names, in the benchmark's order
-    labeled_3_cases.list, ...    labeled subsets (slice names)
-    val.list                     validation volume names
-    data/slices/<name>.h5        2D training slices: "image" float32 (H, W), "label" uint8 (H, W)
-    data/<name>.h5               3D validation volumes: "image" (D, H, W), "label" (D, H, W)
+The layout is described once, in :mod:`vqseg_bundle.data.acdc_layout`.
 
 The arrays are SimpleITK's ``GetArrayFromImage`` of the challenge's NIfTI files: a volume is
 ``(Z, Y, X)``, a slice ``(Y, X)``. They carry no affine; the reader maps them to the bundle's
@@ -23,19 +17,17 @@ from collections.abc import Sequence
 import h5py
 import numpy as np
 
+from vqseg_bundle.data.acdc_layout import TRAIN_LIST, VAL_LIST, AcdcLayout, is_acdc_layout, read_list
 from vqseg_bundle.data.integrity import (
     IntegrityReport,
-    check_files_exist,
     check_image_array,
     check_label_array,
-    check_patient_overlap,
-    check_split_not_empty,
-    patient_id_from_name,
+    check_training_splits,
 )
-from vqseg_bundle.data.intensity import NORMALIZATION_MODES, normalize_intensity
+from vqseg_bundle.data.intensity import check_normalization, normalize_intensity
 from vqseg_bundle.data.orientation import CANONICAL_AXCODES, acdc_h5_to_canonical, check_orientation
 from vqseg_bundle.data.records import RawSplits, VolumeRecord
-from vqseg_bundle.data.selection import cases_in_name, first_patients, parse_labeled
+from vqseg_bundle.data.selection import choose_labeled
 
 __all__ = [
     "TRAIN_LIST",
@@ -48,32 +40,6 @@ __all__ = [
     "read_h5_arrays",
     "load_acdc_splits",
 ]
-
-TRAIN_LIST = "train_slices.list"
-VAL_LIST = "val.list"
-
-
-def is_acdc_layout(dataset_dir: str | os.PathLike) -> bool:
-    """Whether ``dataset_dir`` holds the SSL4MIS ACDC layout (detected by ``train_slices.list``)."""
-    return os.path.isfile(os.path.join(dataset_dir, TRAIN_LIST))
-
-
-def read_list(path: str | os.PathLike) -> list[str]:
-    """Names in a ``.list`` file, one per line, blank lines ignored.
-
-    Raises:
-        DataIntegrityError: when the file is missing or unreadable.
-    """
-    report = IntegrityReport("the ACDC list files")
-    try:
-        with open(path, encoding="utf-8") as f:
-            return [line.strip() for line in f if line.strip()]
-    except FileNotFoundError:
-        report.add(path, "missing list file")
-    except (OSError, UnicodeDecodeError) as exc:
-        report.add(path, f"unreadable list file ({exc})")
-    report.raise_if_any()
-    return []  # unreachable
 
 
 def volume_key(slice_name: str) -> str:
@@ -101,7 +67,7 @@ def select_acdc_labeled(
     Args:
         dataset_dir: the ACDC folder.
         train_names: all training slice names (``train_slices.list`` order).
-        labeled: see :func:`vqseg_bundle.data.selection.parse_labeled`; a name with a
+        labeled: see :func:`vqseg_bundle.data.selection.choose_labeled`; a name with a
             ``<name>.list`` file in ``dataset_dir`` uses that file, ``"labeled_N_cases"`` without
             one takes the first ``N`` patients, an int ``N`` the first ``N`` patients.
 
@@ -112,32 +78,11 @@ def select_acdc_labeled(
         ValueError: for an unknown split name or too many patients.
         DataIntegrityError: when a list names slices that are not in ``train_slices.list``.
     """
-    kind, value = parse_labeled(labeled)
-    source = os.path.join(dataset_dir, TRAIN_LIST)
-    if kind == "all":
-        return list(train_names), "all training slices"
-    if kind == "name":
-        name = str(value)
-        list_path = os.path.join(dataset_dir, name if name.endswith(".list") else f"{name}.list")
-        if os.path.isfile(list_path):
-            chosen = read_list(list_path)
-            unknown = sorted(set(chosen) - set(train_names))
-            if unknown:
-                report = IntegrityReport("the labeled subset")
-                report.add(list_path, f"{len(unknown)} slice(s) not in {TRAIN_LIST}, e.g. {unknown[:3]}")
-                report.raise_if_any()
-            chosen_set = set(chosen)
-            return [n for n in train_names if n in chosen_set], f"list file {os.path.basename(list_path)}"
-        n_cases = cases_in_name(name)
-        if n_cases is None:
-            available = sorted(f[:-5] for f in os.listdir(dataset_dir) if f.endswith(".list"))
-            raise ValueError(
-                f"labeled={name!r}: no list file {list_path}; expected 'all', a number of patients, "
-                f"'labeled_<N>_cases' or one of the list files {available}"
-            )
-        value = n_cases
-    patients = set(first_patients(train_names, int(value), source))
-    return [n for n in train_names if patient_id_from_name(n) in patients], f"first {value} patient(s) in list order"
+    layout = AcdcLayout(dataset_dir)
+    choice = choose_labeled(
+        train_names, labeled, layout.train_list, layout.root, dataset_kind="an ACDC dataset", items=TRAIN_LIST
+    )
+    return choice.names, choice.rule
 
 
 def read_h5_arrays(path: str, keys: Sequence[str], report: IntegrityReport) -> dict[str, np.ndarray] | None:
@@ -183,36 +128,27 @@ def load_acdc_splits(
 
     Raises:
         DataIntegrityError: for any bad file or split (all problems are listed).
-        ValueError: for invalid arguments.
+        ValueError: for an invalid ``normalization``, ``orientation``.
     """
-    if normalization not in NORMALIZATION_MODES:
-        raise ValueError(f"normalization must be one of {NORMALIZATION_MODES}, got {normalization!r}")
+    check_normalization(normalization)
     orientation = check_orientation(orientation)
-    dataset_dir = os.fspath(dataset_dir)
-    train_list = os.path.join(dataset_dir, TRAIN_LIST)
-    val_list = os.path.join(dataset_dir, VAL_LIST)
-    train_names = read_list(train_list)
-    val_names = read_list(val_list)
-    check_split_not_empty("training", train_names, train_list)
+    layout = AcdcLayout(dataset_dir)
+    dataset_dir = layout.root
+    train_names, val_names = layout.read_names()
     labeled_names, rule = select_acdc_labeled(dataset_dir, train_names, labeled)
     labeled_set = set(labeled_names)
     unlabeled_names = [n for n in train_names if n not in labeled_set]
-    check_split_not_empty("labeled", labeled_names, f"{dataset_dir} (labeled={labeled!r})")
-    if not (isinstance(labeled, str) and labeled.strip().lower() == "all"):
-        check_split_not_empty("unlabeled", unlabeled_names, f"{dataset_dir} (labeled={labeled!r})")
-    check_split_not_empty("validation", val_names, val_list)
-    check_patient_overlap(
-        {"labeled": labeled_names, "unlabeled": unlabeled_names, "validation": val_names},
-        [("labeled", "validation"), ("unlabeled", "validation")],
-        dataset_dir,
+    subset = f"{dataset_dir} (labeled={labeled!r})"
+    check_training_splits(
+        labeled_names,
+        unlabeled_names,
+        val_names,
+        {"labeled": subset, "unlabeled": subset, "validation": layout.val_list, "dataset": dataset_dir},
+        all_labeled=isinstance(labeled, str) and labeled.strip().lower() == "all",
     )
 
-    slice_path = {n: os.path.join(dataset_dir, "data", "slices", f"{n}.h5") for n in train_names}
-    val_path = {n: os.path.join(dataset_dir, "data", f"{n}.h5") for n in val_names}
+    slice_path, val_path = layout.file_paths(train_names, val_names)
     report = IntegrityReport(dataset_dir)
-    check_files_exist(slice_path.values(), "training slice", report)
-    check_files_exist(val_path.values(), "validation volume", report)
-    report.raise_if_any()
 
     images: dict[str, np.ndarray] = {}
     labels: dict[str, np.ndarray] = {}

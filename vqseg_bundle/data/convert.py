@@ -16,23 +16,18 @@ same arrays as the HDF5 reader.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
-from vqseg_bundle.data.acdc import TRAIN_LIST, VAL_LIST, read_h5_arrays, read_list, slice_index, volume_key
-from vqseg_bundle.data.integrity import (
-    IntegrityReport,
-    check_files_exist,
-    check_image_array,
-    check_split_not_empty,
-    patient_id_from_name,
-)
+from vqseg_bundle.data.acdc import read_h5_arrays, slice_index, volume_key
+from vqseg_bundle.data.acdc_layout import TRAIN_LIST, AcdcLayout
+from vqseg_bundle.data.datalist import DATASET_JSON, write_datalist
+from vqseg_bundle.data.integrity import IntegrityReport, check_image_array, check_split_not_empty, patient_id_from_name
 from vqseg_bundle.data.orientation import ACDC_H5_AFFINE
-from vqseg_bundle.data.selection import cases_in_name, ordered_patients, parse_labeled
+from vqseg_bundle.data.selection import choose_labeled
 
 __all__ = ["choose_labeled_patients", "convert_acdc_to_nifti"]
 
@@ -52,26 +47,9 @@ def choose_labeled_patients(
     Returns:
         Patient ids, in ``train_slices.list`` order.
     """
-    patients = ordered_patients(train_names)
-    kind, value = parse_labeled(labeled)
-    if kind == "all":
-        return patients
-    if kind == "name":
-        name = str(value)
-        list_path = os.path.join(dataset_dir, name if name.endswith(".list") else f"{name}.list")
-        if seed is None and os.path.isfile(list_path):
-            chosen = set(ordered_patients(read_list(list_path)))
-            return [p for p in patients if p in chosen]
-        value = cases_in_name(name)
-        if value is None:
-            raise ValueError(f"labeled={name!r}: no list file {list_path} and not of the form 'labeled_<N>_cases'")
-    count = int(value)
-    if count > len(patients):
-        raise ValueError(f"asked for {count} labeled patients but {dataset_dir} has {len(patients)} training patients")
-    if seed is None:
-        return patients[:count]
-    picked = set(np.random.default_rng(seed).permutation(len(patients))[:count].tolist())
-    return [p for i, p in enumerate(patients) if i in picked]
+    layout = AcdcLayout(dataset_dir)
+    choice = choose_labeled(train_names, labeled, layout.train_list, layout.root, seed, "an ACDC dataset", TRAIN_LIST)
+    return choice.patients
 
 
 def _save(array_zyx: np.ndarray, path: Path, dtype: type) -> None:
@@ -108,22 +86,17 @@ def convert_acdc_to_nifti(
         DataIntegrityError: for missing / unreadable / malformed source files.
         FileExistsError: when ``dst/dataset.json`` exists and ``overwrite`` is False.
     """
-    src, out = os.fspath(src), Path(dst)
-    if (out / "dataset.json").exists() and not overwrite:
-        raise FileExistsError(f"{out / 'dataset.json'} exists; pass overwrite=True to replace it")
-    train_names = read_list(os.path.join(src, TRAIN_LIST))
-    val_names = read_list(os.path.join(src, VAL_LIST))
-    check_split_not_empty("training", train_names, os.path.join(src, TRAIN_LIST))
-    check_split_not_empty("validation", val_names, os.path.join(src, VAL_LIST))
+    layout, out = AcdcLayout(src), Path(dst)
+    src = layout.root
+    if (out / DATASET_JSON).exists() and not overwrite:
+        raise FileExistsError(f"{out / DATASET_JSON} exists; pass overwrite=True to replace it")
+    train_names, val_names = layout.read_names()
+    check_split_not_empty("validation", val_names, layout.val_list)
     labeled_patients = choose_labeled_patients(src, train_names, labeled, seed)
     labeled_set = set(labeled_patients)
 
-    slice_paths = {n: os.path.join(src, "data", "slices", f"{n}.h5") for n in train_names}
-    val_paths = {n: os.path.join(src, "data", f"{n}.h5") for n in val_names}
+    slice_paths, val_paths = layout.file_paths(train_names, val_names)
     report = IntegrityReport(src)
-    check_files_exist(slice_paths.values(), "training slice", report)
-    check_files_exist(val_paths.values(), "validation volume", report)
-    report.raise_if_any()
 
     volumes: dict[str, list[str]] = {}
     for name in train_names:
@@ -164,7 +137,7 @@ def convert_acdc_to_nifti(
         validation.append({"image": f"imagesVal/{name}{ext}", "label": f"labelsVal/{name}{ext}"})
     report.raise_if_any()
 
-    data = {
+    header = {
         "name": "ACDC (SSL4MIS preprocessing), converted to NIfTI",
         "description": "Training slices regrouped into 3D volumes (slice order), min-max normalised per "
         "volume by SSL4MIS, written as the challenge distributes its NIfTI files: the transpose (X, Y, Z) of "
@@ -176,13 +149,6 @@ def convert_acdc_to_nifti(
         "labels": {"0": "background", "1": "right ventricle", "2": "myocardium", "3": "left ventricle"},
         "labeled_patients": labeled_patients,
         "labeled_rule": f"labeled={labeled!r}, seed={seed!r}",
-        "numTraining": len(training),
-        "numUnlabeled": len(unlabeled),
-        "numValidation": len(validation),
-        "training": training,
-        "unlabeled": unlabeled,
-        "validation": validation,
-        "test": [],
     }
-    (out / "dataset.json").write_text(json.dumps(data, indent=4))
+    write_datalist(out, header, training, unlabeled, validation)
     return out

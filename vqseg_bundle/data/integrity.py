@@ -24,6 +24,7 @@ __all__ = [
     "check_label_array",
     "check_split_not_empty",
     "check_patient_overlap",
+    "check_training_splits",
 ]
 
 # Extensions stripped from a file name before the patient-id rule is applied (longest first).
@@ -260,6 +261,39 @@ def check_patient_overlap(splits: Mapping[str, Iterable[str]], pairs: Sequence[t
                 )
                 owners.pop(pid)  # one message per patient
     report.raise_if_any()
+
+
+def check_training_splits(
+    labeled: Sequence[str],
+    unlabeled: Sequence[str],
+    validation: Sequence[str],
+    sources: Mapping[str, str],
+    all_labeled: bool = False,
+) -> None:
+    """The checks every reader makes on its three splits, in this order: labeled, unlabeled and validation not
+    empty (the unlabeled split may be when every training item is labeled), no patient both in training and in
+    validation.
+
+    Args:
+        labeled: labeled item names or paths.
+        unlabeled: unlabeled item names or paths.
+        validation: validation item names or paths.
+        sources: where each split comes from (keys ``"labeled"``, ``"unlabeled"``, ``"validation"``) and the
+            dataset description (``"dataset"``), quoted in the messages.
+        all_labeled: every training item is labeled (``labeled="all"``): an empty unlabeled split is fine.
+
+    Raises:
+        DataIntegrityError: for the first split that fails.
+    """
+    check_split_not_empty("labeled", labeled, sources["labeled"])
+    if not all_labeled:
+        check_split_not_empty("unlabeled", unlabeled, sources["unlabeled"])
+    check_split_not_empty("validation", validation, sources["validation"])
+    check_patient_overlap(
+        {"labeled": labeled, "unlabeled": unlabeled, "validation": validation},
+        [("labeled", "validation"), ("unlabeled", "validation")],
+        sources["dataset"],
+    )
 
 
 def _fmt_values(values: Sequence[float | int], limit: int = 10) -> str:

@@ -4,10 +4,21 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["NORMALIZATION_MODES", "normalize_intensity"]
+__all__ = ["NORMALIZATION_MODES", "check_normalization", "normalize_intensity"]
 
 #: Accepted values of the ``normalization`` argument of the readers.
 NORMALIZATION_MODES = ("minmax", "zscore", "percentile", "none")
+
+
+def check_normalization(mode: str) -> str:
+    """``mode`` when it is one of :data:`NORMALIZATION_MODES`.
+
+    Raises:
+        ValueError: for another value.
+    """
+    if mode not in NORMALIZATION_MODES:
+        raise ValueError(f"normalization must be one of {NORMALIZATION_MODES}, got {mode!r}")
+    return mode
 
 
 def normalize_intensity(
@@ -30,8 +41,7 @@ def normalize_intensity(
     Raises:
         ValueError: for an unknown ``mode`` or invalid ``percentiles``.
     """
-    if mode not in NORMALIZATION_MODES:
-        raise ValueError(f"normalization must be one of {NORMALIZATION_MODES}, got {mode!r}")
+    check_normalization(mode)
     out = np.asarray(volume, dtype=np.float32)
     if mode == "none":
         return out.copy()

@@ -1,11 +1,5 @@
-"""Reader for 3D volumes described by a Decathlon-style ``dataset.json``.
-
-``dataset.json`` keys (paths relative to the file's folder)::
-
-    "training":   [{"image": "imagesTr/a.nii.gz", "label": "labelsTr/a.nii.gz"}, ...]   labeled pairs
-    "unlabeled":  [{"image": "imagesUnl/b.nii.gz"}, ...]  or  ["imagesUnl/b.nii.gz", ...]   (optional)
-    "validation": [{"image": ..., "label": ...}, ...]
-    "test":       ["imagesTs/c.nii.gz", ...]  (not used for training; read by inference)
+"""Reader for 3D volumes described by a Decathlon-style ``dataset.json`` (the format:
+:mod:`vqseg_bundle.data.datalist`).
 
 Every volume is first reoriented from its affine to the bundle's canonical orientation (default
 ``"PLS"``, see :mod:`vqseg_bundle.data.orientation`), whatever the file's array order or reader.
@@ -16,24 +10,23 @@ Unlabeled images never need a label file.
 
 from __future__ import annotations
 
-import json
 import os
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import nibabel as nib
 import numpy as np
 
+from vqseg_bundle.data.datalist import DATASET_JSON, load_datalist, resolve_dataset_json
 from vqseg_bundle.data.integrity import (
-    DataIntegrityError,
     IntegrityReport,
     check_files_exist,
     check_image_array,
     check_label_array,
-    check_patient_overlap,
     check_split_not_empty,
-    patient_id_from_name,
+    check_training_splits,
 )
-from vqseg_bundle.data.intensity import NORMALIZATION_MODES, normalize_intensity
+from vqseg_bundle.data.intensity import check_normalization, normalize_intensity
 from vqseg_bundle.data.orientation import (
     CANONICAL_AXCODES,
     axis_permutation,
@@ -42,7 +35,7 @@ from vqseg_bundle.data.orientation import (
     reorient,
 )
 from vqseg_bundle.data.records import RawSplits, VolumeRecord
-from vqseg_bundle.data.selection import cases_in_name, first_patients, parse_labeled
+from vqseg_bundle.data.selection import choose_labeled
 
 __all__ = [
     "DATASET_JSON",
@@ -55,73 +48,7 @@ __all__ = [
     "load_nifti_splits",
 ]
 
-DATASET_JSON = "dataset.json"
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
-
-
-def resolve_dataset_json(dataset: str | os.PathLike) -> str:
-    """Path of the ``dataset.json`` for a folder holding one, or the json file itself.
-
-    Raises:
-        DataIntegrityError: when there is no such file.
-    """
-    path = os.fspath(dataset)
-    if os.path.isdir(path):
-        path = os.path.join(path, DATASET_JSON)
-    if not os.path.isfile(path):
-        raise DataIntegrityError(f"{path}: missing dataset description (expected a Decathlon-style {DATASET_JSON})")
-    return path
-
-
-def _entries(data: dict, key: str, json_path: str, need_label: bool) -> list[dict[str, str]]:
-    # Written by hand: MONAI's load_decathlon_datalist accepts plain path strings only under "test"
-    # and requires every listed key to exist; here "unlabeled" may be strings and may be absent.
-    base = os.path.dirname(os.path.abspath(json_path))
-    raw = data.get(key, [])
-    if not isinstance(raw, list):
-        raise DataIntegrityError(f"{json_path}: {key!r} must be a list, got {type(raw).__name__}")
-    out = []
-    for i, entry in enumerate(raw):
-        if isinstance(entry, str):
-            entry = {"image": entry}
-        if not isinstance(entry, dict) or not isinstance(entry.get("image"), str):
-            raise DataIntegrityError(f"{json_path}: {key!r}[{i}] must be a path string or a dict with an 'image' path")
-        if need_label and not isinstance(entry.get("label"), str):
-            raise DataIntegrityError(f"{json_path}: {key!r}[{i}] ({entry['image']}) has no 'label' path")
-        item = {"image": os.path.normpath(os.path.join(base, entry["image"]))}
-        if need_label:
-            item["label"] = os.path.normpath(os.path.join(base, entry["label"]))
-        out.append(item)
-    return out
-
-
-def load_datalist(dataset: str | os.PathLike) -> dict[str, list[dict[str, str]]]:
-    """Parse a Decathlon-style ``dataset.json`` into absolute-path lists.
-
-    Args:
-        dataset: a folder with ``dataset.json`` or the json file.
-
-    Returns:
-        ``{"training": [{"image", "label"}], "unlabeled": [{"image"}], "validation": [{"image", "label"}],
-        "test": [{"image"}]}`` with absolute paths; absent keys give empty lists.
-
-    Raises:
-        DataIntegrityError: for a missing / invalid json file or malformed entries.
-    """
-    json_path = resolve_dataset_json(dataset)
-    try:
-        with open(json_path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataIntegrityError(f"{json_path}: unreadable dataset description ({exc})") from exc
-    if not isinstance(data, dict):
-        raise DataIntegrityError(f"{json_path}: expected a JSON object with 'training' / 'validation' lists")
-    return {
-        "training": _entries(data, "training", json_path, need_label=True),
-        "unlabeled": _entries(data, "unlabeled", json_path, need_label=False),
-        "validation": _entries(data, "validation", json_path, need_label=True),
-        "test": _entries(data, "test", json_path, need_label=False),
-    }
 
 
 def read_volume_array(path: str, report: IntegrityReport, dtype: type | None = None) -> np.ndarray | None:
@@ -272,23 +199,6 @@ def _check_slice_axis(slice_axis: int) -> int:
     return int(slice_axis)
 
 
-def _select_labeled(training: list[dict[str, str]], labeled: str | int, json_path: str) -> tuple[set[str], str]:
-    names = [e["image"] for e in training]
-    kind, value = parse_labeled(labeled)
-    if kind == "all":
-        return set(names), "all 'training' volumes"
-    if kind == "name":
-        n_cases = cases_in_name(str(value))
-        if n_cases is None:
-            raise ValueError(
-                f"labeled={value!r} is not understood for a dataset.json dataset ({json_path}); "
-                "expected 'all', a number of patients or 'labeled_<N>_cases'"
-            )
-        value = n_cases
-    patients = set(first_patients(names, int(value), f"{json_path} 'training'"))
-    return {n for n in names if patient_id_from_name(n) in patients}, f"first {value} patient(s) of 'training'"
-
-
 def load_nifti_splits(
     dataset: str | os.PathLike,
     labeled: str | int = "all",
@@ -322,31 +232,36 @@ def load_nifti_splits(
 
     Raises:
         DataIntegrityError: for any bad file or split (all problems are listed).
-        ValueError: for invalid arguments.
+        ValueError: for an invalid ``normalization``, ``slice_axis``, ``orientation``.
     """
-    if normalization not in NORMALIZATION_MODES:
-        raise ValueError(f"normalization must be one of {NORMALIZATION_MODES}, got {normalization!r}")
+    check_normalization(normalization)
     slice_axis = _check_slice_axis(slice_axis)
     orientation = check_orientation(orientation)
     json_path = resolve_dataset_json(dataset)
     lists = load_datalist(json_path)
     check_split_not_empty("training", lists["training"], f"{json_path} 'training'")
-    labeled_images, rule = _select_labeled(lists["training"], labeled, json_path)
+    choice = choose_labeled(
+        [e["image"] for e in lists["training"]],
+        labeled,
+        f"{json_path} 'training'",
+        dataset_kind="a dataset.json dataset",
+        items="'training'",
+    )
+    labeled_images, rule = set(choice.names), choice.rule
     labeled_entries = [e for e in lists["training"] if e["image"] in labeled_images]
     unlabeled_entries = [{"image": e["image"]} for e in lists["training"] if e["image"] not in labeled_images]
     unlabeled_entries += lists["unlabeled"]
-    check_split_not_empty("labeled", labeled_entries, f"{json_path} 'training'")
-    if not (isinstance(labeled, str) and labeled.strip().lower() == "all"):
-        check_split_not_empty("unlabeled", unlabeled_entries, f"{json_path} 'unlabeled'")
-    check_split_not_empty("validation", lists["validation"], f"{json_path} 'validation'")
-    check_patient_overlap(
+    check_training_splits(
+        [e["image"] for e in labeled_entries],
+        [e["image"] for e in unlabeled_entries],
+        [e["image"] for e in lists["validation"]],
         {
-            "labeled": [e["image"] for e in labeled_entries],
-            "unlabeled": [e["image"] for e in unlabeled_entries],
-            "validation": [e["image"] for e in lists["validation"]],
+            "labeled": f"{json_path} 'training'",
+            "unlabeled": f"{json_path} 'unlabeled'",
+            "validation": f"{json_path} 'validation'",
+            "dataset": json_path,
         },
-        [("labeled", "validation"), ("unlabeled", "validation")],
-        json_path,
+        all_labeled=isinstance(labeled, str) and labeled.strip().lower() == "all",
     )
     report = IntegrityReport(json_path)
     check_files_exist([e["image"] for e in labeled_entries], "labeled image", report)
@@ -379,26 +294,25 @@ def load_nifti_splits(
         image = to_slices_last(normalize_intensity(img.array, normalization), slice_axis)
         return image, label, spacing_slices_last(spacing, slice_axis)
 
+    def slices(entries: list[dict[str, str]]) -> Iterator[tuple[str, np.ndarray, np.ndarray | None]]:
+        """``(name, image (H, W), label (H, W) or None)`` of every slice of ``entries``' readable volumes."""
+        for entry in entries:
+            loaded = load_pair(entry)
+            if loaded is None:
+                continue
+            image, label, _ = loaded
+            stem = _stem(entry["image"])
+            for k in range(image.shape[-1]):
+                yield f"{stem}_slice_{k}", image[..., k], None if label is None else label[..., k]
+
     raw = RawSplits(source=json_path, format="nifti", labeled_rule=rule)
-    for entry in labeled_entries:
-        loaded = load_pair(entry)
-        if loaded is None:
-            continue
-        image, label, _ = loaded
-        stem = _stem(entry["image"])
-        for k in range(image.shape[-1]):
-            raw.labeled_images.append(image[..., k])
-            raw.labeled_labels.append(label[..., k])
-            raw.labeled_names.append(f"{stem}_slice_{k}")
-    for entry in unlabeled_entries:
-        loaded = load_pair(entry)
-        if loaded is None:
-            continue
-        image, _, _ = loaded
-        stem = _stem(entry["image"])
-        for k in range(image.shape[-1]):
-            raw.unlabeled_images.append(image[..., k])
-            raw.unlabeled_names.append(f"{stem}_slice_{k}")
+    for name, image, label in slices(labeled_entries):
+        raw.labeled_images.append(image)
+        raw.labeled_labels.append(label)
+        raw.labeled_names.append(name)
+    for name, image, _ in slices(unlabeled_entries):
+        raw.unlabeled_images.append(image)
+        raw.unlabeled_names.append(name)
     for entry in lists["validation"]:
         loaded = load_pair(entry)
         if loaded is None:

@@ -11,10 +11,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from vqseg_bundle.data.acdc import is_acdc_layout, load_acdc_splits
+from vqseg_bundle.data.acdc import load_acdc_splits
+from vqseg_bundle.data.acdc_layout import is_acdc_layout
+from vqseg_bundle.data.datalist import DATASET_JSON
 from vqseg_bundle.data.datasets import RESIZE_MODES, InMemorySliceDataset, resize_slices
 from vqseg_bundle.data.integrity import DataIntegrityError, patient_id_from_name
-from vqseg_bundle.data.nifti import DATASET_JSON, load_nifti_splits
+from vqseg_bundle.data.nifti import load_nifti_splits
 from vqseg_bundle.data.orientation import CANONICAL_AXCODES, check_orientation
 from vqseg_bundle.data.records import RawSplits
 
