@@ -20,10 +20,13 @@ from vqseg_bundle.transforms.augment import STRONG_KEYS
 
 __all__ = ["PrepareLabeledBatch", "PrepareUnlabeledBatch", "batch_to_device"]
 
+#: a device argument of ``prepare_batch``
+Device = str | torch.device | None
+
 
 def batch_to_device(
     x: Any,
-    device: str | torch.device | None,
+    device: Device,
     dtype: torch.dtype | None = None,
     non_blocking: bool = False,
     channels_last: bool = False,
@@ -51,47 +54,38 @@ def batch_to_device(
     return x
 
 
-class PrepareLabeledBatch(PrepareBatch):
-    """Labeled batch ``{"image": (B, C, H, W), "label": (B, 1, H, W) or (B, H, W)}`` ->
-    ``(image float32 (B, C, H, W), label int64 (B, H, W))`` on the device (MONAI's ``(image, label)`` form)."""
+class _PrepareOnDevice(PrepareBatch):
+    """A MONAI ``PrepareBatch`` whose entries become plain tensors on the device, optionally channels-last."""
 
     def __init__(self, channels_last: bool = False) -> None:
-        """
-        Args:
-            channels_last: images (and ``(B, 1, H, W)`` labels before the channel is dropped) channels-last.
-        """
         self.channels_last = bool(channels_last)
 
-    def __call__(
-        self,
-        batchdata: Mapping[str, Any],
-        device: str | torch.device | None = None,
-        non_blocking: bool = False,
-        **kwargs: Any,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """
-        Args:
-            batchdata: the loader's batch, with ``image`` and ``label``.
-            device, non_blocking: as MONAI's ``prepare_batch``.
-            kwargs: further arguments of ``Tensor.to`` (the trainer's ``to_kwargs``).
+    def to_device(self, x: Any, device: Device, dtype: torch.dtype, non_blocking: bool, **kwargs: Any) -> torch.Tensor:
+        """:func:`batch_to_device` with this callable's ``channels_last``."""
+        return batch_to_device(x, device, dtype, non_blocking, self.channels_last, **kwargs)
 
-        Raises:
-            ValueError: when ``batchdata`` is ``None``.
-        """
-        if batchdata is None:
-            raise ValueError("Must provide batch data for current iteration.")
-        image = batch_to_device(
-            batchdata[CommonKeys.IMAGE], device, torch.float32, non_blocking, self.channels_last, **kwargs
-        )
-        label = batch_to_device(
-            batchdata[CommonKeys.LABEL], device, torch.long, non_blocking, self.channels_last, **kwargs
-        )
+
+class PrepareLabeledBatch(_PrepareOnDevice):
+    """Labeled batch ``{"image": (B, C, H, W), "label": (B, 1, H, W) or (B, H, W)}`` ->
+    ``(image float32 (B, C, H, W), label int64 (B, H, W))`` on the device (MONAI's ``(image, label)`` form).
+
+    Args:
+        channels_last: images (and ``(B, 1, H, W)`` labels before the channel is dropped) channels-last.
+    """
+
+    def __call__(
+        self, batchdata: Mapping[str, Any], device: Device = None, non_blocking: bool = False, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``batchdata``: the labeled loader's batch; ``device``, ``non_blocking`` and ``kwargs`` (further
+        ``Tensor.to`` arguments, the trainer's ``to_kwargs``) as MONAI's ``prepare_batch``."""
+        image = self.to_device(batchdata[CommonKeys.IMAGE], device, torch.float32, non_blocking, **kwargs)
+        label = self.to_device(batchdata[CommonKeys.LABEL], device, torch.long, non_blocking, **kwargs)
         if label.ndim == 4:
             label = label[:, 0]
         return image, label
 
 
-class PrepareUnlabeledBatch(PrepareBatch):
+class PrepareUnlabeledBatch(_PrepareOnDevice):
     """Unlabeled batch ``{"image", "image_s1", "image_s2"}`` (the weak view and two strong views, each
     ``(B_u, C, H, W)``) -> the same keys as float32 tensors on the device."""
 
@@ -101,21 +95,14 @@ class PrepareUnlabeledBatch(PrepareBatch):
             keys: the entries read (the weak view first, then the strong views).
             channels_last: the tensors channels-last.
         """
+        super().__init__(channels_last)
         self.keys = tuple(keys)
-        self.channels_last = bool(channels_last)
 
     def __call__(
-        self,
-        batchdata: Mapping[str, Any],
-        device: str | torch.device | None = None,
-        non_blocking: bool = False,
-        **kwargs: Any,
+        self, batchdata: Mapping[str, Any], device: Device = None, non_blocking: bool = False, **kwargs: Any
     ) -> dict[str, torch.Tensor]:
-        """
-        Args:
-            batchdata: the unlabeled loader's batch.
-            device, non_blocking: as MONAI's ``prepare_batch``.
-            kwargs: further arguments of ``Tensor.to`` (the trainer's ``to_kwargs``).
+        """``batchdata``: the unlabeled loader's batch; ``device``, ``non_blocking`` and ``kwargs`` as for
+        :class:`PrepareLabeledBatch`.
 
         Raises:
             ValueError: when an entry of ``keys`` is missing.
@@ -126,7 +113,4 @@ class PrepareUnlabeledBatch(PrepareBatch):
                     f"unlabeled batch has no {key!r} (keys: {sorted(batchdata)}); build the unlabeled dataset "
                     "with vqseg_bundle.transforms.unlabeled_transforms"
                 )
-        return {
-            k: batch_to_device(batchdata[k], device, torch.float32, non_blocking, self.channels_last, **kwargs)
-            for k in self.keys
-        }
+        return {k: self.to_device(batchdata[k], device, torch.float32, non_blocking, **kwargs) for k in self.keys}
