@@ -48,27 +48,25 @@ def _check_non_negative(**values: float) -> None:
 
 @dataclass(frozen=True)
 class WeakAugmentParams:
-    """Geometric (weak) augmentation, applied identically to an image and its label.
-
-    Attributes:
-        rotate_degrees: rotation angle drawn uniformly from ``[-rotate_degrees, rotate_degrees]``.
-        rotate_prob: probability of a rotation.
-        flip_prob: probability of a flip, drawn independently for each of the two in-plane axes.
-        zoom_range: ``(min, max)`` scale factor; the output keeps the input size (crop or pad).
-        zoom_prob: probability of scaling.
-        rot90_prob: probability that a sample takes UniMatch's ``random_rot_flip`` instead of the chain above:
-            rotation by ``k x 90`` degrees, ``k`` uniform in 0..3, then a flip of one random axis (UniMatch:
-            0.5, with ``rotate_prob`` 0.5 and no flip or zoom in the chain).
+    """Geometric (weak) augmentation, applied identically to an image and its label (fields documented below).
 
     Raises:
         ValueError: for a negative angle, a probability outside ``[0, 1]`` or a bad zoom range.
     """
 
+    #: rotation angle drawn uniformly from ``[-rotate_degrees, rotate_degrees]``
     rotate_degrees: float = 20.0
+    #: probability of a rotation
     rotate_prob: float = 0.5
+    #: probability of a flip, drawn independently for each of the two in-plane axes
     flip_prob: float = 0.5
+    #: ``(min, max)`` scale factor; the output keeps the input size (crop or pad)
     zoom_range: Sequence[float] = (0.9, 1.1)
+    #: probability of scaling
     zoom_prob: float = 0.5
+    #: probability that a sample takes UniMatch's ``random_rot_flip`` instead of the chain above: rotation by
+    #: ``k x 90`` degrees, ``k`` uniform in 0..3, then a flip of one random axis (UniMatch: 0.5, with
+    #: ``rotate_prob`` 0.5 and no flip or zoom in the chain)
     rot90_prob: float = 0.0
 
     def __post_init__(self) -> None:
@@ -92,43 +90,41 @@ class WeakAugmentParams:
 
 @dataclass(frozen=True)
 class StrongAugmentParams:
-    """Intensity-only (strong) augmentation of one view; geometry is left untouched.
+    """Intensity-only (strong) augmentation of one view; geometry is left untouched (fields documented below).
 
     The grey-level analogue of the colour jitter + blur of UniMatch / VQ-Seg's strong view, in this order:
     jitter, gamma, scaling, shift, blur, noise.
-
-    Attributes:
-        contrast_prob: probability of each of gamma, intensity scaling and intensity shift.
-        gamma_range: gamma drawn from this range (MONAI's ``RandAdjustContrastd(retain_stats=True)``).
-        scale_range: intensities multiplied by ``1 + u``, ``u ~ U(-scale_range, scale_range)``.
-        shift_range: intensities shifted by ``u ~ U(-shift_range, shift_range)``.
-        blur_prob: probability of a Gaussian blur.
-        blur_sigma: ``(min, max)`` of the blur standard deviation in pixels.
-        noise_prob: probability of additive Gaussian noise.
-        noise_std: maximum standard deviation of that noise (drawn uniformly below it).
-        jitter_prob: probability of a grey-level colour jitter, applied first (UniMatch: 0.8): brightness
-            ``x * U(1 +- brightness)`` and contrast ``mean + U(1 +- contrast) (x - mean)`` in random order
-            (torchvision ``ColorJitter``; its saturation and hue do nothing to one grey channel).
-        brightness: brightness jitter strength (UniMatch: 0.5).
-        contrast: contrast jitter strength (UniMatch: 0.5).
-        clip_range: ``(low, high)`` clipping after each jitter step (as the 8-bit images of torchvision /
-            PIL are); ``None``: no clipping.
 
     Raises:
         ValueError: for a probability outside ``[0, 1]``, a bad range or a negative strength.
     """
 
+    #: probability of each of gamma, intensity scaling and intensity shift
     contrast_prob: float = 0.8
+    #: gamma drawn from this range (MONAI's ``RandAdjustContrastd(retain_stats=True)``)
     gamma_range: Sequence[float] = (0.7, 1.5)
+    #: intensities multiplied by ``1 + u``, ``u ~ U(-scale_range, scale_range)``
     scale_range: float = 0.25
+    #: intensities shifted by ``u ~ U(-shift_range, shift_range)``
     shift_range: float = 0.1
+    #: probability of a Gaussian blur
     blur_prob: float = 0.5
+    #: ``(min, max)`` of the blur standard deviation in pixels
     blur_sigma: Sequence[float] = (0.1, 1.5)
+    #: probability of additive Gaussian noise
     noise_prob: float = 0.5
+    #: maximum standard deviation of that noise (drawn uniformly below it)
     noise_std: float = 0.05
+    #: probability of a grey-level colour jitter, applied first (UniMatch: 0.8): brightness ``x * U(1 +- brightness)``
+    #: and contrast ``mean + U(1 +- contrast) (x - mean)`` in random order (torchvision ``ColorJitter``; its
+    #: saturation and hue do nothing to one grey channel)
     jitter_prob: float = 0.0
+    #: brightness jitter strength (UniMatch: 0.5)
     brightness: float = 0.0
+    #: contrast jitter strength (UniMatch: 0.5)
     contrast: float = 0.0
+    #: ``(low, high)`` clipping after each jitter step (as the 8-bit images of torchvision / PIL are); ``None``:
+    #: no clipping
     clip_range: Sequence[float] | None = None
 
     def __post_init__(self) -> None:
