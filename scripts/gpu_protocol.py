@@ -644,6 +644,10 @@ def main(argv: list[str] | None = None) -> int:
     run_limited(["git", "log", "-1", "--format=commit %h %s"], env_txt, 10, env)
     report["environment"] = env_txt.read_text(errors="replace")
     log("environment:\n" + report["environment"])
+    if cuda and "available True" not in report["environment"]:  # never train the 256 px protocol on a CPU by mistake
+        report["error"] = f"--device {args.device} asked for, but torch sees no CUDA device (DEVICE=cpu for a CPU run)"
+        log(report["error"])
+        return finish(args, out, work, report, [], [], log, clock)
 
     # 2. tests ------------------------------------------------------------------------------------------
     tests_log = work / "logs" / "tests.log"

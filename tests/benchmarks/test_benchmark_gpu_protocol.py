@@ -281,3 +281,24 @@ def test_the_protocol_runs_end_to_end_on_the_cpu(tmp_path):
 
     state = torch.load(out / "model.pt", map_location="cpu", weights_only=True)
     assert isinstance(state, dict) and state
+
+
+def test_without_a_gpu_the_default_command_stops_at_once(tmp_path):
+    """The default (DEVICE=cuda) on a machine without CUDA refuses to train the 256 px protocol on the CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    env = {k: v for k, v in os.environ.items() if k not in ("DEVICE", "BUDGET_S")}
+    env.update(WORK=str(tmp_path / "work"), PYTHON=sys.executable, DATASET_DIR="demo")
+    proc = subprocess.run(
+        ["bash", str(REPO / "scripts" / "gpu_protocol.sh"), str(tmp_path / "out")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    assert "torch sees no CUDA device" in (tmp_path / "out" / "summary.md").read_text()
+    assert gp.check_out(tmp_path / "out") == []
