@@ -1,9 +1,11 @@
 """ONNX and ``torch.export`` (``.pt2``) exports of the evaluation network (one 2D slice batch in, logits out)
-and their checks against PyTorch.
+and their checks against PyTorch, and the same check of a TorchScript file.
 
-TorchScript export goes through MONAI (``python -m monai.bundle ckpt_export``); ONNX and ``torch.export`` are
-not part of MONAI's bundle commands, hence these functions (the ``onnx`` and ``onnxruntime`` packages are
-optional dependencies, imported on use).
+TorchScript export goes through MONAI (``python -m monai.bundle ckpt_export``: ``torch.jit.script`` by default,
+which compiles the networks' lean ``__prepare_scriptable__`` form, :mod:`vqseg_bundle.networks.scriptable`; or
+``torch.jit.trace`` with ``--use_trace True``); ONNX and ``torch.export`` are not part of MONAI's bundle commands,
+hence these functions (the ``onnx`` and ``onnxruntime`` packages are optional dependencies, imported on use).
+ONNX and ``torch.export`` trace the network itself, not its scriptable form.
 """
 
 from __future__ import annotations
@@ -13,7 +15,14 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["export_onnx", "compare_onnx", "export_program", "compare_program", "network_for_export"]
+__all__ = [
+    "export_onnx",
+    "compare_onnx",
+    "export_program",
+    "compare_program",
+    "compare_torchscript",
+    "network_for_export",
+]
 
 
 def network_for_export(
@@ -178,6 +187,25 @@ def compare_program(
     """
     module = torch.export.load(str(_existing(path, "exported program"))).module()
     return _compare(network, module, "exported program", in_channels, image_size, batch, seed)
+
+
+def compare_torchscript(
+    network: torch.nn.Module,
+    path: str | os.PathLike,
+    in_channels: int = 1,
+    image_size: int | tuple[int, int] = 256,
+    batch: int = 3,
+    seed: int = 1,
+) -> tuple[float, float]:
+    """Compare a saved TorchScript module (``ckpt_export``'s ``models/model.ts``) and PyTorch logits on a random
+    slice batch. Returns ``(max_abs_diff, max_abs_logit)``.
+
+    Raises:
+        FileNotFoundError: when ``path`` does not exist.
+        ValueError: when the two outputs differ in shape.
+    """
+    module = torch.jit.load(str(_existing(path, "TorchScript file")), map_location="cpu").eval()
+    return _compare(network, module, "TorchScript module", in_channels, image_size, batch, seed)
 
 
 def _existing(path: str | os.PathLike, what: str) -> Path:

@@ -204,7 +204,9 @@ class VQSegNetworkBase(nn.Module):
             )
             missing = sorted(set(levels) - set(self.vq_levels))
             if missing:
-                raise ValueError(f"{cls}: QPM can only perturb quantized levels; levels {missing} are not in vq_levels.")
+                raise ValueError(
+                    f"{cls}: QPM can only perturb quantized levels; levels {missing} are not in vq_levels."
+                )
             if dropout is not None:  # QPM on the codes, then UniMatch's dropout on every level
                 self.dropout_levels = tuple(range(num_levels))
         else:
@@ -286,6 +288,19 @@ class VQSegNetworkBase(nn.Module):
             raise ValueError(
                 f"{type(self).__name__}: expected input (B, {self.in_channels}, H, W), got {tuple(x.shape)}."
             )
+
+    # ------------------------------------------------------------------ TorchScript
+    def scriptable(self) -> nn.Module:
+        """The lean eval-only module ``torch.jit.script`` compiles in place of this network: encoder, nearest-code
+        lookup of each quantized level and segmentation decoder, sharing this network's parameters
+        (:mod:`~vqseg_bundle.networks.scriptable`). Its ``forward`` gives :meth:`forward`'s values in eval mode."""
+        raise NotImplementedError(f"{type(self).__name__} has no TorchScript form; export it by tracing.")
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """Called by ``torch.jit.script`` (e.g. ``monai.bundle ckpt_export`` without ``--use_trace``): script
+        :meth:`scriptable` instead of this training-capable module. Tracing, ONNX and ``torch.export`` do not call
+        it."""
+        return self.scriptable().train(self.training)
 
     # ------------------------------------------------------------------ forward paths
     def forward(self, x: torch.Tensor) -> torch.Tensor:

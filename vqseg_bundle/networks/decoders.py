@@ -6,6 +6,7 @@ Built from MONAI's ``BasicUNet`` blocks (``UpCat``), which already pad odd sizes
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import List
 
 import torch
 import torch.nn as nn
@@ -26,7 +27,7 @@ class UNetDecoder(nn.Module):
             (transposed conv) or ``"pixelshuffle"``.
         head_kernel_size: kernel of the final conv (3 as in SSL4MIS).
 
-    ``forward(features: list[(B, features[l], H / 2^l, W / 2^l)]) -> (B, out_channels, H, W)``.
+    ``forward(features: list[(B, features[l], H / 2^l, W / 2^l)]) -> (B, out_channels, H, W)`` (TorchScript-able).
     """
 
     def __init__(
@@ -50,11 +51,13 @@ class UNetDecoder(nn.Module):
         )
         self.head = nn.Conv2d(features[0], int(out_channels), head_kernel_size, padding=head_kernel_size // 2)
 
-    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+    def forward(self, features: List[torch.Tensor]) -> torch.Tensor:
         if len(features) != len(self.ups) + 1:
             raise ValueError(f"UNetDecoder: expected {len(self.ups) + 1} feature maps, got {len(features)}.")
         x = features[-1]
-        # TorchScript has no zip(strict=); the lengths are checked above
-        for up, skip in zip(self.ups, reversed(features[:-1])):  # noqa: B905
-            x = up(x, skip)
+        # deep to shallow; indexed rather than zip(ups, reversed(skips)): TorchScript has neither zip(strict=)
+        # nor reversed() of a list (the lengths are checked above)
+        n = len(features)
+        for i, up in enumerate(self.ups):
+            x = up(x, features[n - 2 - i])
         return self.head(x)

@@ -8,6 +8,7 @@ small output head.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import List, Optional
 
 import torch
 import torch.nn as nn
@@ -45,7 +46,7 @@ class _FusionBlock(nn.Module):
         self.refine = _ResidualConvUnit(channels)
         self.out = nn.Conv2d(channels, channels, 1)
 
-    def forward(self, x: torch.Tensor, lateral: torch.Tensor | None, size: tuple[int, int]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, lateral: Optional[torch.Tensor], size: List[int]) -> torch.Tensor:
         if lateral is not None and self.lateral is not None:
             x = x + self.lateral(lateral)
         x = self.refine(x)
@@ -97,17 +98,23 @@ class DPTHead(nn.Module):
             nn.Conv2d(features, out_channels, 1),
         )
 
-    def forward(self, levels: Sequence[torch.Tensor], out_size: Sequence[int]) -> torch.Tensor:
+    def forward(self, levels: List[torch.Tensor], out_size: List[int]) -> torch.Tensor:
         if len(levels) != 4:
             raise ValueError(f"DPTHead: expected 4 feature levels, got {len(levels)}.")
-        # TorchScript has no zip(strict=); the four lengths are checked above and fixed by construction
-        stages = zip(levels, self.project, self.resample, self.to_features)  # noqa: B905
-        maps = [feat(res(proj(x))) for x, proj, res, feat in stages]
+        # written for TorchScript too: no zip(strict=) or comprehension over module lists, sizes as lists (the
+        # four lengths are checked above and fixed by construction)
+        maps: List[torch.Tensor] = []
+        for i, (proj, res, feat) in enumerate(zip(self.project, self.resample, self.to_features)):  # noqa: B905
+            maps.append(feat(res(proj(levels[i]))))
         # deep to shallow: fusion[3] takes the deepest map alone, the others add a lateral map
-        path = self.fusion[3](maps[3], None, tuple(maps[2].shape[-2:]))
-        path = self.fusion[2](path, maps[2], tuple(maps[1].shape[-2:]))
-        path = self.fusion[1](path, maps[1], tuple(maps[0].shape[-2:]))
-        h0, w0 = maps[0].shape[-2:]
-        path = self.fusion[0](path, maps[0], (2 * h0, 2 * w0))
+        path = self.fusion[3](maps[3], None, _size(maps[2]))
+        path = self.fusion[2](path, maps[2], _size(maps[1]))
+        path = self.fusion[1](path, maps[1], _size(maps[0]))
+        path = self.fusion[0](path, maps[0], [2 * maps[0].shape[-2], 2 * maps[0].shape[-1]])
         out = self.head(path)
-        return F.interpolate(out, size=tuple(int(s) for s in out_size), mode="bilinear", align_corners=False)
+        return F.interpolate(out, size=[int(s) for s in out_size], mode="bilinear", align_corners=False)
+
+
+def _size(x: torch.Tensor) -> List[int]:
+    """``[h, w]`` of ``x (B, C, h, w)``."""
+    return [x.shape[-2], x.shape[-1]]

@@ -21,6 +21,16 @@ import torch.nn.functional as F
 
 from ..losses.vq import codebook_usage_entropy_loss, vq_codebook_commitment_loss
 from .distances import no_autocast
+from .nearest_code import (
+    channel_linear,
+    channels_first,
+    effective_codebook,
+    flatten_tokens,
+    gather_codes,
+    l2_normalize,
+    nearest_code_indices,
+)
+from .nearest_code import straight_through as _straight_through
 from .vq_ops import kmeans, rotation_trick
 
 __all__ = ["QuantizerOutput", "VectorQuantizer", "exporting", "CODEBOOK_TYPES", "GRADIENT_ESTIMATORS"]
@@ -200,7 +210,7 @@ class VectorQuantizer(nn.Module):
 
     # ------------------------------------------------------------------ codebook
     def _normalize(self, x: torch.Tensor, dim: int) -> torch.Tensor:
-        return F.normalize(x, dim=dim) if self.cosine else x
+        return l2_normalize(x, dim, self.cosine)
 
     def mapped_codebook(self) -> torch.Tensor:
         """The effective codebook ``(K, d)`` (differentiable), float32 even under autocast (a bf16 codebook
@@ -208,14 +218,9 @@ class VectorQuantizer(nn.Module):
         otherwise; rows l2-normalised with ``cosine``."""
         with no_autocast(self._codebook_device()):
             if self.codebook_type == "simvq":
-                table = F.linear(
-                    self.base_codebook.float(),
-                    self.codebook_mapping.weight.float(),
-                    self.codebook_mapping.bias.float(),
-                )
-            else:
-                table = self.codebook.float()
-            return self._normalize(table, 1)
+                mapping = self.codebook_mapping
+                return effective_codebook(self.base_codebook, mapping.weight, mapping.bias, self.cosine)
+            return effective_codebook(self.codebook, None, None, self.cosine)
 
     def _codebook_device(self) -> torch.device:
         return self.base_codebook.device if self.codebook_type == "simvq" else self.codebook.device
@@ -240,10 +245,8 @@ class VectorQuantizer(nn.Module):
                 else:
                     codes = F.embedding(indices, self.codebook.float())
                 codes = self._normalize(codes, -1)
-        else:
-            codes = F.embedding(indices, codebook)  # (B, *spatial, d)
-        nd = codes.ndim  # explicit permutation: ONNX export rejects movedim's negative axes
-        return codes.permute(0, nd - 1, *range(1, nd - 1))
+            return channels_first(codes)
+        return gather_codes(indices, codebook)
 
     def project(self, z: torch.Tensor) -> torch.Tensor:
         """Tokens in the lookup space: ``(B, D, *sp)`` -> ``(B, d, *sp)`` (``project_in``, then l2-normalised
@@ -258,10 +261,7 @@ class VectorQuantizer(nn.Module):
     @staticmethod
     def _channel_linear(layer: nn.Linear | None, x: torch.Tensor) -> torch.Tensor:
         """``layer`` applied to the channels of a channel-first map ``x (B, C, *sp)`` (identity for ``None``)."""
-        if layer is None:
-            return x
-        nd = x.ndim
-        return layer(x.permute(0, *range(2, nd), 1)).permute(0, nd - 1, *range(1, nd - 1))
+        return x if layer is None else channel_linear(x, layer.weight, layer.bias)
 
     def estimate(self, z_latent: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """The quantized map in the lookup space: value ``codes``, gradient to ``z_latent`` by the configured
@@ -279,27 +279,17 @@ class VectorQuantizer(nn.Module):
     @staticmethod
     def straight_through(z: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """``z + sg[codes - z]``: the value of ``codes``, the gradient of ``z`` (dtype of ``z`` kept)."""
-        return z + (codes.to(z.dtype) - z).detach()
+        return _straight_through(z, codes)
 
     @torch.no_grad()
     def nearest_indices(self, z_flat: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
         """``argmin_k ||z_n - c_k||^2`` for ``z_flat (N, d)`` against ``codebook (K, d)``, float32, chunked.
 
-        ``||z_n||^2`` is dropped (it does not change the argmin); each chunk is one GEMM + argmin.
+        ``||z_n||^2`` is dropped (it does not change the argmin); each chunk is one GEMM + argmin
+        (:func:`~vqseg_bundle.networks.nearest_code.nearest_code_indices`; one block while exporting).
         """
         with no_autocast(z_flat.device):
-            z32 = z_flat.detach().float()
-            c32 = codebook.detach().float()
-            c_sq = (c32 * c32).sum(1)[None, :]
-            n, k = z32.shape[0], c32.shape[0]
-            rows = max(1, self.max_chunk_elements // k)
-            if n <= rows or exporting():
-                return torch.addmm(c_sq, z32, c32.t(), beta=1.0, alpha=-2.0).argmin(1)
-            out = torch.empty(n, dtype=torch.long, device=z32.device)
-            for start in range(0, n, rows):
-                block = torch.addmm(c_sq, z32[start : start + rows], c32.t(), beta=1.0, alpha=-2.0)
-                out[start : start + rows] = block.argmin(1)
-            return out
+            return nearest_code_indices(z_flat, codebook, self.max_chunk_elements, chunked=not exporting())
 
     def _check(self, z: torch.Tensor) -> None:
         if z.ndim < 3 or z.shape[1] != self.embedding_dim:
@@ -309,7 +299,7 @@ class VectorQuantizer(nn.Module):
 
     @staticmethod
     def _flatten(z: torch.Tensor) -> torch.Tensor:
-        return z.permute(0, *range(2, z.ndim), 1).reshape(-1, z.shape[1])
+        return flatten_tokens(z)
 
     # ------------------------------------------------------------------ collapse guards
     def _updates_codebook(self) -> bool:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, List
 
 import torch
 import torch.nn as nn
@@ -11,8 +11,9 @@ from monai.networks.nets.basic_unet import Down, TwoConv
 
 from .base import VQSegNetworkBase
 from .decoders import UNetDecoder
+from .scriptable import ScriptableVQSeg
 
-__all__ = ["VQSegUNet"]
+__all__ = ["VQSegUNet", "ScriptableUNet"]
 
 SSL4MIS_DROPOUT = (0.05, 0.1, 0.2, 0.3, 0.5)
 DROPOUT_CONVS = ("first", "both")
@@ -127,8 +128,33 @@ class VQSegUNet(VQSegNetworkBase):
     def decode_rec(self, features: list[torch.Tensor], out_size: Sequence[int]) -> torch.Tensor:
         return self.rec_decoder(features)
 
+    def scriptable(self) -> ScriptableUNet:
+        """The TorchScript form (:class:`ScriptableUNet`, see :meth:`VQSegNetworkBase.scriptable`)."""
+        return ScriptableUNet(self)
+
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """``{"backbone": encoder parameters, "head": everything else}`` (for per-group learning rates)."""
         backbone = list(self.encoder.parameters())
         ids = {id(p) for p in backbone}
         return {"backbone": backbone, "head": [p for p in self.parameters() if id(p) not in ids]}
+
+
+class ScriptableUNet(ScriptableVQSeg):
+    """Scriptable segmentation path of a :class:`VQSegUNet`: its ``encoder`` and ``seg_decoder`` (shared, not
+    copied) around the levels' nearest-code lookups; no reconstruction decoder, perturbation or PFA adapter."""
+
+    def __init__(self, network: VQSegUNet) -> None:
+        super().__init__(network, min_size=network.min_size)
+        self.encoder = network.encoder
+        self.seg_decoder = network.seg_decoder
+
+    def encode(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """``[(B, features[l], H // 2^l, W // 2^l) for l in levels]`` (as :meth:`VQSegUNet.encode`)."""
+        out: List[torch.Tensor] = []
+        for block in self.encoder:
+            x = block(x)
+            out.append(x)
+        return out
+
+    def decode_seg(self, features: List[torch.Tensor], out_size: List[int]) -> torch.Tensor:
+        return self.seg_decoder(features)

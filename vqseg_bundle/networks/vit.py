@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, List
 
 import timm
 import torch
@@ -14,10 +14,13 @@ from timm.models.vision_transformer import checkpoint_filter_fn
 
 from .base import VQSegNetworkBase
 from .dpt import DPT_DEFAULTS, DPTHead
+from .scriptable import ScriptableVQSeg
 from .weights import read_pretrained_state_dict
 
 __all__ = [
     "VQSegViT",
+    "ScriptableViT",
+    "vit_input",
     "create_dinov2_backbone",
     "load_dinov2_weights",
     "dinov2_size",
@@ -120,6 +123,25 @@ def create_dinov2_backbone(
     return model
 
 
+def vit_input(
+    x: torch.Tensor, pixel_mean: torch.Tensor, pixel_std: torch.Tensor, patch_size: int, imagenet_norm: bool
+) -> torch.Tensor:
+    """The ViT's input ``(B, 3, H', W')`` of ``x (B, 1 or 3, H, W)``: grayscale repeated to RGB, ImageNet
+    normalisation (``pixel_mean`` / ``pixel_std`` ``(1, 3, 1, 1)``) when ``imagenet_norm``, then bilinearly
+    resized to the nearest multiples ``H', W'`` of ``patch_size`` (at least one patch). TorchScript-able (used by
+    :class:`VQSegViT` and :class:`ScriptableViT`; TorchScript's ``round`` also rounds halves to even)."""
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    if imagenet_norm:
+        x = (x - pixel_mean.to(x.dtype)) / pixel_std.to(x.dtype)
+    p = patch_size
+    h, w = int(x.shape[-2]), int(x.shape[-1])  # static under tracing / export
+    th, tw = max(p, int(round(h / p)) * p), max(p, int(round(w / p)) * p)
+    if th != h or tw != w:
+        x = F.interpolate(x, size=[th, tw], mode="bilinear", align_corners=False)
+    return x
+
+
 class VQSegViT(VQSegNetworkBase):
     """VQ-Seg with a DINOv2 ViT encoder (timm) and DPT segmentation / reconstruction heads.
 
@@ -206,16 +228,7 @@ class VQSegViT(VQSegNetworkBase):
         self._setup_vq([embed_dim] * 4, reconstruction, **vq_options)
 
     def _vit_input(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        if self.imagenet_norm:
-            x = (x - self.pixel_mean.to(x.dtype)) / self.pixel_std.to(x.dtype)
-        p = self.patch_size
-        h, w = int(x.shape[-2]), int(x.shape[-1])  # static under tracing / export
-        th, tw = max(p, int(round(h / p)) * p), max(p, int(round(w / p)) * p)
-        if (th, tw) != (h, w):
-            x = F.interpolate(x, size=(th, tw), mode="bilinear", align_corners=False)
-        return x
+        return vit_input(x, self.pixel_mean, self.pixel_std, self.patch_size, self.imagenet_norm)
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Four ``(B, embed_dim, H' / 14, W' / 14)`` maps (normed outputs of ``intermediate_layers``)."""
@@ -235,8 +248,51 @@ class VQSegViT(VQSegNetworkBase):
     def decode_rec(self, features: list[torch.Tensor], out_size: Sequence[int]) -> torch.Tensor:
         return self.rec_head(features, out_size)
 
+    def scriptable(self) -> ScriptableViT:
+        """The TorchScript form (:class:`ScriptableViT`, see :meth:`VQSegNetworkBase.scriptable`)."""
+        return ScriptableViT(self)
+
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """``{"backbone": ViT parameters, "head": everything else}`` (UniMatch V2: lr x 40 for the head)."""
         backbone = list(self.backbone.parameters())
         ids = {id(p) for p in backbone}
         return {"backbone": backbone, "head": [p for p in self.parameters() if id(p) not in ids]}
+
+
+class ScriptableViT(ScriptableVQSeg):
+    """Scriptable segmentation path of a :class:`VQSegViT`: its ``backbone`` and ``seg_head`` (shared, not copied)
+    around the levels' nearest-code lookups; no reconstruction head, perturbation or PFA adapter.
+
+    :meth:`encode` runs the ViT's blocks itself instead of timm's ``forward_intermediates`` (which
+    ``torch.jit.script`` rejects: its dictionary-output branch does not type-check). It is the same sequence as
+    timm's for ``norm=True, output_fmt="NCHW", intermediates_only=True`` (patch embedding, position embedding,
+    blocks, final norm of the chosen blocks, prefix tokens dropped, tokens to ``(B, C, h, w)``); the tests check
+    that the two give identical maps.
+    """
+
+    def __init__(self, network: VQSegViT) -> None:
+        super().__init__(network)
+        self.backbone = network.backbone
+        self.seg_head = network.seg_head
+        self.register_buffer("pixel_mean", network.pixel_mean, persistent=False)
+        self.register_buffer("pixel_std", network.pixel_std, persistent=False)
+        self.patch_size = int(network.patch_size)
+        self.imagenet_norm = bool(network.imagenet_norm)
+        self.intermediate_layers: List[int] = [int(i) for i in network.intermediate_layers]
+
+    def encode(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """Four ``(B, embed_dim, H' / 14, W' / 14)`` maps (normed outputs of ``intermediate_layers``)."""
+        x = vit_input(x, self.pixel_mean, self.pixel_std, self.patch_size, self.imagenet_norm)
+        batch, height, width = x.shape[0], x.shape[-2], x.shape[-1]
+        vit = self.backbone
+        tokens = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))
+        picked: List[torch.Tensor] = []
+        for i, block in enumerate(vit.blocks):
+            tokens = block(tokens)
+            if i in self.intermediate_layers:
+                picked.append(vit.norm(tokens)[:, vit.num_prefix_tokens :])
+        grid = vit.patch_embed.dynamic_feat_size((height, width))
+        return [t.reshape(batch, grid[0], grid[1], -1).permute(0, 3, 1, 2).contiguous() for t in picked]
+
+    def decode_seg(self, features: List[torch.Tensor], out_size: List[int]) -> torch.Tensor:
+        return self.seg_head(features, out_size)
