@@ -120,6 +120,8 @@ class VQSegNetworkBase(nn.Module):
 
     in_channels: int
     num_classes: int
+    #: the attribute that holds the backbone module (:meth:`param_groups`)
+    backbone_attribute: str = "encoder"
 
     # ------------------------------------------------------------------ construction
     def _setup_vq(
@@ -295,6 +297,13 @@ class VQSegNetworkBase(nn.Module):
         lookup of each quantized level and segmentation decoder, sharing this network's parameters
         (:mod:`~vqseg_bundle.networks.scriptable`). Its ``forward`` gives :meth:`forward`'s values in eval mode."""
         raise NotImplementedError(f"{type(self).__name__} has no TorchScript form; export it by tracing.")
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """``{"backbone": the parameters of the module named by :attr:`backbone_attribute` (the U-Net's encoder,
+        the ViT), "head": everything else}``, for per-group learning rates (UniMatch V2: lr x 40 for the head)."""
+        backbone = list(getattr(self, self.backbone_attribute).parameters())
+        ids = {id(p) for p in backbone}
+        return {"backbone": backbone, "head": [p for p in self.parameters() if id(p) not in ids]}
 
     def __prepare_scriptable__(self) -> nn.Module:
         """Called by ``torch.jit.script`` (e.g. ``monai.bundle ckpt_export`` without ``--use_trace``): script

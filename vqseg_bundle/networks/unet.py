@@ -132,12 +132,6 @@ class VQSegUNet(VQSegNetworkBase):
         """The TorchScript form (:class:`ScriptableUNet`, see :meth:`VQSegNetworkBase.scriptable`)."""
         return ScriptableUNet(self)
 
-    def param_groups(self) -> dict[str, list[nn.Parameter]]:
-        """``{"backbone": encoder parameters, "head": everything else}`` (for per-group learning rates)."""
-        backbone = list(self.encoder.parameters())
-        ids = {id(p) for p in backbone}
-        return {"backbone": backbone, "head": [p for p in self.parameters() if id(p) not in ids]}
-
 
 class ScriptableUNet(ScriptableVQSeg):
     """Scriptable segmentation path of a :class:`VQSegUNet`: its ``encoder`` and ``seg_decoder`` (shared, not

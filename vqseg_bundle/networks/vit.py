@@ -172,6 +172,8 @@ class VQSegViT(VQSegNetworkBase):
             :meth:`~vqseg_bundle.networks.base.VQSegNetworkBase._setup_vq` (levels here are the four ViT levels).
     """
 
+    backbone_attribute = "backbone"
+
     def __init__(
         self,
         in_channels: int = 1,
@@ -251,12 +253,6 @@ class VQSegViT(VQSegNetworkBase):
     def scriptable(self) -> ScriptableViT:
         """The TorchScript form (:class:`ScriptableViT`, see :meth:`VQSegNetworkBase.scriptable`)."""
         return ScriptableViT(self)
-
-    def param_groups(self) -> dict[str, list[nn.Parameter]]:
-        """``{"backbone": ViT parameters, "head": everything else}`` (UniMatch V2: lr x 40 for the head)."""
-        backbone = list(self.backbone.parameters())
-        ids = {id(p) for p in backbone}
-        return {"backbone": backbone, "head": [p for p in self.parameters() if id(p) not in ids]}
 
 
 class ScriptableViT(ScriptableVQSeg):
