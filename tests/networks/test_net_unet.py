@@ -64,7 +64,9 @@ def test_straight_through_carries_the_perturbed_seg_loss_into_the_encoder():
 
 
 def test_qpm_changes_seg_input_only_and_reconstruction_reads_unperturbed_features():
-    net = _net(perturbation=QuantizedPerturbation(eps=1.0)).eval()  # eval: no dropout / BN batch statistics, so runs are comparable
+    net = _net(
+        perturbation=QuantizedPerturbation(eps=1.0)
+    ).eval()  # eval: no dropout / BN batch statistics, so runs are comparable
     x = torch.randn(2, 1, 32, 32)
     clean = net.forward_train(x)
     pert = net.forward_train(x, perturb=True, generator=_gen(1))

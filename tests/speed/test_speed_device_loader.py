@@ -85,7 +85,11 @@ def test_bad_arguments_are_named():
 def _tiny_net() -> VQSegUNet:
     torch.manual_seed(0)
     return VQSegUNet(
-        features=(4, 8, 16, 32, 32), dropout=0.0, codebook_size=16, pfa_channels=None, perturbation=QuantizedPerturbation()
+        features=(4, 8, 16, 32, 32),
+        dropout=0.0,
+        codebook_size=16,
+        pfa_channels=None,
+        perturbation=QuantizedPerturbation(),
     )
 
 
