@@ -38,15 +38,13 @@ import h5py
 import nibabel as nib
 import numpy as np
 
+from vqseg_bundle.data.acdc_layout import AcdcLayout
+
 REPO = Path(__file__).resolve().parents[1]
 #: what nibabel reads from an ACDC challenge file (and from an ITK-written identity-direction image)
 CHALLENGE_AFFINE = np.diag([-1.0, -1.0, 1.0, 1.0])
 #: flags of the recorded evaluation command that this script replaces
 _REPLACED = ("--dataset_dir", "--labeled", "--output_dir", "--bundle_root", "--ckpt_path", "--data_cache_dir")
-
-
-def _read_list(path: Path) -> list[str]:
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
 def write_challenge_nifti(dataset_dir: Path, out_dir: Path) -> Path:
@@ -65,23 +63,24 @@ def write_challenge_nifti(dataset_dir: Path, out_dir: Path) -> Path:
         img.header.set_xyzt_units("mm")
         nib.save(img, path)
 
+    layout = AcdcLayout(dataset_dir)
+    train_names, val_names = layout.read_names()
     validation = []
-    for name in _read_list(dataset_dir / "val.list"):
-        with h5py.File(dataset_dir / "data" / f"{name}.h5", "r") as f:
+    for name in val_names:
+        with h5py.File(layout.volume_path(name), "r") as f:
             image, label = f["image"][()], f["label"][()]
         save(image, out_dir / "imagesVal" / f"{name}.nii.gz", np.float32)
         save(label, out_dir / "labelsVal" / f"{name}.nii.gz", np.uint8)
         validation.append({"image": f"imagesVal/{name}.nii.gz", "label": f"labelsVal/{name}.nii.gz"})
 
     # build_splits needs one labeled training volume: the first training patient's first frame
-    train_names = _read_list(dataset_dir / "train_slices.list")
     key = train_names[0].rsplit("_slice_", 1)[0]
     members = sorted(
         (n for n in train_names if n.rsplit("_slice_", 1)[0] == key), key=lambda n: int(n.rsplit("_", 1)[1])
     )
     images, labels = [], []
     for n in members:
-        with h5py.File(dataset_dir / "data" / "slices" / f"{n}.h5", "r") as f:
+        with h5py.File(layout.slice_path(n), "r") as f:
             images.append(f["image"][()])
             labels.append(f["label"][()])
     save(np.stack(images), out_dir / "imagesTr" / f"{key}.nii.gz", np.float32)
