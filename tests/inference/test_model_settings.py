@@ -186,3 +186,48 @@ def test_round_trip_train_tiny_then_inference_and_evaluate(tmp_path):
     while e.__cause__ is not None:
         e = e.__cause__
     assert "image_size" in str(e) and "128" in str(e) and "64" in str(e) and "model.json" in str(e)
+
+
+def test_settings_of_version_0_3_rebuild_the_same_network():
+    """A 0.3.0 record kept the VQ / QPM options as flat network arguments; they still rebuild the network (the
+    quantizer options moved into ``quantizer``, the perturbation, which holds no weights, dropped)."""
+    from vqseg_bundle.inferers import build_network
+
+    old = {
+        **NET,
+        "commitment_beta": 0.5,
+        "usage_entropy_weight": 0.1,
+        "max_chunk_elements": 2**20,
+        "perturbation": "qpm",
+        "qpm_mode": "kernel",
+        "qpm_eps": 0.7,
+        "qpm_temperature": 1.0,
+        "qpm_distance": "sqeuclidean",
+        "dropout_rate": 0.5,
+        "quantizer": {"codebook_type": "learnable"},
+    }
+    net = build_network({"network_def": old})
+    current = build_network({"network_def": {**NET, "quantizer": {"codebook_type": "learnable"}}})
+    assert {k: tuple(v.shape) for k, v in net.state_dict().items()} == {
+        k: tuple(v.shape) for k, v in current.state_dict().items()
+    }
+    quantizer = net.quantizers["3"]
+    assert quantizer.commitment_beta == 0.5 and quantizer.usage_entropy_weight == 0.1
+    assert quantizer.codebook_type == "learnable" and net.perturbation == "none"
+
+
+def test_record_holds_the_pass_through_options_flat_and_no_built_module():
+    """network_arguments records the options a network passes through to _setup_vq as flat arguments with their
+    defaults, and leaves out the built perturbation (no weights, training only)."""
+    from vqseg_bundle.networks import VQSegUNet, build_perturbation
+
+    config = {
+        "_target_": "vqseg_bundle.networks.VQSegUNet",
+        "features": [4, 8],
+        "codebook_size": 8,
+        "perturbation": build_perturbation("qpm"),
+    }
+    record = network_arguments(config)
+    assert "perturbation" not in record and "vq_options" not in record
+    assert record["codebook_size"] == 8 and record["vq_levels"] == ["bottleneck"] and record["codebook_seed"] == 0
+    assert set(VQSegUNet.shared_arguments().parameters) - {"perturbation"} <= set(record)

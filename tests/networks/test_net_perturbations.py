@@ -109,3 +109,46 @@ def test_encoder_dropout_after_the_first_conv_only_by_default():
     assert first.state_dict().keys() == both.state_dict().keys()
     with pytest.raises(ValueError, match="dropout_convs"):
         _unet(vq_levels=[], perturbation="none", dropout_convs="second")
+
+
+def test_build_perturbation_gives_the_named_modules_and_the_network_their_name():
+    from vqseg_bundle.networks import (
+        PERTURBATIONS,
+        ComplementaryDropout,
+        FeatureDropout,
+        QuantizedPerturbation,
+        build_perturbation,
+    )
+
+    kinds = {
+        "qpm": QuantizedPerturbation,
+        "dropout": FeatureDropout,
+        "complementary_dropout": ComplementaryDropout,
+    }
+    for name, cls in kinds.items():
+        assert isinstance(build_perturbation(name), cls)
+    both = build_perturbation("qpm_dropout", qpm={"eps": 0.3}, dropout={"p": 0.2})
+    assert [type(m) for m in both] == [QuantizedPerturbation, FeatureDropout]
+    assert both[0].eps == 0.3 and both[1].p == 0.2
+    assert build_perturbation("none") is None and build_perturbation(None) is None
+    for name in PERTURBATIONS:
+        net = _unet(vq_levels=["bottleneck"], perturbation=name)
+        assert net.perturbation == name
+    with pytest.raises(ValueError, match="perturbation must be one of"):
+        build_perturbation("mixup")
+
+
+@pytest.mark.parametrize(
+    "modules, message",
+    [
+        (lambda n: [n.QuantizedPerturbation(), n.QuantizedPerturbation()], "perturbation must be"),
+        (lambda n: [n.QuantizedPerturbation(), n.ComplementaryDropout()], "not ComplementaryDropout"),
+        (lambda n: torch.nn.Identity(), "perturbation must be"),
+    ],
+)
+def test_network_refuses_perturbations_it_cannot_apply(modules, message):
+    from vqseg_bundle import networks
+    from vqseg_bundle.networks import VQSegUNet
+
+    with pytest.raises(ValueError, match=message):
+        VQSegUNet(features=(4, 8), codebook_size=8, perturbation=modules(networks))
