@@ -335,11 +335,11 @@ class VQSegNetworkBase(nn.Module):
         """Training-mode forward returning every output of the method.
 
         Args:
-            x: ``(B, in_channels, H, W)``. For ``perturbation="complementary_dropout"`` with ``perturb=True``
+            x: ``(B, in_channels, H, W)``. With a ``ComplementaryDropout`` perturbation and ``perturb=True``
                 it must be the two strong views concatenated along the batch, ``cat([view1, view2])``: the
                 first and second halves get complementary channel masks.
-            perturb: apply the configured perturbation (QPM on indices, or feature dropout) to the features
-                that feed the segmentation decoder. Ignored for ``perturbation="none"``.
+            perturb: apply the network's perturbation (QPM on indices, or feature dropout) to the features
+                that feed the segmentation decoder. Ignored when the network was built without one.
             generator: optional ``torch.Generator`` (on ``x``'s device) for reproducible perturbations.
             align_size: ``(h, w)`` of the foundation model's token grid; with a PFA adapter the output's
                 ``aligned`` is the adapter applied to the unperturbed post-VQ map of ``pfa_level``.
