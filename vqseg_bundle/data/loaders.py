@@ -17,6 +17,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from monai.data import DataLoader, Dataset
+
+from vqseg_bundle import transforms
+from vqseg_bundle.data.device_loader import DeviceBatchLoader
+from vqseg_bundle.transforms import batched
 
 __all__ = ["DATA_BACKENDS", "STREAMS", "train_loader"]
 
@@ -55,12 +60,6 @@ def train_loader(
     Raises:
         ValueError: unknown ``backend`` or ``stream``.
     """
-    from monai.data import DataLoader, Dataset
-
-    from vqseg_bundle import transforms
-    from vqseg_bundle.data.device_loader import DeviceBatchLoader
-    from vqseg_bundle.transforms import batched
-
     if backend not in DATA_BACKENDS:
         raise ValueError(f"augmentation_backend must be one of {DATA_BACKENDS}, got {backend!r}.")
     if stream not in STREAMS:
