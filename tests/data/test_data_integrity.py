@@ -202,7 +202,7 @@ def test_patient_in_labeled_and_validation(nifti_dataset, nifti_saver):
     _write_json(nifti_dataset, data)
     with pytest.raises(
         DataIntegrityError,
-        match=r"case00_frame02\.nii\.gz: patient 'case00' is in both the labeled set .* " r"and the validation set",
+        match=r"case00_frame02\.nii\.gz: patient 'case00' is in both the labeled set .* and the validation set",
     ):
         load_nifti_splits(nifti_dataset, labeled="all")
 

@@ -294,7 +294,7 @@ class VectorQuantizer(nn.Module):
     def _check(self, z: torch.Tensor) -> None:
         if z.ndim < 3 or z.shape[1] != self.embedding_dim:
             raise ValueError(
-                f"VectorQuantizer: expected features (B, {self.embedding_dim}, *spatial), " f"got {tuple(z.shape)}."
+                f"VectorQuantizer: expected features (B, {self.embedding_dim}, *spatial), got {tuple(z.shape)}."
             )
 
     @staticmethod

@@ -82,7 +82,7 @@ class VQSegUNet(VQSegNetworkBase):
         drops = [float(dropout)] * len(features) if isinstance(dropout, (int, float)) else [float(d) for d in dropout]
         if len(drops) != len(features) or not all(0.0 <= d < 1.0 for d in drops):
             raise ValueError(
-                f"VQSegUNet: dropout must be one float in [0, 1) or one per level ({len(features)}), " f"got {dropout}."
+                f"VQSegUNet: dropout must be one float in [0, 1) or one per level ({len(features)}), got {dropout}."
             )
         if dropout_convs not in DROPOUT_CONVS:
             raise ValueError(f"VQSegUNet: dropout_convs must be one of {DROPOUT_CONVS}, got {dropout_convs!r}.")
