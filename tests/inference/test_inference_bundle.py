@@ -3,6 +3,7 @@ prediction."""
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -104,10 +105,22 @@ def test_metaimage_input_through_itk(scans, tmp_path):
     np.testing.assert_array_equal(pred, label)
 
 
-def test_datalist_input(scans, tmp_path):
+def test_datalist_input(scans, tmp_path, caplog):
     (tmp_path / "list.json").write_text('{"test": ["%s"]}' % (scans["nifti_dir"] / "flat2d.nii.gz"))
-    run_inference(tmp_path, tmp_path / "out", scans["oracle_ckpt"], datalist=str(tmp_path / "list.json"), image_size=16)
+    with caplog.at_level(logging.INFO):
+        run_inference(
+            tmp_path,
+            tmp_path / "out",
+            scans["oracle_ckpt"],
+            datalist=str(tmp_path / "list.json"),
+            image_size=16,
+            logging_file=False,
+        )
     assert segmentations(tmp_path / "out") == ["flat2d_seg.nii.gz"]
+    # issue 23 item 7: the log names the model file loaded, its slice size, and that it had no settings file
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("model loaded:")]
+    assert len(said) == 1 and str(scans["oracle_ckpt"]) in said[0] and "slice size 16" in said[0]
+    assert "no settings file" in said[0]
 
 
 def test_missing_weights_and_inputs_are_clear_errors(scans, tmp_path):
@@ -115,14 +128,14 @@ def test_missing_weights_and_inputs_are_clear_errors(scans, tmp_path):
         run_inference(scans["nifti_dir"], tmp_path / "out", tmp_path / "no_such_model.pt")
     assert "no_such_model.pt" in repr(err.value.__cause__ or err.value)
     with pytest.raises(Exception) as err:
-        run_inference(tmp_path / "empty", tmp_path / "out", scans["oracle_ckpt"])
+        run_inference(tmp_path / "empty", tmp_path / "out", scans["oracle_ckpt"], image_size=16)
     assert "No input image found" in repr(err.value.__cause__ or err.value)
     wrong = tmp_path / "k3.pt"
     import torch
 
     torch.save(torch.nn.Conv2d(1, 3, 1).state_dict(), wrong)
     with pytest.raises(Exception) as err:
-        run_inference(scans["nifti_dir"], tmp_path / "out", wrong)
+        run_inference(scans["nifti_dir"], tmp_path / "out", wrong, image_size=16)
     assert "k3.pt" in repr(err.value.__cause__ or err.value) and "shape" in repr(err.value.__cause__ or err.value)
 
 
@@ -162,13 +175,15 @@ def test_command_line(scans, tmp_path):
 
 
 def test_real_network_config_unchanged(scans, tmp_path):
-    """configs/inference.yaml's own network_def (VQSegUNet, random weights, small codebook and slice size)."""
+    """configs/inference.yaml's own network_def (VQSegUNet, random weights, small codebook and slice size); every
+    path in a temporary folder (never the checkout's models/: a model trained there by the README's first command
+    must not change this test)."""
     import torch
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
     parser.read_config(str(INFERENCE_CONFIG))
-    parser.update({"codebook_size": 16})
+    parser.update({"bundle_root": str(tmp_path), "ckpt_path": str(tmp_path / "vq.pt"), "codebook_size": 16})
     torch.save(parser.get_parsed_content("network_def").state_dict(), tmp_path / "vq.pt")
     run(
         config_file=str(INFERENCE_CONFIG),

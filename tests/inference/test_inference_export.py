@@ -116,5 +116,13 @@ def test_torchscript_ckpt_export_scripted_stand_in(tmp_path):
     "network_data_format" not in json.loads(META.read_text()) if META.exists() else True,
     reason="configs/metadata.json without network_data_format",
 )
-def test_verify_net_in_out():
-    verify_net_in_out(net_id="network_def", meta_file=str(META), config_file=str(INFERENCE_CONFIG), codebook_size=16)
+def test_verify_net_in_out(tmp_path):
+    """MONAI's check of configs/inference.yaml's network_def, with a bundle root of its own (never the checkout's
+    models/, which may hold a model of another size trained by the README's first command)."""
+    verify_net_in_out(
+        net_id="network_def",
+        meta_file=str(META),
+        config_file=str(INFERENCE_CONFIG),
+        bundle_root=str(tmp_path),
+        codebook_size=16,
+    )

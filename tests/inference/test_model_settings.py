@@ -231,3 +231,93 @@ def test_record_holds_the_pass_through_options_flat_and_no_built_module():
     assert "perturbation" not in record and "vq_options" not in record
     assert record["codebook_size"] == 8 and record["vq_levels"] == ["bottleneck"] and record["codebook_seed"] == 0
     assert set(VQSegUNet.shared_arguments().parameters) - {"perturbation"} <= set(record)
+
+
+# ---------------------------------------------------------------- issue 23 item 2: weights without their settings file
+def _root_cause(err: BaseException) -> BaseException:
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return err
+
+
+def test_weights_without_settings_are_never_run_at_a_guessed_size(tmp_path, scans):
+    """models/model.pt copied without models/model.json was run at the 256 px default (demo Dice 0.930 -> 0.413,
+    exit 0). Now the slice size, which the weights cannot give, must be passed: else an error names the missing
+    settings file and the flag, before any input is read or any output written."""
+    from monai.bundle import run
+
+    from vqseg_bundle.inferers import ModelSettingsMissingError
+
+    _, ckpt = _model(tmp_path, image_size=48)
+    (tmp_path / "model.json").unlink()
+    out = tmp_path / "out"
+    with pytest.raises(Exception) as err:
+        run(
+            config_file=str(INFERENCE_CONFIG),
+            bundle_root=str(BUNDLE_ROOT),
+            dataset_dir=str(scans["nifti_dir"]),
+            output_dir=str(out),
+            ckpt_path=str(ckpt),
+            quantizer={},
+            num_workers=0,
+            logging_file=False,
+        )
+    e = _root_cause(err.value)
+    assert isinstance(e, ModelSettingsMissingError)
+    assert str(tmp_path / "model.json") in str(e) and str(ckpt) in str(e) and "--image_size" in str(e)
+    assert not out.exists() or not any(out.iterdir())
+    # the ONNX / torch.export export refuses too
+    from vqseg_bundle.inferers.export import network_for_export
+
+    with pytest.raises(ModelSettingsMissingError, match="--image_size"):
+        network_for_export(str(INFERENCE_CONFIG), ckpt, override={"quantizer": {}})
+
+
+def test_quantized_weights_without_settings_need_the_quantizer_flag(tmp_path):
+    """The quantized levels' lookup options (cosine, ...) leave no trace in the weights: --quantizer must be given."""
+    _, ckpt = _model(tmp_path)
+    (tmp_path / "model.json").unlink()
+    with pytest.raises(Exception) as err:
+        _inference_parser(ckpt, image_size=48).get_parsed_content("network_def")
+    message = str(_root_cause(err.value))
+    assert "--quantizer" in message and "model.json" in message and "simvq" in message
+
+
+def test_network_keys_are_read_from_weights_without_settings(tmp_path):
+    """What the state dict determines (features, classes, quantized levels, codebook size, reconstruction) is read
+    from it; with --image_size (and --quantizer for a quantized model) the same network runs at that size."""
+    net, ckpt = _model(tmp_path)
+    (tmp_path / "model.json").unlink()
+    parser = _inference_parser(ckpt, image_size=48, quantizer={})
+    settings = parser.get_parsed_content("model_settings")
+    assert settings["settings_file"] is None and settings["image_size"] == 48
+    assert settings["features"] == NET["features"] and settings["codebook_size"] == 24
+    assert settings["vq_levels"] == [3] and settings["reconstruction"] is True
+    assert {"features", "codebook_size", "vq_levels", "reconstruction"} <= set(settings["read_from_weights"])
+    built = parser.get_parsed_content("network_def").eval()
+    built.load_state_dict(torch.load(ckpt, weights_only=True), strict=True)
+    assert parser.get_parsed_content("inferer").roi_size == (48, 48)
+    x = torch.rand(1, 1, 48, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(built(x), net(x))
+
+
+def test_unet_arguments_of_a_guarded_quantizer_and_other_state_dicts():
+    from vqseg_bundle.inferers import unet_arguments_of
+    from vqseg_bundle.networks import VQSegUNet
+
+    guarded = VQSegUNet(
+        num_classes=3,
+        features=[4, 8, 16],
+        vq_levels=[1, 2],
+        codebook_size=[8, 16],
+        reconstruction=False,
+        pfa_channels=5,
+        quantizer={"codebook_type": "learnable", "codebook_dim": 6, "cosine": True},
+    )
+    args = unet_arguments_of(guarded.state_dict())
+    assert args["features"] == [4, 8, 16] and args["num_classes"] == 3 and args["in_channels"] == 1
+    assert args["vq_levels"] == [1, 2] and args["codebook_size"] == [8, 16] and args["pfa_channels"] == 5
+    assert args["reconstruction"] is False
+    assert args["_codebook"] == {"codebook_type": "learnable", "codebook_dim": 6}
+    assert unet_arguments_of(torch.nn.Conv2d(1, 4, 1).state_dict()) == {}

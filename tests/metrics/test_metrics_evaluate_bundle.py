@@ -142,7 +142,8 @@ def run_workflow(configs, **override):
 def test_evaluate_on_minimal_contract_train_yaml(tmp_path, nifti_cases):
     train = minimal_train_yaml(tmp_path, nifti_cases, [33, 27])
     ckpt = oracle_ckpt(tmp_path / "oracle.pt")
-    wf = run_workflow([train, EVALUATE], ckpt_path=str(ckpt))
+    # a weights file without a settings file: the slice size is given explicitly (issue 23 item 2)
+    wf = run_workflow([train, EVALUATE], ckpt_path=str(ckpt), image_size=33)
     assert not (tmp_path / "models" / "model.pt").exists()  # train's CheckpointSaver was replaced
     rows = list(csv.DictReader(open(tmp_path / "out" / "eval" / "metrics_per_case.csv")))
     assert [(r["case"], r["class_name"]) for r in rows] == [
@@ -171,8 +172,62 @@ def test_evaluate_missing_or_wrong_checkpoint(tmp_path, nifti_cases):
     assert "absent.pt" in repr(err.value.__cause__ or err.value)
     torch.save(torch.nn.Conv2d(1, 2, 1).state_dict(), tmp_path / "k2.pt")
     with pytest.raises(Exception) as err:
-        run_workflow([train, EVALUATE], ckpt_path=str(tmp_path / "k2.pt"))
+        run_workflow([train, EVALUATE], ckpt_path=str(tmp_path / "k2.pt"), image_size=33)
     assert "shape" in repr(err.value.__cause__ or err.value)
+
+
+def test_evaluate_never_guesses_the_slice_size_of_weights_without_settings(tmp_path, nifti_cases):
+    """Issue 23 item 2: a weights file without its settings file was evaluated at the train config's size (256 px
+    for configs/train.yaml, whatever the model was trained at). Now the run stops, naming the missing settings
+    file and --image_size, before anything is evaluated."""
+    from vqseg_bundle.inferers import ModelSettingsMissingError
+
+    train = minimal_train_yaml(tmp_path, nifti_cases, [33, 27])
+    ckpt = oracle_ckpt(tmp_path / "oracle.pt")
+    with pytest.raises(Exception) as err:
+        run_workflow([train, EVALUATE], ckpt_path=str(ckpt))
+    e = err.value
+    while e.__cause__ is not None:
+        e = e.__cause__
+    assert isinstance(e, ModelSettingsMissingError)
+    assert str(tmp_path / "oracle.json") in str(e) and "--image_size" in str(e)
+    assert not (tmp_path / "out" / "eval").exists()
+
+
+def test_evaluate_uses_the_model_slice_size_everywhere_and_names_the_model(tmp_path, caplog):
+    """Issue 23 items 2 and 7: evaluating a 32 px model with configs/train.yaml (default 256) and no override runs
+    at 32 px, the data summary says "training slices resized to 32x32" (it said 256x256), and a log line names
+    the model file loaded and its settings file."""
+    import logging
+    from types import SimpleNamespace
+
+    from vqseg_bundle.engines import BestModelSaver
+
+    parser = ConfigParser()
+    parser.read_config(str(TRAIN))
+    parser.update({"codebook_size": 16, "device": "$torch.device('cpu')"})
+    net = parser.get_parsed_content("network_def")
+    settings = {"image_size": 32, "in_channels": 1, "num_classes": 4, "class_names": ["RV", "Myo", "LV"]}
+    settings["network_def"] = parser.get_parsed_content("model_settings")["network_def"]
+    BestModelSaver(tmp_path / "models", net, settings=settings)(
+        SimpleNamespace(state=SimpleNamespace(metrics={"val_mean_dice": 0.5}, epoch=1, key_metric_name="val_mean_dice"))
+    )
+    with caplog.at_level(logging.INFO):
+        wf = ConfigWorkflow(
+            config_file=[str(TRAIN), str(EVALUATE)],
+            workflow_type="eval",
+            logging_file=False,
+            bundle_root=str(tmp_path),
+            data_cache_dir=str(tmp_path / "demo"),
+            num_threads=0,
+            num_workers=0,
+        )
+        wf.initialize()
+        wf.run()
+    assert wf.parser.get_parsed_content("validate#evaluator").inferer.roi_size == (32, 32)
+    assert "training slices resized to 32x32" in caplog.text and "256x256" not in caplog.text
+    assert f"model loaded: {tmp_path / 'models' / 'model.pt'}" in caplog.text
+    assert str(tmp_path / "models" / "model.json") in caplog.text
 
 
 @pytest.mark.slow

@@ -12,14 +12,20 @@ from vqseg_bundle.inferers.run import (
     output_names,
 )
 from vqseg_bundle.inferers.settings import (
+    ModelSettingsMissingError,
     build_network,
     check_model_settings,
+    describe_model,
     effective_value,
     load_evaluation_network,
+    load_model,
+    model_image_size,
     model_value,
     read_model_record,
     resolve_model_settings,
     settings_path,
+    slice_size,
+    unet_arguments_of,
 )
 from vqseg_bundle.inferers.slice_inferer import ResizedSliceInferer
 
@@ -44,4 +50,10 @@ __all__ = [
     "read_model_record",
     "resolve_model_settings",
     "settings_path",
+    "ModelSettingsMissingError",
+    "describe_model",
+    "load_model",
+    "model_image_size",
+    "slice_size",
+    "unet_arguments_of",
 ]

@@ -53,7 +53,9 @@ def network_for_export(
     load_network_weights(network, ckpt)
     if "model_settings" in parser:  # configs/inference.yaml: the model's recorded settings (or the defaults)
         settings = parser.get_parsed_content("model_settings")
-        in_channels, image_size = int(settings["in_channels"]), settings["image_size"]
+        from .settings import slice_size  # the settings file's, or --image_size: never a guessed size
+
+        in_channels, image_size = int(settings["in_channels"]), slice_size(settings)
     else:
         in_channels = int(parser.get_parsed_content("in_channels"))
         image_size = parser.get_parsed_content("image_size")
