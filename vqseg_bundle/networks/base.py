@@ -22,6 +22,10 @@ RECON_INPUTS = ("all", "quantized")
 # where the PFA alignment gradient goes (see VQSegNetworkBase.pfa_gradient)
 PFA_GRADIENTS = ("codebook", "straight_through")
 DEEPEST_ALIASES = ("bottleneck", "deepest", "last")
+# which forward paths read the quantized levels (see VQSegNetworkBase._setup_vq)
+QUANTIZE_PATHS = ("all", "perturbed")
+# how the perturbed stream takes a QPM-drawn code (see VQSegNetworkBase._setup_vq)
+QPM_SUBSTITUTIONS = ("replace", "shift")
 
 
 def parse_levels(spec: int | str | Sequence[int | str] | None, num_levels: int, name: str) -> tuple[int, ...]:
@@ -138,6 +142,8 @@ class VQSegNetworkBase(nn.Module):
         pfa_channels: int | None = None,
         pfa_level: int | str | None = None,
         pfa_gradient: str = "codebook",
+        quantize_paths: str = "all",
+        qpm_substitution: str = "replace",
     ) -> None:
         """Build the quantized levels, take the perturbation and build the PFA adapter (the options every
         backbone shares; subclasses pass them through as keyword arguments).
@@ -167,8 +173,26 @@ class VQSegNetworkBase(nn.Module):
             pfa_channels: channels of the foundation model for the PFA adapter; ``None`` = no adapter.
             pfa_level: level the adapter reads (default: the deepest quantized level).
             pfa_gradient: see :attr:`pfa_gradient`.
+            quantize_paths: ``"all"`` (the paper): every forward path (labeled batch, weak and strong views,
+                teacher, inference, export) reads the quantized levels' codewords. ``"perturbed"``: QPM as a
+                perturbation only: every clean path stays continuous (no quantizer runs there, so quantization
+                loses nothing at inference) and only the perturbed stream (``forward_train(perturb=True)``)
+                quantizes; each quantizer fits its codebook to that stream's *detached* features (use
+                ``codebook_ema`` or the codebook loss; no VQ gradient reaches the encoder), and the perturbed
+                features are those tokens with their QPM-drawn codes (``qpm_substitution``).
+            qpm_substitution: with ``quantize_paths="perturbed"``: ``"replace"``: a perturbed token becomes its
+                drawn codeword (the residual to its own code is lost, as on the paper's quantized path);
+                ``"shift"``: it moves by the code difference, ``z + (c_j - c_i)``, so its residual survives and
+                an unchanged index leaves it unchanged. Gradient to ``z``: the identity in both. With ``"all"``
+                the two are the same (the token already is its codeword).
         """
         cls = type(self).__name__
+        if quantize_paths not in QUANTIZE_PATHS:
+            raise ValueError(f"{cls}: quantize_paths must be one of {QUANTIZE_PATHS}, got {quantize_paths!r}.")
+        if qpm_substitution not in QPM_SUBSTITUTIONS:
+            raise ValueError(f"{cls}: qpm_substitution must be one of {QPM_SUBSTITUTIONS}, got {qpm_substitution!r}.")
+        self.quantize_paths = quantize_paths
+        self.qpm_substitution = qpm_substitution
         num_levels = len(level_channels)
         self.level_channels = tuple(int(c) for c in level_channels)
         self.vq_levels = parse_levels(vq_levels, num_levels, f"{cls}.vq_levels")
@@ -221,6 +245,11 @@ class VQSegNetworkBase(nn.Module):
                 levels = ()
             self.dropout_levels = levels
         self.perturb_levels = levels
+        if quantize_paths == "perturbed" and self.vq_levels and qpm is None:
+            raise ValueError(
+                f"{cls}: quantize_paths='perturbed' quantizes the QPM-perturbed stream only, but the perturbation "
+                f"is {self.perturbation!r}; use perturbation 'qpm' or 'qpm_dropout', or quantize_paths 'all'."
+            )
 
         if recon_input not in RECON_INPUTS:
             raise ValueError(f"{cls}: recon_input must be one of {RECON_INPUTS}, got {recon_input!r}.")
@@ -319,10 +348,15 @@ class VQSegNetworkBase(nn.Module):
         """
         self._check_input(x)
         features = self.encode(x)
-        for key, quantizer in self.quantizers.items():
+        for key, quantizer in self.inference_quantizers().items():
             level = int(key)
             features[level] = quantizer.quantize(features[level])[0]
         return self.decode_seg(features, x.shape[-2:])
+
+    def inference_quantizers(self) -> dict[str, VectorQuantizer]:
+        """The quantizers a clean forward (inference, export, teacher) runs: all of them, or none with
+        ``quantize_paths="perturbed"`` (whose codebooks serve the perturbed training stream only)."""
+        return {} if self.quantize_paths == "perturbed" else dict(self.quantizers.items())
 
     def forward_train(
         self,
@@ -356,10 +390,14 @@ class VQSegNetworkBase(nn.Module):
         pre_vq, post_vq, indices, codebooks, codes = [], [], [], {}, {}
         vq_loss = x.new_zeros((), dtype=torch.float32)
         terms: dict[str, torch.Tensor] = {}
-        for key, quantizer in self.quantizers.items():
+        perturbed_only = self.quantize_paths == "perturbed"
+        # quantize_paths="perturbed": no quantizer on clean calls; on the perturbed one, codebooks fit detached tokens
+        quantizers = {} if perturbed_only and not (perturb and self.qpm is not None) else self.quantizers
+        for key, quantizer in quantizers.items():
             level = int(key)
-            out = quantizer(features[level])
-            post[level] = out.quantized
+            out = quantizer(features[level].detach() if perturbed_only else features[level])
+            if not perturbed_only:
+                post[level] = out.quantized
             pre_vq.append(features[level])
             post_vq.append(out.quantized)
             indices.append(out.indices)
@@ -382,7 +420,10 @@ class VQSegNetworkBase(nn.Module):
                 if level in self.perturb_levels:
                     codebook = codebook.detach()  # the estimator passes no gradient to the codewords
                     new_idx = self.qpm(idx, codebook, generator)
-                    seg_input[level] = quantizer.substitute(latent, new_idx, codebook)
+                    if perturbed_only:
+                        seg_input[level] = self._perturbed_token(quantizer, features[level], idx, new_idx, codebook)
+                    else:
+                        seg_input[level] = quantizer.substitute(latent, new_idx, codebook)
                 else:
                     new_idx = idx
                 perturbed_indices.append(new_idx)
@@ -428,6 +469,23 @@ class VQSegNetworkBase(nn.Module):
             vq_loss_terms=terms,
             aligned=aligned,
         )
+
+    def _perturbed_token(
+        self,
+        quantizer: VectorQuantizer,
+        z: torch.Tensor,
+        indices: torch.Tensor,
+        new_indices: torch.Tensor,
+        codebook: torch.Tensor,
+    ) -> torch.Tensor:
+        """The perturbed stream's map ``(B, D, *sp)`` of the continuous tokens ``z (B, D, *sp)`` whose codes
+        ``indices (B, *sp)`` QPM redrew as ``new_indices`` (``quantize_paths="perturbed"``): ``z + sg[c_j - c_i]``
+        (``"shift"``) or ``z + sg[c_j - z]`` (``"replace"``), codewords mapped back to the decoders' space."""
+        drawn = quantizer.unproject(quantizer.lookup(new_indices, codebook)).to(z.dtype)
+        if self.qpm_substitution == "shift":
+            own = quantizer.unproject(quantizer.lookup(indices, codebook)).to(z.dtype)
+            return z + (drawn - own).detach()
+        return z + (drawn - z).detach()
 
     # ------------------------------------------------------------------ codebook health
     def codebook_usage(self) -> dict[str, float]:

@@ -98,6 +98,11 @@ class VectorQuantizer(nn.Module):
           ``n`` such forwards are re-seeded to tokens of the current batch drawn at random (for SimVQ: the base
           rows are solved for, so that the mapped codeword equals the token).
         * ``gradient = "rotation"``: the rotation trick instead of the straight-through estimator.
+        * ``codebook_ema = decay`` (learnable codebooks): the codebook follows an exponential moving average of
+          the tokens assigned to each code (VQ-VAE's EMA / online k-means update, Laplace-smoothed counts) on
+          every gradient-enabled training forward, instead of the codebook loss (the codebook parameter then
+          takes no gradient). It fits the codebook to detached features, as QPM-as-a-perturbation needs
+          (``quantize_paths="perturbed"`` of the networks).
 
     Assignment is by squared L2 in float32 (autocast disabled) over chunks of tokens so that the ``(tokens, K)``
     distance block never exceeds ``max_chunk_elements``.
@@ -119,6 +124,8 @@ class VectorQuantizer(nn.Module):
         kmeans_iters: Lloyd iterations of that initialisation.
         dead_code_steps: re-seed codes unused for this many training forwards (0: never).
         gradient: ``"straight_through"`` or ``"rotation"``.
+        codebook_ema: EMA decay of the codebook update in (0, 1) (learnable codebooks only); 0: the codebook
+            loss trains the codebook.
 
     Usage counts live in non-persistent buffers (not in ``state_dict``); under DDP each process counts its own
     tokens, and k-means initialisation and re-seeding are broadcast from rank 0.
@@ -141,6 +148,7 @@ class VectorQuantizer(nn.Module):
         kmeans_iters: int = 10,
         dead_code_steps: int = 0,
         gradient: str = "straight_through",
+        codebook_ema: float = 0.0,
     ) -> None:
         super().__init__()
         if int(embedding_dim) < 1:
@@ -168,7 +176,14 @@ class VectorQuantizer(nn.Module):
             )
         if gradient not in GRADIENT_ESTIMATORS:
             raise ValueError(f"VectorQuantizer: gradient must be one of {GRADIENT_ESTIMATORS}, got {gradient!r}.")
+        if not 0.0 <= float(codebook_ema) < 1.0:
+            raise ValueError(f"VectorQuantizer: codebook_ema must be in [0, 1), got {codebook_ema}.")
+        if codebook_ema > 0 and codebook_type != "learnable":
+            raise ValueError(
+                "VectorQuantizer: codebook_ema needs codebook_type='learnable' (SimVQ's codebook is a mapping)."
+            )
         self.embedding_dim = int(embedding_dim)
+        self.codebook_ema = float(codebook_ema)
         self.num_embeddings = int(num_embeddings)
         self.commitment_beta = float(commitment_beta)
         self.usage_entropy_weight = float(usage_entropy_weight)
@@ -196,17 +211,26 @@ class VectorQuantizer(nn.Module):
             self.register_buffer("base_codebook", base.half())
             self.codebook_mapping = nn.Linear(d, d)
         else:
-            self.codebook = nn.Parameter(base)
+            # with the EMA update the codebook is a parameter (same state dict) that takes no gradient
+            self.codebook = nn.Parameter(base, requires_grad=self.codebook_ema == 0)
         self.register_buffer("usage_counts", torch.zeros(self.num_embeddings), persistent=False)
         self.register_buffer("epoch_counts", torch.zeros(self.num_embeddings), persistent=False)
         # sum over forwards of (distinct codes / tokens) and the number of forwards, since the last reset
         self.register_buffer("batch_distinct", torch.zeros(2, dtype=torch.float64), persistent=False)
         self.register_buffer("steps_unused", torch.zeros(self.num_embeddings, dtype=torch.long), persistent=False)
+        # EMA statistics (codebook_ema): per-code token counts and sums, started at count 1 at the codeword itself so
+        # that unused codes keep their place; not in the state dict (a loaded codebook restarts them)
+        self.register_buffer("ema_count", torch.ones(self.num_embeddings), persistent=False)
+        self.register_buffer("ema_sum", base.clone() if self.codebook_ema > 0 else torch.zeros(0), persistent=False)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         # a loaded codebook is a trained one: never overwrite it by a k-means initialisation afterwards
         self.kmeans_pending = False
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if self.codebook_ema > 0:
+            with torch.no_grad():
+                self.ema_count.fill_(1.0)
+                self.ema_sum = self.codebook.detach().float().clone()
 
     # ------------------------------------------------------------------ codebook
     def _normalize(self, x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -316,6 +340,13 @@ class VectorQuantizer(nn.Module):
                 target.copy_(values)
             else:
                 target[rows] = values
+            if self.codebook_ema > 0:  # a re-seeded code restarts its statistics at its new place
+                if rows is None:
+                    self.ema_count.fill_(1.0)
+                    self.ema_sum = values.clone()
+                else:
+                    self.ema_count[rows] = 1.0
+                    self.ema_sum[rows] = values
         else:
             if rows is None:  # a fresh codebook: E = values, W = I, b = 0
                 self.codebook_mapping.weight.copy_(torch.eye(self.codebook_dim, device=values.device))
@@ -393,6 +424,9 @@ class VectorQuantizer(nn.Module):
         if self.dead_code_steps > 0 and self._updates_codebook():
             used = (self._hits(indices) if hits is None else hits) > 0  # one histogram when usage is tracked too
             self.steps_unused.add_(1).masked_fill_(used, 0)
+        if self.codebook_ema > 0 and self._updates_codebook():
+            self._ema_update(z_flat, indices.reshape(-1), hits)
+            codebook = self.mapped_codebook().detach()
         codes = self.lookup(indices, codebook if full_graph or not torch.is_grad_enabled() else None)
         vq = vq_codebook_commitment_loss(z_latent, codes, self.commitment_beta)
         terms = {"codebook": vq.codebook, "commitment": self.commitment_beta * vq.commitment}
@@ -409,6 +443,23 @@ class VectorQuantizer(nn.Module):
             loss = loss + terms["usage_entropy"]
         quantized = self.unproject(self.estimate(z_latent, codes))
         return QuantizerOutput(quantized, self.unproject(codes), indices, codebook, loss, terms, z_latent)
+
+    @torch.no_grad()
+    def _ema_update(self, z_flat: torch.Tensor, indices: torch.Tensor, hits: torch.Tensor | None) -> None:
+        """One EMA step of the codebook towards the mean of the tokens ``z_flat (N, d)`` assigned to each code
+        by ``indices (N,)``: ``count = a count + (1 - a) n_k``, ``sum = a sum + (1 - a) sum_k z``, codeword =
+        ``sum / count`` with Laplace-smoothed counts (VQ-VAE / Sonnet). Written here: the bundle's quantizer
+        keeps its own state dict (vector-quantize-pytorch's EMA codebook has other buffers and keys)."""
+        decay = self.codebook_ema
+        counts = self._hits(indices) if hits is None else hits
+        sums = torch.zeros_like(self.ema_sum).index_add_(0, indices, z_flat.detach().float())
+        self.ema_count.mul_(decay).add_(counts, alpha=1.0 - decay)
+        self.ema_sum.mul_(decay).add_(sums, alpha=1.0 - decay)
+        total = self.ema_count.sum()
+        smoothed = (self.ema_count + 1e-5) / (total + self.num_embeddings * 1e-5) * total
+        self.codebook.data.copy_(self.ema_sum / smoothed[:, None])
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.broadcast(self.codebook.data, src=0)
 
     # ------------------------------------------------------------------ usage statistics
     @torch.no_grad()
@@ -481,4 +532,5 @@ class VectorQuantizer(nn.Module):
             f"codebook_type={self.codebook_type!r}, codebook_dim={self.codebook_dim}, cosine={self.cosine}, "
             f"gradient={self.gradient!r}, dead_code_steps={self.dead_code_steps}, "
             f"commitment_beta={self.commitment_beta}, usage_entropy_weight={self.usage_entropy_weight}"
+            + (f", codebook_ema={self.codebook_ema}" if self.codebook_ema > 0 else "")
         )

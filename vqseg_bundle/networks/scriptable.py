@@ -94,7 +94,9 @@ class ScriptableVQSeg(nn.Module):
         self.in_channels = int(network.in_channels)
         self.num_classes = int(network.num_classes)
         self.min_size = int(min_size)
-        self.quantizers = nn.ModuleDict({key: ScriptableQuantizer(q) for key, q in network.quantizers.items()})
+        self.quantizers = nn.ModuleDict(
+            {key: ScriptableQuantizer(q) for key, q in network.inference_quantizers().items()}
+        )
 
     def check_input(self, x: torch.Tensor) -> None:
         """The network's input checks (TorchScript has no ``super()``, hence one method with ``min_size``)."""
