@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from vqseg_bundle.benchmarks.comparisons import build_comparisons
 from vqseg_bundle.benchmarks.paths import labeled_dirs, relative
 from vqseg_bundle.benchmarks.protocols import PROTOCOLS
 from vqseg_bundle.benchmarks.publish import pyplot, save_figure, write_section
@@ -107,6 +108,7 @@ def build_report(results_dir: Path, docs_dir: Path, docs_file: Path) -> str:
     if not protocol_dirs:
         return "Not run yet.\n"
     lines += build_side_by_side(results_dir, docs_dir, docs_file)
+    lines += build_comparisons(results_dir)
     for pdir in protocol_dirs:
         protocol = pdir.name[len("acdc_") :]
         for ldir in labeled_dirs(pdir):
