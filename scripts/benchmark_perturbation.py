@@ -51,10 +51,11 @@ TEMPERATURES = (0.1, 1.0, 10.0)
 DEFAULT_OUT = "results/perturbation_response"
 
 
-def settings(has_vq: bool) -> list[dict[str, Any]]:
-    """The perturbations measured: dropout at every p; with a quantized level QPM (kernel at each temperature,
-    shuffle) at every eps."""
-    out = [{"kind": "dropout", "p": p} for p in EPS]
+def settings(has_vq: bool, own: str = "none") -> list[dict[str, Any]]:
+    """The perturbations measured: the network's own (the one it was trained with, ``own`` its name, unless
+    "none"), dropout at every p; with a quantized level QPM (kernel at each temperature, shuffle) at every eps."""
+    out = [{"kind": "own", "name": own}] if own != "none" else []
+    out += [{"kind": "dropout", "p": p} for p in EPS]
     if has_vq:
         for t in TEMPERATURES:
             out += [{"kind": "qpm", "mode": "kernel", "eps": e, "temperature": t} for e in EPS]
@@ -63,6 +64,8 @@ def settings(has_vq: bool) -> list[dict[str, Any]]:
 
 
 def label(setting: dict[str, Any]) -> str:
+    if setting["kind"] == "own":
+        return f"own ({setting['name']}, as trained)"
     if setting["kind"] == "dropout":
         return f"dropout p {setting['p']}"
     if setting["mode"] == "shuffle":
@@ -71,7 +74,20 @@ def label(setting: dict[str, Any]) -> str:
 
 
 def configure(network: torch.nn.Module, setting: dict[str, Any]) -> None:
-    """Make ``setting`` the network's only perturbation (QPM on its quantized levels, or dropout on every level)."""
+    """Make ``setting`` the network's only perturbation (QPM on its quantized levels, or dropout on every level);
+    ``own``: the perturbation it was built with (its first call keeps a copy to restore it later)."""
+    if not hasattr(network, "_own_perturbation"):
+        network._own_perturbation = (
+            network.qpm,
+            network.feature_perturbation,
+            network.dropout_levels,
+            network.perturb_levels,
+        )
+    if setting["kind"] == "own":
+        network.qpm, network.feature_perturbation, network.dropout_levels, network.perturb_levels = (
+            network._own_perturbation
+        )
+        return
     levels = len(network.level_channels)
     if setting["kind"] == "dropout":
         network.qpm = None
@@ -217,7 +233,7 @@ class Cli:
         )
         rows = []
         start = time.perf_counter()
-        for setting in settings(bool(network.vq_levels)):
+        for setting in settings(bool(network.vq_levels), network.perturbation):
             stats = measure(network, slices, setting, seed)
             rows.append({**setting, **stats})
             print(
@@ -270,11 +286,19 @@ class Cli:
             ]
             groups: dict[str, dict[float, dict]] = {}
             for row in res["rows"]:
+                if row["kind"] == "own":
+                    continue
                 key = label(row).rsplit(" ", 2)[0]
                 groups.setdefault(key, {})[row.get("eps", row.get("p"))] = row
             for key, by in groups.items():
                 cells = [f"{100 * by[e]['fg_changed']:.1f} % / {by[e]['kl']:.4f}" if e in by else "n/a" for e in EPS]
                 lines.append(f"| {key} (fg changed / KL) | " + " | ".join(cells) + " |")
+            lines += [
+                f"\nThe model's own perturbation, {label(row)}: fg changed {100 * row['fg_changed']:.1f} %, "
+                f"KL {row['kl']:.4f}."
+                for row in res["rows"]
+                if row["kind"] == "own"
+            ]
             lines.append("")
         _plot(results, Path(plot))
         lines += [f"![perturbation response]({Path(plot).name})", ""]
@@ -287,7 +311,7 @@ def _plot(results: list[dict], path: Path) -> None:
     fig, axes = pyplot().subplots(1, len(results), figsize=(5 * len(results), 4), squeeze=False)
     for ax, res in zip(axes[0], results, strict=True):
         groups: dict[str, list] = {}
-        for row in res["rows"]:
+        for row in (r for r in res["rows"] if r["kind"] != "own"):
             groups.setdefault(label(row).rsplit(" ", 2)[0], []).append(
                 (row.get("eps", row.get("p")), row["fg_changed"])
             )

@@ -83,3 +83,16 @@ def test_report_writes_a_table_and_a_plot(bp, tmp_path):
     assert (tmp_path / "p.png").stat().st_size > 0
     bp.Cli().report(out_dir=str(out), docs_file=str(docs), plot=str(tmp_path / "p.png"))
     assert docs.read_text().count(bp.MARK_START) == 1  # rewritten in place
+
+
+def test_own_setting_restores_the_trained_perturbation(bp):
+    net = _net(vq=True)
+    own_qpm = net.qpm
+    assert bp.settings(True, "qpm")[0] == {"kind": "own", "name": "qpm"}
+    assert all(s["kind"] != "own" for s in bp.settings(True))
+    bp.configure(net, {"kind": "dropout", "p": 0.5})
+    assert net.qpm is None and isinstance(net.feature_perturbation, FeatureDropout)
+    bp.configure(net, {"kind": "own", "name": "qpm"})
+    assert net.qpm is own_qpm and net.feature_perturbation is None
+    stats = bp.measure(net, torch.randn(2, 1, 16, 16), {"kind": "own", "name": "qpm"}, seed=0)
+    assert 0.0 <= stats["fg_changed"] <= 1.0
