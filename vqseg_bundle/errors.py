@@ -17,7 +17,7 @@ import sys
 import traceback
 from types import TracebackType
 
-__all__ = ["root_cause", "describe", "install_cli_excepthook", "is_bundle_error"]
+__all__ = ["root_cause", "describe", "install_cli_excepthook", "is_bundle_error", "required_file"]
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -80,3 +80,23 @@ def install_cli_excepthook(force: bool = False) -> bool:
         return False
     sys.excepthook = _hook
     return True
+
+
+def required_file(path: str | os.PathLike, flag: str, what: str = "file", hint: str = "") -> str:
+    """``path`` when it is a file; else a ``FileNotFoundError`` naming the file and the command-line flag that sets it.
+
+    For files a config expects under a default path (``--dinov2_weights``): the error says which flag to pass,
+    not only which file is missing.
+
+    Args:
+        path: the file.
+        flag: the config key / command-line flag that sets it (without ``--``).
+        what: what the file is, for the message.
+        hint: appended to the message.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(os.path.expanduser(path)):
+        raise FileNotFoundError(
+            f"{what} {path!r} does not exist: pass --{flag} /path/to/the/file" + (f" ({hint})" if hint else "") + "."
+        )
+    return path

@@ -119,6 +119,8 @@ def test_vit_without_weights_fails_clearly(tmp_path, demo_dir):
         chain.append(str(e))
         e = e.__cause__ or e.__context__
     assert any("missing.pth" in m for m in chain), chain
+    # issue 23 item 7: the message names the flag that sets the file, not only the file
+    assert any("missing.pth" in m and "--dinov2_weights" in m for m in chain), chain
 
 
 @pytest.mark.parametrize("files", [(TRAIN,), (TRAIN, DINOV2), (TRAIN, MULTI_GPU)], ids=["unet", "dinov2", "ddp"])
@@ -192,6 +194,38 @@ def test_resume_keeps_best_metric_and_model_pt(tmp_path, demo_dir):
     wf2.finalize()
     assert evaluator.state.best_metric == 2.0 and evaluator.state.best_metric_epoch == 1
     assert model_pt.read_bytes() == before
+
+
+def test_short_run_writes_its_model_and_other_data_moves_the_old_one_aside(tmp_path, demo_dir):
+    """Issue 23 items 4 and 3 through configs/train.yaml. A run of fewer epochs than val_interval validated nothing
+    and wrote no model: it is validated after its last iteration. A run on other validation data in the same bundle
+    folder was blocked by the old model's score: the old one is moved aside and the new one written."""
+    import shutil
+
+    wf = _workflow(tmp_path, demo_dir, fm_name="none", epochs=1, val_interval=5)
+    wf.run()
+    wf.finalize()
+    models = tmp_path / "models"
+    first = json.loads((models / "model.json").read_text())
+    assert first["metric"]["epoch"] == 1 and first["validation_data"]["volumes"] == 4
+    assert first["validation_data"]["data"] == os.path.join(demo_dir, "dataset.json")
+    # other validation data: the demo files without one validation volume, in another folder
+    other = tmp_path / "other"
+    shutil.copytree(demo_dir, other)
+    listing = json.loads((other / "dataset.json").read_text())
+    listing["validation"] = listing["validation"][1:]
+    listing["numValidation"] = len(listing["validation"])
+    (other / "dataset.json").write_text(json.dumps(listing))
+    wf2 = _workflow(tmp_path, demo_dir, fm_name="none", epochs=1, val_interval=5, dataset_dir=str(other))
+    wf2.run()
+    wf2.finalize()
+    second = json.loads((models / "model.json").read_text())
+    assert second["validation_data"]["volumes"] == 3 and second["validation_data"]["data"] == str(
+        other / "dataset.json"
+    )
+    aside = sorted(models.glob("model.replaced-*.json"))
+    assert len(aside) == 1 and json.loads(aside[0].read_text())["sha256"] == first["sha256"]
+    assert aside[0].with_suffix(".pt").is_file()
 
 
 def test_best_metric_state_rejects_incomplete_state():

@@ -162,3 +162,31 @@ def test_tiny_acdc_through_build_splits(tiny_acdc):
     assert len(splits.labeled) == 12 and len(splits.unlabeled) == 18 and len(splits.validation) == 4
     assert splits.validation[0]["image"].shape == (1, 20, 24, 4)
     assert splits.labeled.patients() == ["patient009", "patient003"]
+
+
+def test_validation_fingerprint_covers_names_and_contents_not_the_folder(demo_splits, tmp_path):
+    """Issue 23 item 3: what a validation score was measured on, recorded in models/model.json. The same files read
+    from another folder compare equal; one voxel, one label or one name changed does not."""
+    import shutil
+
+    from vqseg_bundle.data import validation_fingerprint
+
+    fp = demo_splits.validation_fingerprint()
+    assert fp["volumes"] == len(demo_splits.validation) and len(fp["sha256"]) == 64
+    assert fp["data"] == os.path.abspath(demo_splits.source)
+    copy = tmp_path / "copy"
+    shutil.copytree(os.path.dirname(demo_splits.source), copy)
+    moved = build_splits(str(copy), labeled=2, image_size=(32, 32)).validation_fingerprint()
+    assert moved["sha256"] == fp["sha256"] and moved["data"] != fp["data"]
+    items = [dict(v) for v in demo_splits.validation]
+    assert validation_fingerprint(items, demo_splits.source) == fp
+    voxel = [dict(v) for v in items]
+    voxel[0]["image"] = voxel[0]["image"].clone()
+    voxel[0]["image"][0, 0, 0, 0] += 0.5
+    label = [dict(v) for v in items]
+    label[-1]["label"] = label[-1]["label"].clone()
+    label[-1]["label"][0, 1, 1, 0] = 3 - label[-1]["label"][0, 1, 1, 0]
+    renamed = [dict(v) for v in items]
+    renamed[0]["name"] = "other_case"
+    for changed in (voxel, label, renamed, items[1:]):
+        assert validation_fingerprint(changed, demo_splits.source)["sha256"] != fp["sha256"]

@@ -7,7 +7,7 @@ import time
 
 import pytest
 import torch
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 from monai.handlers import from_engine
 
 from vqseg_bundle.engines import (
@@ -105,3 +105,60 @@ def test_progress_bar_is_drawn_on_a_terminal_only(monkeypatch, tty):
     ProgressBarHandler(interval=1).attach(engine)
     attached = sum(len(v) for v in engine._event_handlers.values()) - before
     assert (attached > 0) == tty
+
+
+def test_progress_bar_advances_every_iteration_and_reads_values_every_interval():
+    """Issue 23 item 7: with log_every 20 and an epoch of 20 iterations the bar was first drawn after 20 of them.
+    Now it advances at every iteration; the values shown are read from the device every `interval` only."""
+    from vqseg_bundle.engines.handlers import ProgressBarHandler
+
+    reads = []
+
+    class DeviceValue:
+        def __float__(self):
+            reads.append(1)
+            return 0.5
+
+    engine = Engine(lambda e, b: {"loss": DeviceValue()})
+    handler = ProgressBarHandler(interval=20, terminal_only=False)
+    handler.attach(engine)
+    seen = {}
+    engine.add_event_handler(
+        Events.ITERATION_COMPLETED, lambda e: seen.update({e.state.iteration: getattr(handler.bar.pbar, "n", None)})
+    )
+    engine.run(range(20), max_epochs=1)
+    assert seen[1] == 1 and seen[5] == 5 and seen[19] == 19  # the bar moves before the epoch ends
+    assert len(reads) <= 2  # the first iteration and iteration 20
+
+
+def test_final_validation_after_a_run_shorter_than_val_interval():
+    """Issue 23 item 4: with fewer epochs than val_interval nothing was validated, so no model was written. The
+    final validation runs after the last iteration unless the periodic one already validated that epoch, and not
+    after a run stopped early."""
+    from vqseg_bundle.engines import FinalValidation
+
+    class Validator:
+        def __init__(self):
+            from types import SimpleNamespace
+
+            self.state, self.calls = SimpleNamespace(epoch=0, iteration=0), []
+
+        def run(self, global_epoch):
+            self.calls.append(global_epoch)
+            self.state.epoch, self.state.iteration = global_epoch, 3
+
+    def train(epochs, interval, stop_at=None):
+        validator = Validator()
+        engine = Engine(lambda e, b: None)
+        # what MONAI's ValidationHandler(interval, epoch_level=True) does
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=interval), lambda e: validator.run(e.state.epoch))
+        FinalValidation(validator).attach(engine)
+        if stop_at is not None:
+            engine.add_event_handler(Events.ITERATION_COMPLETED(once=stop_at), lambda e: e.terminate())
+        engine.run(range(4), max_epochs=epochs)
+        return validator.calls
+
+    assert train(epochs=1, interval=5) == [1]  # a short run validates once, at its end
+    assert train(epochs=5, interval=2) == [2, 4, 5]  # the last epoch too
+    assert train(epochs=4, interval=2) == [2, 4]  # already validated: not twice
+    assert train(epochs=3, interval=5, stop_at=6) == []  # stopped early (terminate_on_nan): not validated

@@ -213,6 +213,76 @@ def test_unscored_existing_model_is_kept_aside(tmp_path):
     assert len(backups) == 1 and (tmp_path / backups[0]).read_bytes() == before
 
 
+DEMO = {"data": "/bundle/.cache/demo_data/dataset.json", "volumes": 4, "sha256": "d" * 64}
+ACDC = {"data": "/data/ACDC_nifti/dataset.json", "volumes": 20, "sha256": "a" * 64}
+
+
+def _model_saver(folder: Path, data, keep_better: bool = True) -> BestModelSaver:
+    return BestModelSaver(folder, _net(), settings={"image_size": 64}, keep_better=keep_better, validation_data=data)
+
+
+def test_model_validated_on_other_data_is_moved_aside_not_compared(tmp_path, caplog):
+    """Issue 23 item 3: after the demo training, a run on ACDC in the same bundle folder wrote nothing
+    ("models/model.pt kept: val_mean_dice 0.0002 ... does not beat 0.9303"). Scores are compared only on the same
+    validation data (the fingerprint in model.json); otherwise the old model is moved aside and the new one
+    written, and the log says so, why, and names --keep_better_model / --ckpt_dir."""
+    _model_saver(tmp_path, DEMO)(_Evaluator(0.9303, 10))
+    demo_bytes = (tmp_path / "model.pt").read_bytes()
+    assert json.loads((tmp_path / "model.json").read_text())["validation_data"] == DEMO
+    acdc = _model_saver(tmp_path, ACDC)
+    with caplog.at_level(logging.INFO):
+        acdc(_Evaluator(0.0002, 1))
+    record = json.loads((tmp_path / "model.json").read_text())
+    assert record["metric"]["value"] == 0.0002 and record["validation_data"] == ACDC and record["previous"] is None
+    aside = [f for f in os.listdir(tmp_path) if f.startswith("model.replaced-") and f.endswith(".pt")]
+    assert len(aside) == 1 and (tmp_path / aside[0]).read_bytes() == demo_bytes  # kept, never deleted
+    old = json.loads((tmp_path / aside[0]).with_suffix(".json").read_text())
+    assert old["metric"]["value"] == 0.9303 and old["validation_data"] == DEMO
+    said = caplog.text
+    assert "other validation data" in said and "4 volumes of /bundle/.cache/demo_data" in said
+    assert "20 volumes of /data/ACDC_nifti" in said and "0.9303" in said and aside[0] in said
+    assert "--keep_better_model" in said and "--ckpt_dir" in said
+    assert "this run" in acdc.summary() and "0.0002" in acdc.summary()
+    # the ACDC run goes on comparing with its own best
+    acdc(_Evaluator(0.0001, 2))
+    assert json.loads((tmp_path / "model.json").read_text())["metric"]["epoch"] == 1
+
+
+def test_same_validation_data_is_still_compared(tmp_path, caplog):
+    _model_saver(tmp_path, DEMO)(_Evaluator(0.93, 10))
+    before = (tmp_path / "model.pt").read_bytes()
+    again = _model_saver(tmp_path, dict(DEMO, data="/elsewhere/dataset.json"))  # the same files in another folder
+    with caplog.at_level(logging.INFO):
+        again(_Evaluator(0.5, 1))
+    assert (tmp_path / "model.pt").read_bytes() == before
+    assert not [f for f in os.listdir(tmp_path) if f.startswith("model.replaced-")]
+    assert "same validation data" in caplog.text and "does not beat 0.9300" in caplog.text
+    assert "--keep_better_model" in caplog.text and "--ckpt_dir" in caplog.text
+    again(_Evaluator(0.95, 2))
+    record = json.loads((tmp_path / "model.json").read_text())
+    assert record["metric"]["value"] == 0.95 and record["previous"]["metric"]["value"] == 0.93
+
+
+def test_model_recorded_without_a_fingerprint_is_moved_aside(tmp_path, caplog):
+    _model_saver(tmp_path, None)(_Evaluator(0.93, 10))  # a model.json written before fingerprints
+    with caplog.at_level(logging.INFO):
+        _model_saver(tmp_path, ACDC)(_Evaluator(0.1, 1))
+    assert json.loads((tmp_path / "model.json").read_text())["metric"]["value"] == 0.1
+    assert len([f for f in os.listdir(tmp_path) if f.startswith("model.replaced-") and f.endswith(".pt")]) == 1
+    assert "names no validation data" in caplog.text
+
+
+def test_model_on_other_data_stays_until_this_run_writes_one(tmp_path):
+    """The old model is moved only when the new one is written: a run with no finite score leaves it in place,
+    and its summary says it is not this run's nor comparable."""
+    _model_saver(tmp_path, DEMO)(_Evaluator(0.93, 10))
+    before = (tmp_path / "model.pt").read_bytes()
+    broken = _model_saver(tmp_path, ACDC)
+    broken(_Evaluator(float("nan"), 1))
+    assert (tmp_path / "model.pt").read_bytes() == before
+    assert "no model was written" in broken.summary() and "not comparable" in broken.summary()
+
+
 def test_non_finite_model_is_never_written(tmp_path, caplog):
     _write_model(tmp_path, _net(), 0.3)
     before = (tmp_path / "model.pt").read_bytes()

@@ -15,7 +15,13 @@ from vqseg_bundle.data.loaders import DATA_BACKENDS, train_loader
 from vqseg_bundle.data.nifti import load_nifti_splits
 from vqseg_bundle.data.phantoms import make_demo_dataset, make_phantom_volume
 from vqseg_bundle.data.selection import LabeledChoice, choose_labeled
-from vqseg_bundle.data.splits import SemiSupervisedSplits, build_splits, default_demo_dir, detect_format
+from vqseg_bundle.data.splits import (
+    SemiSupervisedSplits,
+    build_splits,
+    default_demo_dir,
+    detect_format,
+    validation_fingerprint,
+)
 
 __all__ = [
     "build_splits",
@@ -39,4 +45,5 @@ __all__ = [
     "resize_slices",
     "detect_format",
     "default_demo_dir",
+    "validation_fingerprint",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -20,7 +21,14 @@ from vqseg_bundle.data.nifti import load_nifti_splits
 from vqseg_bundle.data.orientation import CANONICAL_AXCODES, check_orientation
 from vqseg_bundle.data.records import RawSplits
 
-__all__ = ["DATASET_FORMATS", "SemiSupervisedSplits", "detect_format", "default_demo_dir", "build_splits"]
+__all__ = [
+    "DATASET_FORMATS",
+    "SemiSupervisedSplits",
+    "detect_format",
+    "default_demo_dir",
+    "build_splits",
+    "validation_fingerprint",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +76,11 @@ class SemiSupervisedSplits:
             "validation": list(dict.fromkeys(patient_id_from_name(v["name"]) for v in self.validation)),
         }
 
+    def validation_fingerprint(self) -> dict:
+        """What a validation score was measured on (:func:`validation_fingerprint` of :attr:`validation`, with the
+        data folder :attr:`source`), recorded in ``models/model.json`` beside the score."""
+        return validation_fingerprint(self.validation, self.source)
+
     def summary(self) -> str:
         """A few lines for the training log: counts, patients, size, normalisation, memory."""
         pats = self.patients()
@@ -92,6 +105,34 @@ class SemiSupervisedSplits:
                 f"orientation {self.orientation or 'as stored'}",
             ]
         )
+
+
+def validation_fingerprint(volumes: Sequence[dict], source: str | os.PathLike = "") -> dict:
+    """The identity of a validation set: two scores are comparable only when their fingerprints' ``sha256`` agree.
+
+    Args:
+        volumes: validation items ``{"name", "image", "label", ...}`` (arrays or tensors, as read: after the
+            reorientation and normalisation of the run).
+        source: the data folder (or ``dataset.json``) they were read from; recorded, not hashed, so the same files
+            in another folder compare equal.
+
+    Returns:
+        ``{"data": absolute source, "volumes": count, "sha256": hash of every volume's name, image and label
+        (dtype, shape and bytes), in name order}``.
+    """
+    digest = hashlib.sha256()
+    for item in sorted(volumes, key=lambda v: str(v.get("name", ""))):
+        digest.update(str(item.get("name", "")).encode("utf-8") + b"\0")
+        for key in ("image", "label"):
+            value = item.get(key)
+            if value is None:
+                continue
+            array = value.detach().cpu().numpy() if torch.is_tensor(value) else np.asarray(value)
+            array = np.ascontiguousarray(array)
+            digest.update(f"{key}:{array.dtype.str}:{array.shape}".encode("utf-8"))
+            digest.update(array.tobytes())
+    data = os.path.abspath(os.fspath(source)) if os.fspath(source) else ""
+    return {"data": data, "volumes": len(volumes), "sha256": digest.hexdigest()}
 
 
 def detect_format(dataset_dir: str | os.PathLike) -> str:

@@ -12,6 +12,7 @@ from vqseg_bundle.engines.checkpoint import (
 from vqseg_bundle.engines.ema import EMATeacher, ema_decay_at, make_teacher
 from vqseg_bundle.engines.handlers import (
     CodebookUsageHandler,
+    FinalValidation,
     NaNSkipLogger,
     NonFiniteLossError,
     ProgressBarHandler,
@@ -47,6 +48,7 @@ __all__ = [
     "backbone_param_groups",
     "TerminateOnNonFinite",
     "CodebookUsageHandler",
+    "FinalValidation",
     "EMATeacher",
     "InfiniteLoader",
     "CUTMIX_PARTNERS",

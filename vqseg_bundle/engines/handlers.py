@@ -1,4 +1,5 @@
-"""Training handlers: codebook health, NaN-skip logging, progress bar, output selection, per-class Dice.
+"""Training handlers: codebook health, NaN-skip logging, progress bar, the final validation, output selection,
+per-class Dice.
 
 Each handler has ``attach(engine)`` so it can be an inline dict in ``train#handlers`` /
 ``validate#handlers``. Handlers that read device values back to the host do so every
@@ -25,6 +26,7 @@ __all__ = [
     "CodebookUsageHandler",
     "NaNSkipLogger",
     "ProgressBarHandler",
+    "FinalValidation",
     "TerminateOnNonFinite",
     "NonFiniteLossError",
     "per_class_dice_metrics",
@@ -205,7 +207,12 @@ class TerminateOnNonFinite:
 
 
 class ProgressBarHandler:
-    """ignite ``ProgressBar`` refreshed every ``interval`` iterations with the chosen output values.
+    """ignite ``ProgressBar`` that advances at every iteration and shows the chosen output values, read from the
+    device every ``interval`` iterations only (the values shown in between are the last ones read).
+
+    Before, the bar itself was refreshed every ``interval`` iterations: with ``log_every`` 20 an epoch of 20
+    iterations showed no bar until it ended. Advancing the bar costs no device synchronisation; reading the values
+    does, hence ``interval``.
 
     The bar is drawn on a terminal only (``terminal_only``): when stderr is a file or a pipe (a log file, CI, a
     batch job) tqdm's carriage-return fragments would be glued to the log lines, and the ``StatsHandler`` lines
@@ -217,7 +224,8 @@ class ProgressBarHandler:
     ) -> None:
         """
         Args:
-            interval: iterations between refreshes (each reads ``keys`` from the device once).
+            interval: iterations between reads of ``keys`` (each reads them from the device once); the bar itself
+                advances at every iteration.
             keys: ``engine.state.output`` entries shown next to the bar.
             persist: keep the finished bar on screen.
             terminal_only: attach nothing unless ``sys.stderr`` is a terminal.
@@ -226,19 +234,58 @@ class ProgressBarHandler:
             raise ValueError(f"interval must be >= 1, got {interval}")
         self.interval, self.keys, self.persist = int(interval), tuple(keys), bool(persist)
         self.terminal_only = bool(terminal_only)
+        self.bar: ProgressBar | None = None
+        self._engine: Engine | None = None
+        self._shown: dict[str, float] = {}
+        self._read_at = -1
 
     def _transform(self, output: Any) -> dict[str, float]:
-        output = output_dict(output)
-        if output is None:
-            return {}
-        return {k: float(output[k]) for k in self.keys if k in output}
+        iteration = int(self._engine.state.iteration) if self._engine is not None else 0
+        if self._read_at < 0 or iteration % self.interval == 0:
+            self._read_at = iteration
+            output = output_dict(output)
+            self._shown = {} if output is None else {k: float(output[k]) for k in self.keys if k in output}
+        return dict(self._shown)
 
     def attach(self, engine: Engine) -> None:
         if self.terminal_only and not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty()):
             return
-        ProgressBar(persist=self.persist).attach(
-            engine, output_transform=self._transform, event_name=Events.ITERATION_COMPLETED(every=self.interval)
-        )
+        self._engine = engine
+        self.bar = ProgressBar(persist=self.persist)
+        self.bar.attach(engine, output_transform=self._transform, event_name=Events.ITERATION_COMPLETED)
+
+
+class FinalValidation:
+    """Validate once more after the last iteration when the periodic validation (MONAI's ``ValidationHandler``,
+    every ``val_interval`` epochs) did not validate the last epoch: a run of fewer epochs than ``val_interval``, or
+    of a number of epochs that is not a multiple of it, still validates (and so writes) its final model.
+
+    Attach it to the trainer after the ``ValidationHandler`` and before the final checkpoint (which then holds the
+    final best score). A run stopped early (``terminate_on_nan``) is not validated again.
+    """
+
+    def __init__(self, validator: Engine) -> None:
+        """
+        Args:
+            validator: the validation evaluator (``validate#evaluator``; ``run(global_epoch)`` as MONAI's
+                ``Evaluator``, whose ``state.epoch`` is the trainer epoch it last validated).
+        """
+        self.validator = validator
+        self.ran_at: int | None = None  # the trainer epoch this handler validated, if it did
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if engine.should_terminate:
+            return
+        epoch = int(engine.state.epoch)
+        state = getattr(self.validator, "state", None)
+        if state is not None and int(getattr(state, "epoch", 0) or 0) == epoch and getattr(state, "iteration", 0):
+            return  # the periodic validation already ran after this epoch
+        logger.info("validation after the last iteration (epoch %d, iteration %d)", epoch, engine.state.iteration)
+        self.validator.run(epoch)
+        self.ran_at = epoch
 
 
 def per_class_dice_metrics(

@@ -7,10 +7,17 @@ At every validation it writes the validated network (the teacher) as a flat stat
   file, ``model.json``; a resumed run also knows the best score of its checkpoint), and
 * every floating-point tensor of the network is finite.
 
+Scores are compared only when they were measured on the same validation data: the settings file records a
+fingerprint of the validation set (``validation_data``: the data folder, the number of volumes and a SHA-256 of
+every volume's name, image and label, :func:`vqseg_bundle.data.validation_fingerprint`). An existing ``model.pt``
+validated on other data (a demo model in the bundle folder of a run on ACDC), or with no fingerprint recorded, is
+not compared with: it is moved aside, never deleted, as ``model.replaced-<time>.pt`` (with its ``.json``) just
+before this run writes its first model; so is one when ``keep_better`` is off. An existing ``model.pt`` without
+a matching record (another bundle version, a copied file) is moved aside as ``model.unscored-<time>.pt``. The
+log says which happened and why, naming ``--keep_better_model`` and ``--ckpt_dir``.
+
 Both files are written atomically (:mod:`vqseg_bundle.fileio`): the settings file (which keeps the record
-of the model it replaces under ``"previous"``) is renamed into place first, then the weights. An existing
-``model.pt`` without a matching record (another bundle version, a copied file) is never overwritten: it is
-renamed to ``model.unscored-<time>.pt`` before the first write, with a warning.
+of the model it replaces under ``"previous"``) is renamed into place first, then the weights.
 
 :func:`resolved_config` gives the resolved arguments of a config component (``network_def``), which the
 training config records as the model's settings (:mod:`vqseg_bundle.inferers.settings`).
@@ -169,6 +176,7 @@ class BestModelSaver:
         settings: Mapping[str, Any] | None = None,
         metric_name: str | None = None,
         keep_better: bool = True,
+        validation_data: Mapping[str, Any] | None = None,
     ) -> None:
         """
         Args:
@@ -177,16 +185,23 @@ class BestModelSaver:
             filename: weights file name; the settings file has the same name with ``.json``.
             settings: the network-defining settings of the run, recorded in the settings file.
             metric_name: the evaluator metric to compare (default: its key metric); higher is better.
-            keep_better: compare with the score recorded with an existing file (``False``: the first
-                validation of this run replaces it, as MONAI's saver did; the old file is still kept
-                as ``<name>.replaced-<time>.pt``).
+            keep_better: compare with the score recorded with an existing file validated on the same data
+                (``False``: the first validation of this run replaces it, as MONAI's saver did; the old file is
+                still kept as ``<name>.replaced-<time>.pt``).
+            validation_data: the fingerprint of this run's validation set
+                (:func:`vqseg_bundle.data.validation_fingerprint`), recorded with the score; an existing model is
+                compared with only when its recorded fingerprint has the same ``sha256``. ``None``: unknown, every
+                scored model is compared with (as before fingerprints).
         """
         self.save_dir, self.network, self.filename = Path(save_dir), network, filename
         self.settings = dict(settings or {})
         self.metric_name, self.keep_better = metric_name, bool(keep_better)
+        self.validation_data = None if validation_data is None else dict(validation_data)
         self.best: float | None = None  # the score to beat in this run
         self.best_epoch = -1
         self._checked_existing = False
+        self._set_aside: tuple[str, str] | None = None  # (kind, why) of an existing model to move before writing
+        self._best_of_earlier_run = False  # whether ``best`` is the score of a model this run did not write
         self.written = False  # whether this run wrote the file
 
     @property
@@ -210,6 +225,11 @@ class BestModelSaver:
         entry = self._existing_record()
         if entry is None:
             return f"Training finished; no model was written to {self.path} (no finite, better validation score)."
+        if not self.written and self._set_aside is not None:
+            return (
+                f"Training finished; no model was written to {self.path} (no finite validation score); the file "
+                f"there is still the earlier one, not comparable with this run ({self._set_aside[1]})."
+            )
         metric = entry.get("metric") or {}
         this_run = self.written and metric.get("value") == self.best
         origin = f"epoch {metric.get('epoch')} of this run" if this_run else "an earlier run (not beaten by this one)"
@@ -239,7 +259,21 @@ class BestModelSaver:
                 return entry
         return None
 
+    @staticmethod
+    def _describe_data(fingerprint: Mapping[str, Any] | None) -> str:
+        if not fingerprint:
+            return "unknown validation data"
+        return f"{fingerprint.get('volumes', '?')} volumes of {fingerprint.get('data') or 'unnamed data'}"
+
+    def _same_data(self, entry: Mapping[str, Any]) -> bool:
+        """Whether the existing model's score was measured on this run's validation data."""
+        if self.validation_data is None:
+            return True  # this run's data unknown: compare as before fingerprints
+        recorded = entry.get("validation_data")
+        return isinstance(recorded, Mapping) and recorded.get("sha256") == self.validation_data.get("sha256")
+
     def _check_existing(self, metric_name: str) -> None:
+        """Once, at the first validation: compare with the existing model, or plan to move it aside."""
         if self._checked_existing:
             return
         self._checked_existing = True
@@ -248,30 +282,77 @@ class BestModelSaver:
         entry = self._existing_record()
         metric = (entry or {}).get("metric") or {}
         value = metric.get("value")
-        if (
-            self.keep_better
-            and entry is not None
+        scored = (
+            entry is not None
             and metric.get("name") == metric_name
             and isinstance(value, (int, float))
             and math.isfinite(value)
-        ):
+        )
+        hint = (
+            "--keep_better_model false makes a run replace it whatever its score (the old one kept aside); "
+            "--ckpt_dir DIR writes this run's model to another folder"
+        )
+        if self.keep_better and scored and self._same_data(entry):
+            if self.best is None or float(value) > self.best:
+                self._best_of_earlier_run = True
             self.restore_best(float(value), int(metric.get("epoch", -1)))
             logger.info(
-                "%s holds a model with %s %.4f (recorded in %s): this run replaces it only with a better one",
+                "%s holds a model with %s %.4f on the same validation data (%s; recorded in %s): this run replaces "
+                "it only with a better one (%s)",
                 self.path,
                 metric_name,
                 value,
+                self._describe_data(self.validation_data or entry.get("validation_data")),
                 self.settings_file,
+                hint,
             )
             return
+        if entry is None:
+            kind, why = "unscored", f"no score is recorded for it in {self.settings_file}"
+        elif not self.keep_better:
+            kind, why = "replaced", "--keep_better_model is false"
+        elif not scored:
+            kind, why = "replaced", f"its record in {self.settings_file} holds no finite {metric_name}"
+        elif not isinstance(entry.get("validation_data"), Mapping):
+            kind, why = "replaced", (
+                f"its {metric_name} {value:.4f} names no validation data (recorded before validation fingerprints), "
+                f"so it cannot be compared with this run's score on {self._describe_data(self.validation_data)}"
+            )
+        else:
+            kind, why = "replaced", (
+                f"its {metric_name} {value:.4f} was measured on other validation data "
+                f"({self._describe_data(entry['validation_data'])}) than this run's "
+                f"({self._describe_data(self.validation_data)}): the scores are not comparable"
+            )
+        self._set_aside = (kind, why)
+        logger.warning(
+            "%s is not compared with: %s. It will be moved aside (kept, never deleted) when this run writes its first "
+            "model; to keep it in place use --ckpt_dir DIR (this run's model goes there), and "
+            "--keep_better_model true compares only models validated on the same data",
+            self.path,
+            why,
+        )
+
+    def _move_aside(self) -> None:
+        """Rename the existing model (and its settings file) out of the way, before the first write of this run."""
+        if self._set_aside is None or not self.path.is_file():
+            self._set_aside = None
+            return
+        kind, why = self._set_aside
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        kind = "replaced" if entry is not None else "unscored"
         backup = self.path.with_name(f"{self.path.stem}.{kind}-{stamp}{self.path.suffix}")
-        why = "keep_better is off" if entry is not None else f"no score is recorded for it in {self.settings_file}"
-        logger.warning("%s is kept as %s (%s); this run writes a new %s", self.path, backup, why, self.path.name)
         os.replace(self.path, backup)
         if self.settings_file.is_file():
             os.replace(self.settings_file, backup.with_suffix(".json"))
+        logger.warning(
+            "%s moved to %s (%s); this run writes a new %s (--ckpt_dir DIR writes a run's model elsewhere, "
+            "--keep_better_model compares only models validated on the same data)",
+            self.path,
+            backup,
+            why,
+            self.path.name,
+        )
+        self._set_aside = None
 
     # ------------------------------------------------------------------ each validation
     def __call__(self, engine: Engine) -> None:
@@ -287,7 +368,27 @@ class BestModelSaver:
             logger.warning("%s not written: validation %s is %s at epoch %d", self.path, name, score, epoch)
             return
         if self.best is not None and not score > self.best:
-            logger.info("%s kept: %s %.4f at epoch %d does not beat %.4f", self.path, name, score, epoch, self.best)
+            if self._best_of_earlier_run:
+                logger.info(
+                    "%s kept: %s %.4f at epoch %d does not beat %.4f of the model there from an earlier run, "
+                    "validated on the same data (--keep_better_model false replaces it, --ckpt_dir DIR writes this "
+                    "run's model elsewhere)",
+                    self.path,
+                    name,
+                    score,
+                    epoch,
+                    self.best,
+                )
+            else:
+                logger.info(
+                    "%s kept: %s %.4f at epoch %d does not beat this run's best %.4f (epoch %d)",
+                    self.path,
+                    name,
+                    score,
+                    epoch,
+                    self.best,
+                    self.best_epoch,
+                )
             return
         state = _state_dict(self.network)
         bad = _non_finite(state)
@@ -301,18 +402,21 @@ class BestModelSaver:
             return
         self.write(state, name, score, epoch)
         self.best, self.best_epoch, self.written = score, epoch, True
+        self._best_of_earlier_run = False
 
     def write(self, state: Mapping[str, torch.Tensor], metric_name: str, score: float, epoch: int) -> None:
         """Write the weights and the settings file (settings first: see the module docstring)."""
         buffer = io.BytesIO()
         torch.save(dict(state), buffer)
         data = buffer.getbuffer()
+        self._move_aside()
         previous = self._existing_record()
         record = {
             "format": FORMAT,
             "file": self.filename,
             "sha256": hashlib.sha256(data).hexdigest(),
             "metric": {"name": metric_name, "value": score, "epoch": epoch},
+            "validation_data": None if self.validation_data is None else jsonable(self.validation_data),
             "written": datetime.datetime.now().isoformat(timespec="seconds"),
             "settings": jsonable(self.settings),
             "previous": None if previous is None else {k: v for k, v in previous.items() if k != "previous"},
