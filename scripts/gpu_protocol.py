@@ -309,12 +309,7 @@ def calibrate(runs: dict[str, dict], parallel: bool) -> dict[str, dict]:
 
 
 def plan_iterations(
-    costs: dict[str, dict],
-    seconds: float,
-    val_every: int,
-    parallel: bool,
-    max_iters: int = 30000,
-    min_iters: int = 2,
+    costs: dict[str, dict], seconds: float, val_every: int, parallel: bool, max_iters: int = 30000, min_iters: int = 2
 ) -> dict[str, Any]:
     """The common schedule that fits ``seconds``: ``{"iterations", "val_every", "predicted_s", ...}``.
 

@@ -25,7 +25,6 @@ canonical orientation (docs/README.md, "Orientation"), gives arrays identical to
 from __future__ import annotations
 
 import fire
-
 from vqseg_bundle.data.convert import convert_acdc_to_nifti
 
 

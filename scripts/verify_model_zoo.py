@@ -4,6 +4,15 @@
     python scripts/verify_model_zoo.py --mode min     # what the Model Zoo CI runs on every pull request
     python scripts/verify_model_zoo.py --mode full    # + network input / output and TorchScript export
 
+``min`` and ``full`` begin with
+    0. format: the Model Zoo's code-format checks run its way (``runtests.sh --codeformat`` from the root of the
+       Model Zoo repository, the bundle under ``models/<name>/``): ``isort --check``, ``black
+       --skip-magic-trailing-comma --check`` and ``flake8 --count --statistics`` over a temporary Model Zoo root
+       holding the zoo's own ``setup.cfg`` / ``pyproject.toml`` settings (:data:`ZOO_SETUP_CFG`,
+       :data:`ZOO_PYPROJECT`) and a copy of the bundle's Python files, so the bundle's own settings play no part
+       (from the zoo's root ``vqseg_bundle`` is a third-party module, and magic trailing commas are skipped).
+       ``--format False`` skips it. The zoo also runs pytype, which this script does not.
+
 ``min``:
     1. large files: every entry of ``large_files.{yml,yaml,json}`` is fetched as the Model Zoo does
        (``monai.apps.download_url(url, filepath=<bundle>/<path>, hash_val, hash_type, fuzzy=True)``, empty
@@ -33,7 +42,11 @@ message naming the check.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -49,6 +62,72 @@ CONFIG_SUFFIXES = ("json", "yaml", "yml")
 NET_ID = "network_def"
 
 
+# ---------------------------------------------------------------- the Model Zoo's code-format checks, its way
+# Where these come from: the MONAI Model Zoo repository (github.com/Project-MONAI/model-zoo, branch dev, read
+# 2026-12-06). Its CI workflow .github/workflows/code-format-check.yml (Python 3.10, the unpinned tools of
+# requirements-dev.txt) runs `runtests.sh --codeformat` from the repository root, which runs, in this order,
+# `python -m isort --check "$(pwd)"`, `python -m black --skip-magic-trailing-comma --check "$(pwd)"` and
+# `python -m flake8 "$(pwd)" --count --statistics` (then pytype); a bundle lives in models/<name>/, so the settings
+# are those of the zoo's root setup.cfg ([flake8], [isort]) and pyproject.toml ([tool.black]), copied below.
+ZOO_FORMAT_COMMANDS: tuple[tuple[str, ...], ...] = (
+    ("isort", "--check"),
+    ("black", "--skip-magic-trailing-comma", "--check"),
+    ("flake8", "--count", "--statistics"),
+)
+ZOO_SETUP_CFG = """\
+[flake8]
+select = B,C,E,F,N,P,T4,W,B9
+max_line_length = 120
+ignore =
+    E203
+    E501
+    E741
+    W503
+    W504
+    C408
+    N812
+    B023
+    B905
+    B028
+    B907
+    C419
+per_file_ignores = __init__.py: F401, __main__.py: F401
+exclude = *.pyi,.git,.eggs,monai/_version.py,versioneer.py,venv,.venv,_version.py
+
+[isort]
+known_first_party = models
+profile = black
+line_length = 120
+skip = .git, .eggs, venv, .venv, versioneer.py, _version.py, conf.py
+skip_glob = *.pyi
+"""
+ZOO_PYPROJECT = r"""[tool.black]
+line-length = 120
+target-version = ['py37', 'py38', 'py39']
+include = '\.pyi?$'
+exclude = '''
+(
+  /(
+      \.eggs
+    | \.git
+    | \.hg
+    | \.mypy_cache
+    | \.tox
+    | \.venv
+    | \.pytype
+    | _build
+    | buck-out
+    | build
+    | dist
+  )/
+  | monai/_version.py
+)
+'''
+"""
+#: folders never part of a bundle submitted to the zoo (environments, caches, run outputs)
+_NOT_SUBMITTED = {".git", ".venv", "venv", ".eggs", ".cache", "outputs", "eval", "build", "dist", "__pycache__"}
+
+
 class CheckError(Exception):
     """A Model Zoo check failed (the message says which and why)."""
 
@@ -60,6 +139,60 @@ def find_bundle_file(folder: Path, stem: str) -> Path | None:
         if (folder / f"{stem}.{suffix}").is_file():
             found = folder / f"{stem}.{suffix}"
     return found
+
+
+def bundle_python_files(root: Path) -> list[str]:
+    """The bundle's Python files as the zoo would receive them: the git-tracked ``.py`` / ``.pyi`` files under
+    ``root`` (every such file outside environments, caches and run outputs when ``root`` is not in a git work
+    tree), relative to ``root``."""
+    try:
+        listed = subprocess.run(
+            ["git", "-C", str(root), "ls-files", "--cached", "--", "*.py", "*.pyi"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout.splitlines()
+        return sorted(f for f in listed if (root / f).is_file())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    found = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in _NOT_SUBMITTED and not d.endswith(".egg-info")]
+        found += [os.path.relpath(os.path.join(folder, f), root) for f in files if f.endswith((".py", ".pyi"))]
+    return sorted(found)
+
+
+def check_format(root: Path) -> str:
+    """Check 0: the zoo's isort, black and flake8, run its way (see :data:`ZOO_FORMAT_COMMANDS`)."""
+    files = bundle_python_files(root)
+    with tempfile.TemporaryDirectory(prefix="model_zoo_") as zoo:
+        zoo_root = Path(zoo)
+        (zoo_root / "setup.cfg").write_text(ZOO_SETUP_CFG)
+        (zoo_root / "pyproject.toml").write_text(ZOO_PYPROJECT)
+        bundle = zoo_root / "models" / root.name
+        for name in files:
+            (bundle / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(root / name, bundle / name)
+        for tool, *options in ZOO_FORMAT_COMMANDS:
+            # as runtests.sh: isort and black take the folder last, flake8 first
+            where = [str(zoo_root)]
+            cmd = [sys.executable, "-m", tool, *(where + options if tool == "flake8" else options + where)]
+            try:
+                proc = subprocess.run(cmd, cwd=zoo_root, capture_output=True, text=True, timeout=600)
+            except (OSError, subprocess.SubprocessError) as err:
+                raise CheckError(f"{tool} could not run ({type(err).__name__}: {err}).") from err
+            if proc.returncode != 0:
+                said = (proc.stdout + proc.stderr).replace(str(bundle) + os.sep, "").replace(str(zoo_root), "<zoo>")
+                lines = [line for line in said.splitlines() if line.strip()]
+                lines = lines[:30] + ([f"... ({len(lines) - 30} more lines)"] if len(lines) > 30 else [])
+                raise CheckError(
+                    f"`{' '.join([tool, *options])}` from the Model Zoo's root (its settings, the bundle in "
+                    f"models/{root.name}/) fails:\n    " + "\n    ".join(lines) + "\nFix with `black . && isort .` "
+                    "at the bundle root (its pyproject.toml settings agree with the zoo's)."
+                )
+    commands = ", ".join(" ".join(c) for c in ZOO_FORMAT_COMMANDS)
+    return f"{commands}, with the Model Zoo's settings from its root ({len(files)} files)"
 
 
 def fetch_large_files(root: Path) -> str:
@@ -166,7 +299,6 @@ def check_torchscript(root: Path, atol: float, rtol: float) -> str:
     """Check 7: ``ckpt_export`` by ``torch.jit.script``, the result against the network, and ``models/model.ts``."""
     import torch
     from monai.bundle import ckpt_export
-
     from vqseg_bundle.inferers.export import compare_torchscript, network_for_export
 
     config, ckpt = inference_config(root), root / PREFERRED_MODEL
@@ -208,6 +340,7 @@ def main(
     device: str = "cpu",
     atol: float = 1e-4,
     rtol: float = 1e-5,
+    format: bool = True,
 ) -> None:
     """Run the Model Zoo's checks of ``mode`` (see the module docstring).
 
@@ -217,13 +350,15 @@ def main(
         schema: local copy of the metadata schema (``configs/metadata.json``'s ``schema`` is never downloaded).
         device: device of the network input / output check.
         atol, rtol: tolerance of the TorchScript module against PyTorch (``atol + rtol * max |logit|``).
+        format: run the zoo's code-format checks its way (check 0).
     """
     if mode not in MODES:
         raise SystemExit(f"error: --mode must be one of {MODES}, got {mode!r}")
     root, schema_path = Path(bundle_root).resolve(), Path(schema).resolve()
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))  # the bundle's own code, as the Model Zoo CI does
-    checks: list[tuple[str, Callable[[], str]]] = [
+    checks: list[tuple[str, Callable[[], str]]] = [("format", lambda: check_format(root))] if format else []
+    checks += [
         ("large files", lambda: fetch_large_files(root)),
         ("directory", lambda: check_directory(root)),
         ("version", lambda: check_version(root)),

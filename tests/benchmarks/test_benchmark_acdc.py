@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 from fire import parser as fire_parser
-
 from vqseg_bundle.benchmarks import commands, protocols, publish, variants
 from vqseg_bundle.benchmarks.archive import unpack_dataset
 

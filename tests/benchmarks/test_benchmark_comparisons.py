@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from vqseg_bundle.benchmarks.comparisons import build_comparisons, evaluate, load_comparisons
 
 

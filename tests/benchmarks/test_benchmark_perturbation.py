@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from vqseg_bundle.networks import FeatureDropout, QuantizedPerturbation, VQSegUNet
 
 REPO = Path(__file__).resolve().parents[2]

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from vqseg_bundle.benchmarks.protocols import PROTOCOLS, load_protocols
 from vqseg_bundle.benchmarks.spec import compose
 from vqseg_bundle.benchmarks.variants import DEFAULT_VARIANTS, VARIANTS, load_variants

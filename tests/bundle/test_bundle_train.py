@@ -154,7 +154,6 @@ def test_empty_dataset_fails_before_training(tmp_path, demo_dir):
 def test_label_out_of_range_fails_before_training(tmp_path, demo_dir):
     import nibabel as nib
     import numpy as np
-
     from vqseg_bundle.data import make_demo_dataset
 
     data = tmp_path / "data"

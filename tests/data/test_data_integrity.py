@@ -8,7 +8,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-
 from vqseg_bundle.data import DataIntegrityError, build_splits, patient_id_from_name
 from vqseg_bundle.data.acdc import load_acdc_splits
 from vqseg_bundle.data.nifti import load_nifti_splits
@@ -85,8 +84,7 @@ def test_training_entry_without_label(nifti_dataset):
     del data["training"][1]["label"]
     _write_json(nifti_dataset, data)
     with pytest.raises(
-        DataIntegrityError,
-        match=r"'training'\[1\] \(images_training/case01_frame01\.nii\.gz\) has no 'label'",
+        DataIntegrityError, match=r"'training'\[1\] \(images_training/case01_frame01\.nii\.gz\) has no 'label'"
     ):
         load_nifti_splits(nifti_dataset)
 
@@ -163,11 +161,7 @@ def test_trailing_singleton_dimension_is_not_4d(nifti_dataset, nifti_saver):
 
 
 @pytest.mark.parametrize(
-    "key, message",
-    [
-        ("training", r"the training split is empty"),
-        ("validation", r"the validation split is empty"),
-    ],
+    "key, message", [("training", r"the training split is empty"), ("validation", r"the validation split is empty")]
 )
 def test_empty_split(nifti_dataset, key, message):
     data = _dataset_json(nifti_dataset)
@@ -194,10 +188,7 @@ def test_patient_in_labeled_and_validation(nifti_dataset, nifti_saver):
     nifti_saver(nifti_dataset / "images_validation" / "case00_frame02.nii.gz", np.ones((16, 12, 5), np.float32))
     nifti_saver(nifti_dataset / "labels_validation" / "case00_frame02.nii.gz", np.zeros((16, 12, 5), np.uint8))
     data["validation"].append(
-        {
-            "image": "images_validation/case00_frame02.nii.gz",
-            "label": "labels_validation/case00_frame02.nii.gz",
-        }
+        {"image": "images_validation/case00_frame02.nii.gz", "label": "labels_validation/case00_frame02.nii.gz"}
     )
     _write_json(nifti_dataset, data)
     with pytest.raises(
@@ -248,8 +239,7 @@ def test_acdc_missing_dataset_key(tiny_acdc):
     with h5py.File(path, "w") as f:
         f["img"] = np.zeros((20, 24), np.float32)
     with pytest.raises(
-        DataIntegrityError,
-        match=r"patient009_frame02_slice_1\.h5: HDF5 file has no dataset\(s\) \['image', 'label'\]",
+        DataIntegrityError, match=r"patient009_frame02_slice_1\.h5: HDF5 file has no dataset\(s\) \['image', 'label'\]"
     ):
         load_acdc_splits(tiny_acdc, labeled=2)
 

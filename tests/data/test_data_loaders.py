@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 from monai.data import DataLoader, Dataset
-
 from vqseg_bundle.data import InMemorySliceDataset, train_loader
 from vqseg_bundle.data.device_loader import DeviceBatchLoader
 

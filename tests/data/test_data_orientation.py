@@ -10,7 +10,6 @@ import itk
 import nibabel as nib
 import numpy as np
 import pytest
-
 from vqseg_bundle.data import build_splits
 from vqseg_bundle.data.acdc import load_acdc_splits
 from vqseg_bundle.data.convert import convert_acdc_to_nifti

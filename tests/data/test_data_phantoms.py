@@ -9,7 +9,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 from scipy.ndimage import binary_dilation
-
 from vqseg_bundle.data.phantoms import make_demo_dataset, make_phantom_volume
 
 
@@ -27,10 +26,7 @@ def test_layout_and_dataset_json(small_demo):
         for path in entry.values():
             assert not path.startswith("/") and (small_demo / path).is_file()
     # no label file is written for the unlabeled part
-    assert sorted(p.name for p in small_demo.iterdir() if p.name.startswith("labels")) == [
-        "labelsTr",
-        "labelsVal",
-    ]
+    assert sorted(p.name for p in small_demo.iterdir() if p.name.startswith("labels")) == ["labelsTr", "labelsVal"]
     names = [e["image"].split("/")[-1] for e in data["training"] + data["unlabeled"] + data["validation"]]
     assert len(set(names)) == 9  # one phantom = one patient, never shared between parts
 

@@ -10,7 +10,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-
 from vqseg_bundle.data import build_splits
 from vqseg_bundle.data.acdc import load_acdc_splits, read_list, select_acdc_labeled
 from vqseg_bundle.data.convert import choose_labeled_patients, convert_acdc_to_nifti
@@ -126,12 +125,7 @@ def test_real_acdc_counts(acdc_dir):
     assert len(splits.labeled.patients()) == 3
     assert len(splits.validation) == 20
     assert set(torch.unique(splits.labeled.labels).tolist()) == {0, 1, 2, 3}
-    assert set(torch.unique(torch.cat([v["label"].flatten() for v in splits.validation])).tolist()) == {
-        0,
-        1,
-        2,
-        3,
-    }
+    assert set(torch.unique(torch.cat([v["label"].flatten() for v in splits.validation])).tolist()) == {0, 1, 2, 3}
     train = read_list(acdc_dir / "train_slices.list")
     seven, _ = select_acdc_labeled(acdc_dir, train, "labeled_7_cases")
     assert len(seven) == 136

@@ -7,7 +7,6 @@ import json
 import h5py
 import numpy as np
 import pytest
-
 from vqseg_bundle.data import normalize_intensity
 from vqseg_bundle.data.acdc import load_acdc_splits, select_acdc_labeled
 from vqseg_bundle.data.nifti import load_datalist, load_nifti_splits, to_slices_last
@@ -26,10 +25,7 @@ def _patients(names):
         ("labeled_2_cases", ["patient009", "patient003"]),  # the list file
         (2, ["patient009", "patient003"]),  # first 2 patients in list order (not sorted)
         ("3", ["patient009", "patient003", "patient007"]),
-        (
-            "labeled_4_cases",
-            ["patient009", "patient003", "patient007", "patient001"],
-        ),  # no list file: first 4
+        ("labeled_4_cases", ["patient009", "patient003", "patient007", "patient001"]),  # no list file: first 4
     ],
 )
 def test_acdc_labeled_subset_by_patient(tiny_acdc, labeled, patients):
@@ -221,7 +217,6 @@ def test_nifti_validation_spacing_follows_the_slice_axis(nifti_factory, tmp_path
     """Validation items carry the label file's voxel size along the reoriented axes (x 1.5, y 1.25, z 8
     in the file; "PLS" puts y first), slice axis last, so HD95 / ASD come in mm too."""
     import nibabel as nib
-
     from vqseg_bundle.data import build_splits
 
     root = nifti_factory(tmp_path / "ds")

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 from monai.transforms import Lambdad, RandFlipd
-
 from vqseg_bundle.data import InMemorySliceDataset, SemiSupervisedSplits, build_splits, resize_slices
 from vqseg_bundle.data.nifti import load_nifti_splits
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 from monai.data import DataLoader
-
 from vqseg_bundle.data import InMemorySliceDataset
 from vqseg_bundle.engines import EMATeacher, SemiSupervisedTrainer, make_teacher
 from vqseg_bundle.losses import PseudoLabelLoss, SemiSupervisedLoss

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from vqseg_bundle.engines import EMATeacher, ema_decay_at, make_teacher
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from vqseg_bundle.engines.precision import cpu_has_native_bf16, resolve_switch
 
 

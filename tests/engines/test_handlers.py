@@ -9,7 +9,6 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 from monai.handlers import from_engine
-
 from vqseg_bundle.engines import (
     backbone_param_groups,
     latest_checkpoint,

@@ -30,7 +30,6 @@ import pytest
 import torch
 from engine_helpers import make_trainer
 from ignite.engine import Engine, Events
-
 from vqseg_bundle.engines import (
     BestModelSaver,
     NonFiniteLossError,

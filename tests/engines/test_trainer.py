@@ -8,7 +8,6 @@ import pytest
 import torch
 from engine_helpers import SIZE, make_trainer, tiny_loaders, tiny_unet
 from monai.engines.utils import IterationEvents
-
 from vqseg_bundle.engines import (
     CodebookUsageHandler,
     InfiniteLoader,

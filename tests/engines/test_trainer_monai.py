@@ -9,7 +9,6 @@ import torch
 from engine_helpers import SIZE, make_trainer
 from monai.handlers import StatsHandler, from_engine
 from monai.utils import CommonKeys
-
 from vqseg_bundle.engines import (
     NAN_POLICIES,
     PrepareLabeledBatch,

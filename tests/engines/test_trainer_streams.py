@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import torch
 from engine_helpers import make_trainer, tiny_unet
-
 from vqseg_bundle.losses import PseudoLabelLoss
 from vqseg_bundle.networks import VQSegUNet
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 from monai.utils import set_determinism
-
 from vqseg_bundle.transforms import BatchCutMix, labeled_transforms, random_box_masks, unlabeled_transforms
 
 

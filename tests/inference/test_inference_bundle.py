@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 from inference_helpers import BUNDLE_ROOT, INFERENCE_CONFIG, NUM_CLASSES, ORACLE_DEF, canonical_shape
 from monai.bundle import ConfigWorkflow, run
-
 from vqseg_bundle.metrics import compute_case_metrics
 
 

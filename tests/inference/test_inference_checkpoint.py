@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from vqseg_bundle.inferers import load_network_weights, read_state_dict
 
 

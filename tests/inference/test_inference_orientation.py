@@ -139,7 +139,6 @@ def test_acdc_hdf5_and_challenge_nifti_give_identical_network_inputs(tmp_path):
     import json
 
     import h5py
-
     from vqseg_bundle.data.acdc import load_acdc_splits
     from vqseg_bundle.data.nifti import load_nifti_splits
 

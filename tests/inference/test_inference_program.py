@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from vqseg_bundle.inferers.export import compare_program, export_program
 from vqseg_bundle.networks import VQSegUNet
 

@@ -29,7 +29,6 @@ import numpy as np
 import pytest
 from inference_helpers import BUNDLE_ROOT, INFERENCE_CONFIG, ORACLE_DEF
 from monai.bundle import run
-
 from vqseg_bundle.inferers import InferenceInputError, literal_glob, output_names
 
 

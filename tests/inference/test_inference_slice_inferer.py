@@ -6,7 +6,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from monai.data import MetaTensor
-
 from vqseg_bundle.inferers import ResizedSliceInferer
 
 
@@ -99,11 +98,7 @@ def test_flip_tta_average(average):
     for di in range(2):
         s = x[..., di]
         views.append(
-            [
-                net(s),
-                torch.flip(net(torch.flip(s, (-1,))), (-1,)),
-                torch.flip(net(torch.flip(s, (-2,))), (-2,)),
-            ]
+            [net(s), torch.flip(net(torch.flip(s, (-1,))), (-1,)), torch.flip(net(torch.flip(s, (-2,))), (-2,))]
         )
     for di in range(2):
         v = torch.stack(views[di])

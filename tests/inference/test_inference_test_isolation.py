@@ -13,7 +13,6 @@ import test_inference_bundle
 import test_inference_export
 from inference_helpers import BUNDLE_ROOT
 from monai.bundle import ConfigComponent
-
 from vqseg_bundle.engines import BestModelSaver, network_arguments
 
 #: a model of the kind the README's demo training writes, with other network keys than the tests use

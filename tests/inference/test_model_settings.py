@@ -12,7 +12,6 @@ import pytest
 import torch
 from inference_helpers import BUNDLE_ROOT, INFERENCE_CONFIG
 from monai.bundle import ConfigParser
-
 from vqseg_bundle.engines import BestModelSaver, network_arguments
 from vqseg_bundle.inferers import read_model_record, resolve_model_settings, settings_path
 
@@ -245,7 +244,6 @@ def test_weights_without_settings_are_never_run_at_a_guessed_size(tmp_path, scan
     exit 0). Now the slice size, which the weights cannot give, must be passed: else an error names the missing
     settings file and the flag, before any input is read or any output written."""
     from monai.bundle import run
-
     from vqseg_bundle.inferers import ModelSettingsMissingError
 
     _, ckpt = _model(tmp_path, image_size=48)

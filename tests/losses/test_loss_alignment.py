@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-
 from vqseg_bundle.losses import PatchInfoNCELoss, patch_infonce_loss
 
 

@@ -4,12 +4,7 @@ import math
 
 import pytest
 import torch
-
-from vqseg_bundle.losses import (
-    ConfidenceMaskedCrossEntropy,
-    confidence_masked_cross_entropy,
-    pseudo_labels_from_logits,
-)
+from vqseg_bundle.losses import ConfidenceMaskedCrossEntropy, confidence_masked_cross_entropy, pseudo_labels_from_logits
 
 # one image, 2 classes, 1 x 3 pixels; logits chosen so that softmax probabilities are easy to write down
 LOGITS = torch.tensor([[[[0.0, math.log(3.0), 0.0]], [[0.0, 0.0, math.log(4.0)]]]])  # (1, 2, 1, 3)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-
 from vqseg_bundle.losses import (
     PseudoLabelLoss,
     SemiSupervisedLoss,

@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from vqseg_bundle.metrics import compute_case_metrics
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
@@ -102,14 +101,7 @@ def test_perfect_prediction_random_blobs():
     recs = compute_case_metrics(lab, lab.copy(), 4, spacing=(1.4, 1.4, 10.0))
     assert [r.class_index for r in recs] == [1, 2, 3]
     for r in recs:
-        assert (r.dice, r.jaccard, r.hd95_vox, r.asd_vox, r.hd95_mm, r.asd_mm) == (
-            1.0,
-            1.0,
-            0.0,
-            0.0,
-            0.0,
-            0.0,
-        )
+        assert (r.dice, r.jaccard, r.hd95_vox, r.asd_vox, r.hd95_mm, r.asd_mm) == (1.0, 1.0, 0.0, 0.0, 0.0, 0.0)
 
 
 def test_one_hot_and_scores_equal_label_maps():
@@ -142,10 +134,7 @@ def test_names():
         (dict(pred=torch.full((1, 4, 4), 0.5), label=torch.zeros(1, 4, 4)), "non-integer"),
         (dict(pred=torch.zeros(1, 4, 4), label=torch.zeros(1, 4, 4), spacing=(1.0,)), "spacing"),
         (dict(pred=torch.zeros(1, 4, 4), label=torch.zeros(1, 4, 4), spacing=(1.0, 0.0)), "spacing"),
-        (
-            dict(pred=torch.zeros(1, 4, 4), label=torch.zeros(1, 4, 4), empty_distance="zero"),
-            "empty_distance",
-        ),
+        (dict(pred=torch.zeros(1, 4, 4), label=torch.zeros(1, 4, 4), empty_distance="zero"), "empty_distance"),
         (dict(pred=torch.zeros(1, 4, 4), label=torch.zeros(1, 4, 4), penalty=-1.0), "penalty"),
         (dict(pred=torch.zeros(1, 4, 4), label=torch.zeros(1, 4, 4), class_names=["a"]), "class_names"),
     ],

@@ -54,17 +54,8 @@ def minimal_train_yaml(root: Path, items: list[dict], roi: list[int]) -> Path:
                     {"_target_": "ScaleIntensityd", "keys": "image", "minv": 0.0, "maxv": 1.0},
                 ],
             },
-            "dataset": {
-                "_target_": "Dataset",
-                "data": "@splits#validation",
-                "transform": "@validate#preprocessing",
-            },
-            "dataloader": {
-                "_target_": "DataLoader",
-                "dataset": "@validate#dataset",
-                "batch_size": 1,
-                "num_workers": 0,
-            },
+            "dataset": {"_target_": "Dataset", "data": "@splits#validation", "transform": "@validate#preprocessing"},
+            "dataloader": {"_target_": "DataLoader", "dataset": "@validate#dataset", "batch_size": 1, "num_workers": 0},
             "inferer": {"_target_": "vqseg_bundle.inferers.ResizedSliceInferer", "roi_size": roi},
             "postprocessing": {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
             "key_metric": {
@@ -123,11 +114,7 @@ def nifti_cases(tmp_path):
         nib.save(nib.Nifti1Image(100 + 500 * lab.astype(np.float32) / 3, affine), tmp_path / f"{name}_img.nii.gz")
         nib.save(nib.Nifti1Image(truth, affine), tmp_path / f"{name}_lab.nii.gz")
         items.append(
-            {
-                "image": str(tmp_path / f"{name}_img.nii.gz"),
-                "label": str(tmp_path / f"{name}_lab.nii.gz"),
-                "name": name,
-            }
+            {"image": str(tmp_path / f"{name}_img.nii.gz"), "label": str(tmp_path / f"{name}_lab.nii.gz"), "name": name}
         )
     return items
 

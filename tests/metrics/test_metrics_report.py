@@ -11,7 +11,6 @@ from monai.data import DataLoader, Dataset
 from monai.engines import SupervisedEvaluator
 from monai.inferers import SimpleInferer
 from monai.transforms import AsDiscreted, Compose
-
 from vqseg_bundle.metrics import (
     CaseClassMetrics,
     CaseMetricsHandler,

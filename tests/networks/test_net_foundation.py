@@ -3,7 +3,6 @@
 import pytest
 import timm
 import torch
-
 from vqseg_bundle.networks import QuantizedPerturbation, VQSegUNet, build_foundation_model
 from vqseg_bundle.networks.foundation import (
     DINOv2Encoder,

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from vqseg_bundle.networks.perturbations import ComplementaryDropout, FeatureDropout
 
 
@@ -120,11 +119,7 @@ def test_build_perturbation_gives_the_named_modules_and_the_network_their_name()
         build_perturbation,
     )
 
-    kinds = {
-        "qpm": QuantizedPerturbation,
-        "dropout": FeatureDropout,
-        "complementary_dropout": ComplementaryDropout,
-    }
+    kinds = {"qpm": QuantizedPerturbation, "dropout": FeatureDropout, "complementary_dropout": ComplementaryDropout}
     for name, cls in kinds.items():
         assert isinstance(build_perturbation(name), cls)
     both = build_perturbation("qpm_dropout", qpm={"eps": 0.3}, dropout={"p": 0.2})

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from vqseg_bundle.losses import patch_infonce_loss
 from vqseg_bundle.networks import VQSegUNet
 
@@ -15,11 +14,7 @@ GRID = (4, 4)
 def _net(mode: str | None = None) -> VQSegUNet:
     torch.manual_seed(0)
     net = VQSegUNet(
-        features=(4, 8, 16, 32),
-        codebook_size=32,
-        perturbation=None,
-        reconstruction=False,
-        pfa_channels=FM_CHANNELS,
+        features=(4, 8, 16, 32), codebook_size=32, perturbation=None, reconstruction=False, pfa_channels=FM_CHANNELS
     )
     if mode is not None:
         net.pfa_gradient = mode

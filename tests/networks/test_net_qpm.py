@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 from scipy.stats import chisquare
-
 from vqseg_bundle.networks.qpm import QuantizedPerturbation
 
 
@@ -112,14 +111,7 @@ def test_shuffle_keeps_indices_inside_their_image():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [
-        dict(mode="swap"),
-        dict(eps=1.5),
-        dict(eps=-0.1),
-        dict(temperature=0.0),
-        dict(distance="l1"),
-        dict(strategy="x"),
-    ],
+    [dict(mode="swap"), dict(eps=1.5), dict(eps=-0.1), dict(temperature=0.0), dict(distance="l1"), dict(strategy="x")],
 )
 def test_invalid_arguments(kwargs):
     with pytest.raises(ValueError):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from vqseg_bundle.networks import VQSegUNet, build_perturbation
 from vqseg_bundle.networks.quantizer import VectorQuantizer
 

@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-
 from vqseg_bundle.networks.quantizer import VectorQuantizer
 
 
@@ -108,12 +107,7 @@ def test_base_codebook_is_reproducible_from_seed():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [
-        dict(embedding_dim=0),
-        dict(num_embeddings=1),
-        dict(commitment_beta=-1.0),
-        dict(usage_entropy_weight=-1.0),
-    ],
+    [dict(embedding_dim=0), dict(num_embeddings=1), dict(commitment_beta=-1.0), dict(usage_entropy_weight=-1.0)],
 )
 def test_invalid_arguments(kwargs):
     args = dict(embedding_dim=4, num_embeddings=8) | kwargs

@@ -5,7 +5,6 @@ import copy
 
 import pytest
 import torch
-
 from vqseg_bundle.networks import QuantizedPerturbation, VQSegUNet
 from vqseg_bundle.networks.quantizer import VectorQuantizer
 from vqseg_bundle.networks.vq_ops import kmeans, rotation_trick
@@ -139,8 +138,7 @@ def test_health_statistics_window_and_epoch():
 
 
 @pytest.mark.parametrize(
-    "kwargs",
-    [dict(codebook_type="ema"), dict(codebook_dim=0), dict(dead_code_steps=-1), dict(gradient="gumbel")],
+    "kwargs", [dict(codebook_type="ema"), dict(codebook_dim=0), dict(dead_code_steps=-1), dict(gradient="gumbel")]
 )
 def test_invalid_guard_arguments(kwargs):
     with pytest.raises(ValueError):

@@ -4,7 +4,6 @@ import io
 
 import pytest
 import torch
-
 from vqseg_bundle.networks import VQSegUNet, VQSegViT
 from vqseg_bundle.networks.scriptable import ScriptableVQSeg
 

@@ -4,7 +4,6 @@ import io
 
 import pytest
 import torch
-
 from vqseg_bundle.networks import QuantizedPerturbation, VQSegOutput, VQSegUNet, build_perturbation
 
 SMALL = dict(features=(4, 8, 8, 16), dropout=0.0, codebook_size=32)

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from vqseg_bundle.networks import QuantizedPerturbation, VQSegViT
 from vqseg_bundle.networks.vit import create_dinov2_backbone
 
@@ -27,13 +26,7 @@ def test_meta_format_state_dict_round_trips_exactly(tmp_path):
     torch.manual_seed(1)
     source = create_dinov2_backbone(image_size=518, pretrained=False, vit_kwargs=TINY["vit_kwargs"])
     meta = _meta_state_dict(source)
-    assert {
-        "mask_token",
-        "pos_embed",
-        "blocks.0.ls1.gamma",
-        "blocks.0.attn.qkv.weight",
-        "norm.weight",
-    } <= set(meta)
+    assert {"mask_token", "pos_embed", "blocks.0.ls1.gamma", "blocks.0.attn.qkv.weight", "norm.weight"} <= set(meta)
     assert meta["pos_embed"].shape == (1, 1 + 37 * 37, 32)
     path = tmp_path / "dinov2_vits14_pretrain.pth"
     torch.save(meta, path)

@@ -8,7 +8,6 @@ import torch.nn.functional as F
 from monai.networks.layers import GaussianFilter
 from monai.transforms import Compose, Rotate, Zoom
 from speed_helpers import SIZE, assert_same_distribution, marker_image, strong_stats, weak_stats
-
 from vqseg_bundle.transforms import labeled_transforms, strong_intensity_transforms, unlabeled_transforms
 from vqseg_bundle.transforms.batched import (
     BatchedLabeledAugment,

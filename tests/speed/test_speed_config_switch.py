@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 from monai.bundle import ConfigParser
 from monai.data import DataLoader
-
 from vqseg_bundle.data.device_loader import DeviceBatchLoader
 
 ROOT = Path(__file__).resolve().parents[2]

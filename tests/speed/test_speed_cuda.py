@@ -7,7 +7,6 @@ import warnings
 import pytest
 import torch
 from speed_helpers import assert_same_distribution, marker_image, strong_stats, weak_stats
-
 from vqseg_bundle.data import InMemorySliceDataset
 from vqseg_bundle.data.device_loader import DeviceBatchLoader
 from vqseg_bundle.transforms.batched import BatchedLabeledAugment, BatchedUnlabeledAugment

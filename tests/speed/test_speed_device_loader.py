@@ -7,7 +7,6 @@ import pytest
 import torch
 from monai.data import DataLoader
 from speed_helpers import SIZE, assert_same_distribution, marker_image
-
 from vqseg_bundle.data import InMemorySliceDataset
 from vqseg_bundle.data.device_loader import DeviceBatchLoader
 from vqseg_bundle.engines import EMATeacher, InfiniteLoader, SemiSupervisedTrainer, make_teacher

@@ -16,14 +16,8 @@ from collections.abc import Sequence
 
 import h5py
 import numpy as np
-
 from vqseg_bundle.data.acdc_layout import TRAIN_LIST, VAL_LIST, AcdcLayout, is_acdc_layout, read_list
-from vqseg_bundle.data.integrity import (
-    IntegrityReport,
-    check_image_array,
-    check_label_array,
-    check_training_splits,
-)
+from vqseg_bundle.data.integrity import IntegrityReport, check_image_array, check_label_array, check_training_splits
 from vqseg_bundle.data.intensity import check_normalization, normalize_intensity
 from vqseg_bundle.data.orientation import CANONICAL_AXCODES, acdc_h5_to_canonical, check_orientation
 from vqseg_bundle.data.records import RawSplits, VolumeRecord

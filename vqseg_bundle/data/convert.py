@@ -21,7 +21,6 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-
 from vqseg_bundle.data.acdc import read_h5_arrays, slice_index, volume_key
 from vqseg_bundle.data.acdc_layout import TRAIN_LIST, AcdcLayout
 from vqseg_bundle.data.datalist import DATASET_JSON, write_datalist

@@ -8,7 +8,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.transforms import apply_transform
-
 from vqseg_bundle.data.integrity import patient_id_from_name
 
 __all__ = ["InMemorySliceDataset", "resize_slices"]

@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 from monai.data import DataLoader, Dataset
-
 from vqseg_bundle import transforms
 from vqseg_bundle.data.device_loader import DeviceBatchLoader
 from vqseg_bundle.transforms import batched

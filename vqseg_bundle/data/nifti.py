@@ -16,7 +16,6 @@ from typing import NamedTuple
 
 import nibabel as nib
 import numpy as np
-
 from vqseg_bundle.data.datalist import DATASET_JSON, load_datalist, resolve_dataset_json
 from vqseg_bundle.data.integrity import (
     IntegrityReport,
@@ -114,10 +113,7 @@ class Volume(NamedTuple):
 
 
 def read_volume(
-    path: str,
-    report: IntegrityReport,
-    dtype: type | None = None,
-    orientation: str | None = CANONICAL_AXCODES,
+    path: str, report: IntegrityReport, dtype: type | None = None, orientation: str | None = CANONICAL_AXCODES
 ) -> Volume | None:
     """Decode an image file into a numpy array in the canonical orientation.
 
@@ -319,12 +315,7 @@ def load_nifti_splits(
             continue
         image, label, spacing = loaded
         raw.validation.append(
-            VolumeRecord(
-                name=_stem(entry["image"]),
-                image=image,
-                label=label.astype(np.int64),
-                spacing=spacing,
-            )
+            VolumeRecord(name=_stem(entry["image"]), image=image, label=label.astype(np.int64), spacing=spacing)
         )
     report.raise_if_any()
     return raw

@@ -21,7 +21,6 @@ import nibabel as nib
 import numpy as np
 from scipy.ndimage import gaussian_filter
 from skimage.draw import disk, ellipse
-
 from vqseg_bundle.data.datalist import write_datalist
 from vqseg_bundle.fileio import atomic_write_with
 

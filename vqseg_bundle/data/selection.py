@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
-
 from vqseg_bundle.data.acdc_layout import AcdcLayout, read_list
 from vqseg_bundle.data.integrity import IntegrityReport, patient_id_from_name
 

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-
 from vqseg_bundle.data.acdc import load_acdc_splits
 from vqseg_bundle.data.acdc_layout import is_acdc_layout
 from vqseg_bundle.data.datalist import DATASET_JSON
@@ -255,11 +254,7 @@ def build_splits(
         if not is_acdc_layout(path):
             raise DataIntegrityError(f"{path}: dataset_format='acdc_h5' but there is no train_slices.list")
         raw = load_acdc_splits(
-            path,
-            labeled=labeled,
-            normalization=normalization,
-            num_classes=num_classes,
-            orientation=orientation,
+            path, labeled=labeled, normalization=normalization, num_classes=num_classes, orientation=orientation
         )
     else:
         raw = load_nifti_splits(

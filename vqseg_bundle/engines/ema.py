@@ -23,7 +23,6 @@ import copy
 
 import torch
 from ignite.engine import Engine, Events
-
 from vqseg_bundle.engines.unwrap import unwrap_model
 
 __all__ = ["BUFFER_POLICIES", "EMA_WARMUPS", "make_teacher", "ema_decay_at", "EMATeacher"]

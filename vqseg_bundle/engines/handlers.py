@@ -17,7 +17,6 @@ import torch
 from ignite.contrib.handlers import ProgressBar
 from ignite.engine import Engine, Events
 from monai.handlers import MeanDice, from_engine
-
 from vqseg_bundle.engines.unwrap import unwrap_model
 
 __all__ = [

@@ -39,7 +39,6 @@ from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
-
 from vqseg_bundle.engines.unwrap import unwrap_model
 from vqseg_bundle.fileio import atomic_write_bytes, atomic_write_text
 from vqseg_bundle.inferers.settings import FORMAT, file_sha256, jsonable, settings_path

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-
 from vqseg_bundle.engines.unwrap import unwrap_model
 
 __all__ = ["backbone_param_groups"]

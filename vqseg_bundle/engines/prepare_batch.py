@@ -15,7 +15,6 @@ from typing import Any
 import torch
 from monai.engines.utils import PrepareBatch
 from monai.utils import CommonKeys
-
 from vqseg_bundle.transforms.augment import STRONG_KEYS
 
 __all__ = ["PrepareLabeledBatch", "PrepareUnlabeledBatch", "batch_to_device"]

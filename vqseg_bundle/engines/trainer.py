@@ -56,7 +56,6 @@ from monai.engines.workflow import Workflow
 from monai.inferers import Inferer
 from monai.utils import CommonKeys
 from torch.optim import Optimizer
-
 from vqseg_bundle.engines.loaders import InfiniteLoader
 from vqseg_bundle.engines.prepare_batch import PrepareLabeledBatch, PrepareUnlabeledBatch
 from vqseg_bundle.engines.step_guard import StepGuard
@@ -66,13 +65,7 @@ from vqseg_bundle.losses import SemiSupervisedLoss, pseudo_labels_from_logits
 from vqseg_bundle.transforms.augment import STRONG_KEYS
 from vqseg_bundle.transforms.cutmix import BatchCutMix
 
-__all__ = [
-    "CUTMIX_PARTNERS",
-    "PERTURBED_STREAMS",
-    "PSEUDO_LABELERS",
-    "STRONG_BN_STATS",
-    "SemiSupervisedTrainer",
-]
+__all__ = ["CUTMIX_PARTNERS", "PERTURBED_STREAMS", "PSEUDO_LABELERS", "STRONG_BN_STATS", "SemiSupervisedTrainer"]
 
 logger = logging.getLogger(__name__)
 

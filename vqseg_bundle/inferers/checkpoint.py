@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 
 import torch
-
 from vqseg_bundle.networks.weights import listed_names, read_state_dict
 
 __all__ = ["load_network_weights", "read_state_dict"]

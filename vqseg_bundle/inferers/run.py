@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from vqseg_bundle.errors import describe
 from vqseg_bundle.fileio import atomic_write_text, atomic_write_with, check_writable_dir
 from vqseg_bundle.inferers.inputs import list_inference_inputs, require_inputs

@@ -9,13 +9,7 @@ from vqseg_bundle.metrics.case_metrics import (
     resolve_class_names,
 )
 from vqseg_bundle.metrics.handler import CaseMetricsHandler, spacing_from_meta
-from vqseg_bundle.metrics.report import (
-    OVERALL,
-    format_summary_table,
-    summarize,
-    write_case_csv,
-    write_summary_csv,
-)
+from vqseg_bundle.metrics.report import OVERALL, format_summary_table, summarize, write_case_csv, write_summary_csv
 
 __all__ = [
     "CaseClassMetrics",

@@ -19,14 +19,8 @@ import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
 from monai.data import MetaTensor, decollate_batch
-
 from vqseg_bundle.metrics import report
-from vqseg_bundle.metrics.case_metrics import (
-    METRIC_NAMES,
-    CaseClassMetrics,
-    compute_case_metrics,
-    resolve_class_names,
-)
+from vqseg_bundle.metrics.case_metrics import METRIC_NAMES, CaseClassMetrics, compute_case_metrics, resolve_class_names
 
 __all__ = ["CaseMetricsHandler", "spacing_from_meta"]
 

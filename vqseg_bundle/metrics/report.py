@@ -20,7 +20,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-
 from vqseg_bundle.metrics.case_metrics import METRIC_NAMES, STATUSES, CaseClassMetrics
 
 __all__ = ["summarize", "write_case_csv", "write_summary_csv", "format_summary_table", "OVERALL"]

@@ -46,7 +46,6 @@ from monai.transforms import (
     RandZoomd,
     ScaleIntensityRanged,
 )
-
 from vqseg_bundle.transforms.params import StrongAugmentParams, WeakAugmentParams, unlabeled_params
 
 __all__ = [

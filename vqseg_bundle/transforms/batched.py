@@ -39,7 +39,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-
 from vqseg_bundle.transforms.augment import STRONG_KEYS
 from vqseg_bundle.transforms.params import StrongAugmentParams, WeakAugmentParams, unlabeled_params
 
@@ -195,10 +194,7 @@ class BatchedWeakAugment:
         return theta
 
     def __call__(
-        self,
-        image: torch.Tensor,
-        label: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
+        self, image: torch.Tensor, label: torch.Tensor | None = None, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """
         Args:
