@@ -36,3 +36,13 @@ def test_ci_runs_every_demo_model_command_verbatim():
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     for line in lines:
         assert line in ci, line
+
+
+def test_readme_documents_the_install_size_and_a_cpu_only_build():
+    """Issue 23 item 8: the README's commands give a CPU-only user an ~8 GB venv (CUDA builds); it says so and shows
+    the CPU-only torch install, outside the two set-up commands."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Install size", 1)[1].split("\n## ", 1)[0]
+    assert "8 GB" in section
+    assert "pip install torch==2.14.1 torchvision==0.29.1 --index-url https://download.pytorch.org/whl/cpu" in section
+    assert all("--index-url" not in command for command in _setup_commands())
