@@ -101,6 +101,11 @@ def test_perturbed_paths_need_qpm():
             quantize_paths="perturbed",
             reconstruction=False,
         )
+    # inference rebuilds it without a perturbation: nothing quantized on the clean path
+    net = VQSegUNet(
+        features=(4, 8), vq_levels="all", perturbation=None, quantize_paths="perturbed", reconstruction=False
+    )
+    assert net.inference_quantizers() == {}
     with pytest.raises(ValueError, match="quantize_paths must be one of"):
         VQSegUNet(features=(4, 8), quantize_paths="clean", reconstruction=False)
     with pytest.raises(ValueError, match="qpm_substitution must be one of"):

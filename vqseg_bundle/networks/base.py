@@ -245,7 +245,8 @@ class VQSegNetworkBase(nn.Module):
                 levels = ()
             self.dropout_levels = levels
         self.perturb_levels = levels
-        if quantize_paths == "perturbed" and self.vq_levels and qpm is None:
+        # (no perturbation at all is fine: inference and evaluation rebuild the network without one)
+        if quantize_paths == "perturbed" and self.vq_levels and qpm is None and dropout is not None:
             raise ValueError(
                 f"{cls}: quantize_paths='perturbed' quantizes the QPM-perturbed stream only, but the perturbation "
                 f"is {self.perturbation!r}; use perturbation 'qpm' or 'qpm_dropout', or quantize_paths 'all'."
