@@ -37,7 +37,6 @@ import fire
 import h5py
 import nibabel as nib
 import numpy as np
-
 from vqseg_bundle.data.acdc_layout import AcdcLayout
 
 REPO = Path(__file__).resolve().parents[1]

@@ -108,7 +108,6 @@ def build(run: Path, model: Path, dataset_dir: str, overrides: dict[str, Any] | 
     The network is the one recorded in the model's settings file when it has one, else ``network_def`` of
     train.yaml with the run's overrides (``run.json``) and ``overrides``."""
     from monai.bundle import ConfigParser
-
     from vqseg_bundle.inferers.checkpoint import load_network_weights
     from vqseg_bundle.inferers.settings import build_network, read_model_record
 

@@ -12,10 +12,7 @@ __all__ = ["reconstruction_l1_loss", "ReconstructionL1Loss"]
 
 
 def reconstruction_l1_loss(
-    reconstruction: torch.Tensor,
-    target: torch.Tensor,
-    mask: torch.Tensor | None = None,
-    reduction: str = "mean",
+    reconstruction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None, reduction: str = "mean"
 ) -> torch.Tensor:
     """L1 distance between the reconstruction decoder's output and the input image.
 

@@ -17,10 +17,7 @@ def no_autocast(device: torch.device):
 
 
 def pairwise_distance(
-    a: torch.Tensor,
-    b: torch.Tensor,
-    distance: str = "sqeuclidean",
-    b_sqnorm: torch.Tensor | None = None,
+    a: torch.Tensor, b: torch.Tensor, distance: str = "sqeuclidean", b_sqnorm: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Distances between the rows of ``a (M, D)`` and ``b (K, D)`` as an ``(M, K)`` float32 matrix.
 

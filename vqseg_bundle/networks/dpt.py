@@ -93,9 +93,7 @@ class DPTHead(nn.Module):
         self.to_features = nn.ModuleList(nn.Conv2d(c, features, 3, padding=1, bias=False) for c in level_channels)
         self.fusion = nn.ModuleList(_FusionBlock(features, has_lateral=i < 3) for i in range(4))
         self.head = nn.Sequential(
-            nn.Conv2d(features, features, 3, padding=1),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(features, out_channels, 1),
+            nn.Conv2d(features, features, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(features, out_channels, 1)
         )
 
     def forward(self, levels: List[torch.Tensor], out_size: List[int]) -> torch.Tensor:

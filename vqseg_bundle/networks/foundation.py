@@ -124,13 +124,7 @@ _IR_BLOCK = {
     "_project_conv": "conv_pwl",
     "_bn2": "bn3",
 }
-_TOP = {
-    "_conv_stem": "conv_stem",
-    "_bn0": "bn1",
-    "_conv_head": "conv_head",
-    "_bn1": "bn2",
-    "_fc": "classifier",
-}
+_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
 
 
 def convert_efficientnet_lite0_state_dict(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
@@ -196,11 +190,7 @@ class EfficientNetLite0Encoder(FrozenFoundationModel):
     """
 
     def __init__(
-        self,
-        weights_path: str | Path | None = None,
-        stride: int = 16,
-        in_channels: int = 1,
-        imagenet_norm: bool = True,
+        self, weights_path: str | Path | None = None, stride: int = 16, in_channels: int = 1, imagenet_norm: bool = True
     ) -> None:
         super().__init__(in_channels, imagenet_norm)
         full = timm.create_model("tf_efficientnet_lite0", pretrained=False)

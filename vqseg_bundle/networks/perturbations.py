@@ -106,10 +106,7 @@ class ComplementaryDropout(nn.Module):
 
 
 def build_perturbation(
-    name: str | None,
-    qpm: Mapping | None = None,
-    dropout: Mapping | None = None,
-    complementary: Mapping | None = None,
+    name: str | None, qpm: Mapping | None = None, dropout: Mapping | None = None, complementary: Mapping | None = None
 ) -> nn.Module | list[nn.Module] | None:
     """The perturbation module(s) a network takes (``perturbation=`` of the VQ-Seg networks), from its name.
 

@@ -89,10 +89,7 @@ class QuantizedPerturbation(nn.Module):
         return f"mode={self.mode!r}, eps={self.eps}, temperature={self.temperature}, distance={self.distance!r}"
 
     def forward(
-        self,
-        indices: torch.Tensor,
-        codebook: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
+        self, indices: torch.Tensor, codebook: torch.Tensor | None = None, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """Perturb ``indices``.
 

@@ -434,10 +434,7 @@ class VectorQuantizer(nn.Module):
         if self.usage_entropy_weight > 0:
             with no_autocast(z.device):
                 ent = codebook_usage_entropy_loss(
-                    z_flat,
-                    codebook,
-                    self.usage_entropy_temperature,
-                    max_chunk_elements=self.max_chunk_elements,
+                    z_flat, codebook, self.usage_entropy_temperature, max_chunk_elements=self.max_chunk_elements
                 )
             terms["usage_entropy"] = self.usage_entropy_weight * ent
             loss = loss + terms["usage_entropy"]

@@ -32,12 +32,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # DINOv2 / Depth Anything / UniMatch V2 block indices fed to the DPT head
-DEFAULT_LAYERS = {
-    "small": (2, 5, 8, 11),
-    "base": (2, 5, 8, 11),
-    "large": (4, 11, 17, 23),
-    "giant": (9, 19, 29, 39),
-}
+DEFAULT_LAYERS = {"small": (2, 5, 8, 11), "base": (2, 5, 8, 11), "large": (4, 11, 17, 23), "giant": (9, 19, 29, 39)}
 
 
 def dinov2_size(model_name: str) -> str:
