@@ -257,6 +257,7 @@ def test_weights_without_settings_are_never_run_at_a_guessed_size(tmp_path, scan
             output_dir=str(out),
             ckpt_path=str(ckpt),
             quantizer={},
+            quantize_paths="all",
             num_workers=0,
             logging_file=False,
         )
@@ -268,7 +269,7 @@ def test_weights_without_settings_are_never_run_at_a_guessed_size(tmp_path, scan
     from vqseg_bundle.inferers.export import network_for_export
 
     with pytest.raises(ModelSettingsMissingError, match="--image_size"):
-        network_for_export(str(INFERENCE_CONFIG), ckpt, override={"quantizer": {}})
+        network_for_export(str(INFERENCE_CONFIG), ckpt, override={"quantizer": {}, "quantize_paths": "all"})
 
 
 def test_quantized_weights_without_settings_need_the_quantizer_flag(tmp_path):
@@ -279,6 +280,11 @@ def test_quantized_weights_without_settings_need_the_quantizer_flag(tmp_path):
         _inference_parser(ckpt, image_size=48).get_parsed_content("network_def")
     message = str(_root_cause(err.value))
     assert "--quantizer" in message and "model.json" in message and "simvq" in message
+    assert "--quantize_paths" in message
+    # --quantizer alone is not enough: the weights do not say whether inference reads the codes
+    with pytest.raises(Exception) as err:
+        _inference_parser(ckpt, image_size=48, quantizer={}).get_parsed_content("network_def")
+    assert "--quantize_paths" in str(_root_cause(err.value))
 
 
 def test_network_keys_are_read_from_weights_without_settings(tmp_path):
@@ -286,7 +292,7 @@ def test_network_keys_are_read_from_weights_without_settings(tmp_path):
     from it; with --image_size (and --quantizer for a quantized model) the same network runs at that size."""
     net, ckpt = _model(tmp_path)
     (tmp_path / "model.json").unlink()
-    parser = _inference_parser(ckpt, image_size=48, quantizer={})
+    parser = _inference_parser(ckpt, image_size=48, quantizer={}, quantize_paths="all")
     settings = parser.get_parsed_content("model_settings")
     assert settings["settings_file"] is None and settings["image_size"] == 48
     assert settings["features"] == NET["features"] and settings["codebook_size"] == 24
@@ -319,3 +325,18 @@ def test_unet_arguments_of_a_guarded_quantizer_and_other_state_dicts():
     assert args["reconstruction"] is False
     assert args["_codebook"] == {"codebook_type": "learnable", "codebook_dim": 6}
     assert unet_arguments_of(torch.nn.Conv2d(1, 4, 1).state_dict()) == {}
+
+
+def test_record_of_qpm_as_a_perturbation_only_rebuilds_a_continuous_network():
+    """A model trained with quantize_paths "perturbed" keeps its codebooks in the weights, but the rebuilt network
+    (no perturbation) never quantizes: the same values as the plain U-Net of the same weights."""
+    from vqseg_bundle.inferers import build_network
+
+    record = {**NET, "vq_levels": "all", "quantize_paths": "perturbed", "qpm_substitution": "shift"}
+    net = build_network({"network_def": record}).eval()
+    assert net.quantize_paths == "perturbed" and net.inference_quantizers() == {} and len(net.quantizers) == 4
+    plain = build_network({"network_def": {**NET, "vq_levels": [], "recon_input": "all"}}).eval()
+    plain.load_state_dict({k: v for k, v in net.state_dict().items() if not k.startswith("quantizers.")})
+    x = torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), plain(x), rtol=0, atol=0)

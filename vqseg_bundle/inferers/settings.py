@@ -298,14 +298,17 @@ def _weights_only_settings(ckpt_path: str | os.PathLike, requested: Mapping[str,
     for key in NOT_IN_WEIGHTS:
         if requested.get(key) is None:
             out[key] = None
-    if derived.get("vq_levels") and requested.get("quantizer") is None and "quantizer" in defaults:
+    unknown = [k for k in ("quantizer", "quantize_paths") if requested.get(k) is None and k in defaults]
+    if derived.get("vq_levels") and unknown:
         raise _missing_settings(
             ckpt_path,
             f"the lookup options of its quantized levels {derived['vq_levels']} ({codebook['codebook_type']} "
             f"codebook{'' if codebook['codebook_dim'] is None else ', codebook_dim ' + str(codebook['codebook_dim'])}"
-            "; cosine, gradient, ...)",
+            "; cosine, gradient, ...) and which paths read them",
             "--quantizer as it was trained (configs/train.yaml's default quantizer dict, or \"{}\" for the paper's "
-            "SimVQ quantizer) and --image_size (the slice size it was trained at)",
+            "SimVQ quantizer), --quantize_paths as it was trained (all: the paper's, every path reads the codes; "
+            "perturbed: QPM as a perturbation only, inference never quantizes) and --image_size (the slice size it "
+            "was trained at)",
         )
     return out
 
