@@ -51,14 +51,16 @@ TEMPERATURES = (0.1, 1.0, 10.0)
 DEFAULT_OUT = "results/perturbation_response"
 
 
-def settings(has_vq: bool, own: str = "none") -> list[dict[str, Any]]:
+def settings(has_vq: bool, own: str = "none", distance: str = "sqeuclidean") -> list[dict[str, Any]]:
     """The perturbations measured: the network's own (the one it was trained with, ``own`` its name, unless
-    "none"), dropout at every p; with a quantized level QPM (kernel at each temperature, shuffle) at every eps."""
+    "none"), dropout at every p; with a quantized level QPM (kernel at each temperature with ``distance``,
+    shuffle) at every eps."""
     out = [{"kind": "own", "name": own}] if own != "none" else []
     out += [{"kind": "dropout", "p": p} for p in EPS]
+    extra = {} if distance == "sqeuclidean" else {"distance": distance}
     if has_vq:
         for t in TEMPERATURES:
-            out += [{"kind": "qpm", "mode": "kernel", "eps": e, "temperature": t} for e in EPS]
+            out += [{"kind": "qpm", "mode": "kernel", "eps": e, "temperature": t, **extra} for e in EPS]
         out += [{"kind": "qpm", "mode": "shuffle", "eps": e} for e in EPS]
     return out
 
@@ -70,7 +72,8 @@ def label(setting: dict[str, Any]) -> str:
         return f"dropout p {setting['p']}"
     if setting["mode"] == "shuffle":
         return f"QPM shuffle eps {setting['eps']}"
-    return f"QPM kernel T {setting['temperature']:g} eps {setting['eps']}"
+    distance = f" {setting['distance']}" if "distance" in setting else ""
+    return f"QPM kernel{distance} T {setting['temperature']:g} eps {setting['eps']}"
 
 
 def configure(network: torch.nn.Module, setting: dict[str, Any]) -> None:
@@ -95,7 +98,11 @@ def configure(network: torch.nn.Module, setting: dict[str, Any]) -> None:
         network.dropout_levels = tuple(range(levels))
     else:
         network.qpm = QuantizedPerturbation(
-            setting["mode"], setting["eps"], setting.get("temperature", 1.0), strategy="sparse"
+            setting["mode"],
+            setting["eps"],
+            setting.get("temperature", 1.0),
+            distance=setting.get("distance", "sqeuclidean"),
+            strategy="sparse",
         )
         network.feature_perturbation = None
         network.dropout_levels = ()
@@ -137,6 +144,15 @@ def build(run: Path, model: Path, dataset_dir: str, overrides: dict[str, Any] | 
         network = parser.get_parsed_content("network_def")
         size = int(parser.get_parsed_content("image_size"))
     load_network_weights(network, model)
+    # the perturbation it was trained with (a settings record holds none: it has no weights): the "own" setting
+    trained = parser.get_parsed_content("network_def")
+    network.perturbation = trained.perturbation
+    network._own_perturbation = (
+        trained.qpm,
+        trained.feature_perturbation,
+        tuple(trained.dropout_levels),
+        tuple(trained.perturb_levels),
+    )
     items = parser.get_parsed_content("validate#dataset")
     return network.eval(), items, size
 
@@ -193,6 +209,7 @@ class Cli:
         max_slices: int | None = None,
         seed: int = 0,
         threads: int = 1,
+        distance: str = "sqeuclidean",
     ) -> None:
         """Measure the response of the checkpoint of one benchmark run.
 
@@ -206,6 +223,7 @@ class Cli:
             max_slices: evaluate on at most this many validation slices (evenly spaced); ``None``: all.
             seed: seed of the perturbation draws.
             threads: torch threads.
+            distance: QPM kernel distance of the sweep (``sqeuclidean`` or ``cosine``).
         """
         torch.set_num_threads(int(threads))
         run_path = Path(run)
@@ -232,7 +250,7 @@ class Cli:
         )
         rows = []
         start = time.perf_counter()
-        for setting in settings(bool(network.vq_levels), network.perturbation):
+        for setting in settings(bool(network.vq_levels), network.perturbation, distance):
             stats = measure(network, slices, setting, seed)
             rows.append({**setting, **stats})
             print(
