@@ -148,7 +148,7 @@ def build_comparisons(results_dir: Path, path: Path = COMPARISONS_FILE) -> list[
                 f"{_cell(row['cand_seconds'] / 60)} |"
             )
         lines.append(
-            f"| mean ({result['pairs']} pairs) | {_cell(result['reference_mean'])} | "
+            f"| mean ({result['pairs']} of {len(result['rows'])} seeds) | {_cell(result['reference_mean'])} | "
             f"{_cell(result['candidate_mean'])} | {result['candidate_mean'] - result['reference_mean']:+.1f} | | |"
         )
         if result["targets"]:
