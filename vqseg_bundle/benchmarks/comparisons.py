@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,11 @@ def final_dice(results_dir: Path, protocol: str, labeled: int, variant: str, see
     return 100 * max(curve)[1], number(record.get("train_seconds"))
 
 
+def _above_minus(value: float, floor: float) -> bool:
+    """``value >= -floor`` (a target given as a positive distance below the reference)."""
+    return value >= -floor
+
+
 def evaluate(entry: dict[str, Any], results_dir: Path) -> dict[str, Any]:
     """Per-seed Dice of both sides, paired differences, means and each target's value and verdict."""
     ref, cand = entry["reference"], entry["candidate"]
@@ -70,47 +76,21 @@ def evaluate(entry: dict[str, Any], results_dir: Path) -> dict[str, Any]:
     out.update(reference_mean=ref_mean, candidate_mean=cand_mean)
     complete = len(pairs) == len(rows)
     targets = entry.get("targets") or {}
-    checks = []
-    if "mean_margin_min" in targets:
-        value = cand_mean - ref_mean
-        checks.append(
-            (
-                "mean margin",
-                f"{value:+.1f} points",
-                f">= {targets['mean_margin_min']:+.1f}",
-                value >= targets["mean_margin_min"],
-            )
-        )
-    if "paired_wins_min" in targets:
-        wins = sum(row["candidate"] > row["reference"] for row in pairs)
-        checks.append(
-            (
-                "paired seeds won",
-                f"{wins} of {len(pairs)}",
-                f">= {targets['paired_wins_min']}",
-                wins >= targets["paired_wins_min"],
-            )
-        )
-    if "seed_floor" in targets:
-        value = min(row["candidate"] for row in pairs) - min(row["reference"] for row in pairs)
-        checks.append(
-            (
-                "lowest seed - reference's lowest",
-                f"{value:+.1f} points",
-                f">= -{targets['seed_floor']:.1f}",
-                value >= -targets["seed_floor"],
-            )
-        )
-    if "time_ratio_max" in targets:
-        value = mean([row["cand_seconds"] for row in pairs]) / mean([row["ref_seconds"] for row in pairs])
-        checks.append(
-            (
-                "train time ratio",
-                f"{value:.2f} x",
-                f"<= {targets['time_ratio_max']:.2f} x",
-                value <= targets["time_ratio_max"],
-            )
-        )
+    wins = sum(row["candidate"] > row["reference"] for row in pairs)
+    floor = min(row["candidate"] for row in pairs) - min(row["reference"] for row in pairs)
+    ratio = mean([row["cand_seconds"] for row in pairs]) / mean([row["ref_seconds"] for row in pairs])
+    # target key: (what is shown, its value, how the value reads, how the bar reads, whether the value meets it)
+    measures = {
+        "mean_margin_min": ("mean margin", cand_mean - ref_mean, "{:+.1f} points", ">= {:+.1f}", operator.ge),
+        "paired_wins_min": ("paired seeds won", wins, "{} of " + str(len(pairs)), ">= {}", operator.ge),
+        "seed_floor": ("lowest seed - reference's lowest", floor, "{:+.1f} points", ">= -{:.1f}", _above_minus),
+        "time_ratio_max": ("train time ratio", ratio, "{:.2f} x", "<= {:.2f} x", operator.le),
+    }
+    checks = [
+        (name, shown.format(value), bar.format(targets[key]), meets(value, targets[key]))
+        for key, (name, value, shown, bar, meets) in measures.items()
+        if key in targets
+    ]
     out["targets"] = [
         {"name": n, "value": v, "bar": b, "verdict": ("met" if ok else "missed") if complete else "pending"}
         for n, v, b, ok in checks
