@@ -88,7 +88,7 @@ if str(ROOT) not in sys.path:
 BACKBONES = ("unet", "vit")
 #: precision / memory-format / compile variants: trainer switches of configs/train.yaml
 VARIANTS: dict[str, dict[str, Any]] = {
-    "fp32": {},
+    "fp32": {"amp": False, "channels_last": False},
     "tf32": {"float32_matmul_precision": "high"},
     "bf16": {"amp": True, "amp_dtype": "bfloat16"},
     "bf16_cl": {"amp": True, "amp_dtype": "bfloat16", "channels_last": True},

@@ -34,7 +34,13 @@ def test_shipped_specifications_load():
     assert "plain_unet" not in VARIANTS  # fragments are not runnable
     # cpu_peer extends cpu: same image size and threads, its own overrides (no AdamW, no ramp-up)
     assert PROTOCOLS["cpu_peer"].image_size == PROTOCOLS["cpu"].image_size and PROTOCOLS["cpu_peer"].threads == 1
-    assert PROTOCOLS["cpu_peer"].overrides == {"num_workers": 0, "log_every": 10}
+    # the peer's fp32 recipe stays fp32 now that train.yaml's precision switches default to "auto"
+    fp32 = {"num_workers": 0, "log_every": 10, "amp": False, "channels_last": False}
+    assert PROTOCOLS["cpu_peer"].overrides == fp32
+    assert all(PROTOCOLS[p].overrides["amp"] is False for p in ("cpu", "cpu_peer", "cpu_health", "cpu_short"))
+    fast = PROTOCOLS["cpu_peer_fast"]
+    assert fast.overrides == {**fp32, "amp": True, "amp_dtype": "bfloat16", "channels_last": True}
+    assert fast.iterations == PROTOCOLS["cpu_peer"].iterations and fast.image_size == PROTOCOLS["cpu_peer"].image_size
     assert "train#optimizer" in PROTOCOLS["cpu"].overrides and isinstance(PROTOCOLS["cpu"].config_files, tuple)
 
 
