@@ -227,10 +227,7 @@ class VectorQuantizer(nn.Module):
         # a loaded codebook is a trained one: never overwrite it by a k-means initialisation afterwards
         self.kmeans_pending = False
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        if self.codebook_ema > 0:
-            with torch.no_grad():
-                self.ema_count.fill_(1.0)
-                self.ema_sum = self.codebook.detach().float().clone()
+        self._restart_ema_statistics(None)
 
     # ------------------------------------------------------------------ codebook
     def _normalize(self, x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -340,13 +337,7 @@ class VectorQuantizer(nn.Module):
                 target.copy_(values)
             else:
                 target[rows] = values
-            if self.codebook_ema > 0:  # a re-seeded code restarts its statistics at its new place
-                if rows is None:
-                    self.ema_count.fill_(1.0)
-                    self.ema_sum = values.clone()
-                else:
-                    self.ema_count[rows] = 1.0
-                    self.ema_sum[rows] = values
+            self._restart_ema_statistics(rows)  # a re-seeded code restarts its statistics at its new place
         else:
             if rows is None:  # a fresh codebook: E = values, W = I, b = 0
                 self.codebook_mapping.weight.copy_(torch.eye(self.codebook_dim, device=values.device))
@@ -440,6 +431,20 @@ class VectorQuantizer(nn.Module):
             loss = loss + terms["usage_entropy"]
         quantized = self.unproject(self.estimate(z_latent, codes))
         return QuantizerOutput(quantized, self.unproject(codes), indices, codebook, loss, terms, z_latent)
+
+    @torch.no_grad()
+    def _restart_ema_statistics(self, rows: torch.Tensor | None) -> None:
+        """With ``codebook_ema``: the EMA statistics of ``rows`` (all when ``None``) restart at the current codewords
+        (count 1, sum = the codeword), after a state dict load, a k-means initialisation or a re-seeding."""
+        if self.codebook_ema == 0:
+            return
+        codewords = self.codebook.detach().float()
+        if rows is None:
+            self.ema_count.fill_(1.0)
+            self.ema_sum = codewords.clone()
+        else:
+            self.ema_count[rows] = 1.0
+            self.ema_sum[rows] = codewords[rows]
 
     @torch.no_grad()
     def _ema_update(self, z_flat: torch.Tensor, indices: torch.Tensor, hits: torch.Tensor | None) -> None:
