@@ -67,8 +67,8 @@ def weak_transforms(keys: Sequence[str] = ("image", "label"), **params: Any) -> 
         keys: item keys to transform together; keys containing ``"label"`` are resampled with
             nearest-neighbour interpolation, the others bilinearly.
         params: the fields of :class:`~vqseg_bundle.transforms.params.WeakAugmentParams` (``rotate_degrees``,
-            ``rotate_prob``, ``flip_prob``, ``zoom_range``, ``zoom_prob``, ``rot90_prob``; same defaults as the
-            batched path).
+            ``rotate_prob``, ``flip_prob``, ``zoom_range``, ``zoom_prob``, ``rot90_prob``, ``dihedral``; same
+            defaults as the batched path).
 
     Returns:
         A list of MONAI dictionary transforms (compose it or extend it).
@@ -97,11 +97,12 @@ def weak_transforms(keys: Sequence[str] = ("image", "label"), **params: Any) -> 
             keep_size=True,
         ),
     ]
-    if p.rot90_prob == 0.0:
-        return chain
     # RandRotate90 draws k in 1..max_k when applied: prob 3/4 makes k uniform in 0..3
-    rot_flip = Compose([RandRotate90d(keys, prob=0.75, max_k=3), RandAxisFlipd(keys, prob=1.0)])
-    return [OneOf([rot_flip, Compose(chain)], weights=[p.rot90_prob, 1.0 - p.rot90_prob])]
+    dihedral = [RandRotate90d(keys, prob=0.75, max_k=3), RandFlipd(keys, prob=0.5, spatial_axis=0)]
+    if p.rot90_prob > 0.0:
+        rot_flip = Compose([RandRotate90d(keys, prob=0.75, max_k=3), RandAxisFlipd(keys, prob=1.0)])
+        chain = [OneOf([rot_flip, Compose(chain)], weights=[p.rot90_prob, 1.0 - p.rot90_prob])]
+    return chain + dihedral if p.dihedral else chain
 
 
 def strong_intensity_transforms(key: str, **params: Any) -> list:

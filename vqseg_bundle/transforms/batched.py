@@ -138,6 +138,15 @@ class BatchedWeakAugment:
             zoom = torch.where(r90, torch.ones_like(zoom), zoom)
             zoomed = zoomed & ~r90
             rotated = rotated | r90
+        if self.params.dihedral:  # a uniform dihedral transform after the rest (see WeakAugmentParams.dihedral)
+            d = torch.rand(2, batch_size, device=device, generator=generator)
+            quarter_turns = torch.floor(d[0] * 4.0).clamp_max(3.0)
+            # the map rotates by ``angle`` and then flips: with angle + k pi/2 and one more flip of the first axis
+            # it is F^a . T . R^k for the chain's transform T, a and k independent and uniform; (a, k) -> F^a T R^k
+            # is one-to-one onto T's coset, so the quarter turn / mirror a sample ends in is uniform over the 8
+            # whatever T is (exact on square images: pixel centres map onto pixel centres)
+            angle = angle + quarter_turns * (math.pi / 2.0)
+            flip_h = flip_h * torch.where(d[1] < 0.5, -1.0, 1.0)
         return {"angle": angle, "flip_h": flip_h, "flip_w": flip_w, "zoom": zoom, "zoomed": zoomed, "rotated": rotated}
 
     @staticmethod

@@ -68,6 +68,11 @@ class WeakAugmentParams:
     #: ``k x 90`` degrees, ``k`` uniform in 0..3, then a flip of one random axis (UniMatch: 0.5, with
     #: ``rotate_prob`` 0.5 and no flip or zoom in the chain)
     rot90_prob: float = 0.0
+    #: after all of the above, one of the 8 in-plane dihedral transforms (a rotation by ``k x 90`` degrees, ``k``
+    #: uniform in 0..3, then a flip of the first axis with probability 0.5), uniformly for every sample, so that
+    #: the anatomy is seen in every quarter turn and mirror image (a model that does not depend on which way a
+    #: site's headers or scanner orient a slice; docs/results.md "Orientation robustness")
+    dihedral: bool = False
 
     def __post_init__(self) -> None:
         _check_non_negative(rotate_degrees=self.rotate_degrees)
@@ -79,6 +84,8 @@ class WeakAugmentParams:
             "zoom_range": check_range("zoom_range", self.zoom_range, positive=True),
             "rot90_prob": check_prob("rot90_prob", self.rot90_prob),
         }
+        if not isinstance(self.dihedral, bool):
+            raise ValueError(f"dihedral must be true or false, got {self.dihedral!r}")
         for name, value in checked.items():
             object.__setattr__(self, name, value)
 
