@@ -1,10 +1,11 @@
-"""VQ-Seg networks: vector quantizer, QPM, feature-dropout baselines, U-Net and DINOv2 + DPT backbones,
-PFA adapter and frozen foundation models. Imports nothing from ``data`` or ``engines``."""
+"""VQ-Seg networks: vector quantizer, QPM, feature-dropout baselines, U-Net, DINOv2 + DPT and EfficientNet-Lite0
+backbones, PFA adapter and frozen foundation models. Imports nothing from ``data`` or ``engines``."""
 
 from .adapter import PFAAdapter
 from .base import VQSegNetworkBase, parse_levels
 from .decoders import UNetDecoder
 from .dpt import DPTHead
+from .efficientnet import VQSegEfficientNet
 from .foundation import (
     FOUNDATION_MODELS,
     DINOv2Encoder,
@@ -38,6 +39,7 @@ __all__ = [
     "QuantizerOutput",
     "UNetDecoder",
     "VQSegNetworkBase",
+    "VQSegEfficientNet",
     "VQSegOutput",
     "VQSegUNet",
     "VectorQuantizer",

