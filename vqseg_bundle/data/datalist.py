@@ -5,7 +5,10 @@
     "training":   [{"image": "imagesTr/a.nii.gz", "label": "labelsTr/a.nii.gz"}, ...]   labeled pairs
     "unlabeled":  [{"image": "imagesUnl/b.nii.gz"}, ...]  or  ["imagesUnl/b.nii.gz", ...]   (optional)
     "validation": [{"image": ..., "label": ...}, ...]
-    "test":       ["imagesTs/c.nii.gz", ...]  (not used for training; read by inference)
+    "test":       ["imagesTs/c.nii.gz", ...]  (not used for training; read by inference); entries may be
+                  {"image", "label"} pairs, scored by evaluation with ``validation_split: test``
+
+Images may be 3D volumes (NIfTI, MetaImage, NRRD) or 2D images (NIfTI, PNG, JPEG, ...: the slices of 2D data sets).
 
 plus descriptive entries (``name``, ``description``, ``labels``, ``numTraining``, ...) that readers ignore.
 """
@@ -40,7 +43,7 @@ def resolve_dataset_json(dataset: str | os.PathLike) -> str:
     return path
 
 
-def _entries(data: dict, key: str, json_path: str, need_label: bool) -> list[dict[str, str]]:
+def _entries(data: dict, key: str, json_path: str, need_label: bool, keep_label: bool = False) -> list[dict[str, str]]:
     # Written by hand: MONAI's load_decathlon_datalist accepts plain path strings only under "test"
     # and requires every listed key to exist; here "unlabeled" may be strings and may be absent.
     base = os.path.dirname(os.path.abspath(json_path))
@@ -56,7 +59,7 @@ def _entries(data: dict, key: str, json_path: str, need_label: bool) -> list[dic
         if need_label and not isinstance(entry.get("label"), str):
             raise DataIntegrityError(f"{json_path}: {key!r}[{i}] ({entry['image']}) has no 'label' path")
         item = {"image": os.path.normpath(os.path.join(base, entry["image"]))}
-        if need_label:
+        if need_label or (keep_label and isinstance(entry.get("label"), str)):  # optional labels ("test" pairs)
             item["label"] = os.path.normpath(os.path.join(base, entry["label"]))
         out.append(item)
     return out
@@ -70,7 +73,7 @@ def load_datalist(dataset: str | os.PathLike) -> dict[str, list[dict[str, str]]]
 
     Returns:
         ``{"training": [{"image", "label"}], "unlabeled": [{"image"}], "validation": [{"image", "label"}],
-        "test": [{"image"}]}`` with absolute paths; absent keys give empty lists.
+        "test": [{"image"[, "label"]}]}`` with absolute paths; absent keys give empty lists.
 
     Raises:
         DataIntegrityError: for a missing / invalid json file or malformed entries.
@@ -87,7 +90,7 @@ def load_datalist(dataset: str | os.PathLike) -> dict[str, list[dict[str, str]]]
         "training": _entries(data, "training", json_path, need_label=True),
         "unlabeled": _entries(data, "unlabeled", json_path, need_label=False),
         "validation": _entries(data, "validation", json_path, need_label=True),
-        "test": _entries(data, "test", json_path, need_label=False),
+        "test": _entries(data, "test", json_path, need_label=False, keep_label=True),
     }
 
 

@@ -28,7 +28,23 @@ __all__ = [
 ]
 
 # Extensions stripped from a file name before the patient-id rule is applied (longest first).
-_KNOWN_EXTENSIONS = (".nii.gz", ".nii", ".h5", ".hdf5", ".mha", ".mhd", ".nrrd", ".npy", ".npz")
+_KNOWN_EXTENSIONS = (
+    ".nii.gz",
+    ".nii",
+    ".h5",
+    ".hdf5",
+    ".mha",
+    ".mhd",
+    ".nrrd",
+    ".npy",
+    ".npz",
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".bmp",
+    ".tif",
+    ".tiff",
+)
 _ACDC_PATIENT = re.compile(r"^(patient\d+)")
 _PATIENT_SEPARATORS = re.compile(r"_(frame|slice)")
 
@@ -44,7 +60,8 @@ def patient_id_from_name(name: str | os.PathLike) -> str:
     """Return the patient identifier encoded in a file or case name.
 
     The rule, applied to the file name without directory and extension (``.nii.gz``, ``.nii``,
-    ``.h5``, ``.hdf5``, ``.mha``, ``.mhd``, ``.nrrd``, ``.npy``, ``.npz``):
+    ``.h5``, ``.hdf5``, ``.mha``, ``.mhd``, ``.nrrd``, ``.npy``, ``.npz``, and the 2D image suffixes ``.png``,
+    ``.jpg``, ``.jpeg``, ``.bmp``, ``.tif``, ``.tiff``):
 
     1. an ACDC name starting with ``patientNNN`` gives ``patientNNN``
        (``patient001_frame12_slice_3`` -> ``patient001``);

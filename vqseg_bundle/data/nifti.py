@@ -1,23 +1,33 @@
-"""Reader for 3D volumes described by a Decathlon-style ``dataset.json`` (the format:
-:mod:`vqseg_bundle.data.datalist`).
+"""Reader for 3D volumes and 2D images described by a Decathlon-style ``dataset.json`` (the format:
+:mod:`vqseg_bundle.data.datalist`; 2D image files, PNG / JPEG / ...: :mod:`vqseg_bundle.data.images2d`).
 
 Every volume is first reoriented from its affine to the bundle's canonical orientation (default
 ``"PLS"``, see :mod:`vqseg_bundle.data.orientation`), whatever the file's array order or reader.
 Training volumes are then cut into 2D slices along ``slice_axis`` (an axis of the reoriented
 volume; default the last, ``S``); validation volumes are kept whole with the slice axis moved last.
-Unlabeled images never need a label file.
+Unlabeled images never need a label file. A 2D image (a 2D NIfTI or a PNG / JPEG file) is one slice; its
+validation "volume" is ``(H, W, 1)``.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from typing import NamedTuple
+from collections.abc import Iterator, Mapping
+from typing import Any, NamedTuple
 
 import nibabel as nib
 import numpy as np
 from vqseg_bundle.data.datalist import DATASET_JSON, load_datalist, resolve_dataset_json
+from vqseg_bundle.data.images2d import (
+    IMAGE_2D_SUFFIXES,
+    check_color_to_grey,
+    check_label_mapping,
+    is_image_2d,
+    load_image_2d,
+    map_label_values,
+)
 from vqseg_bundle.data.integrity import (
+    DataIntegrityError,
     IntegrityReport,
     check_files_exist,
     check_image_array,
@@ -42,12 +52,16 @@ __all__ = [
     "load_datalist",
     "read_volume_array",
     "read_volume",
+    "read_image_2d",
+    "VALIDATION_SPLITS",
     "Volume",
     "to_slices_last",
     "load_nifti_splits",
 ]
 
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
+#: the ``dataset.json`` lists that may serve as the validation set (``validation_split``)
+VALIDATION_SPLITS = ("validation", "test")
 
 
 def read_volume_array(path: str, report: IntegrityReport, dtype: type | None = None) -> np.ndarray | None:
@@ -152,6 +166,43 @@ def read_volume(
     return Volume(oriented, array, codes, spacing)
 
 
+def read_image_2d(
+    path: str,
+    report: IntegrityReport,
+    dtype: type | None = None,
+    orientation: str | None = CANONICAL_AXCODES,
+    color_to_grey: str = "luminance",
+    label: bool = False,
+) -> Volume | None:
+    """Decode a 2D image file (PNG, JPEG, ...) into one grey channel in the canonical orientation.
+
+    Read by :func:`vqseg_bundle.data.images2d.load_image_2d` (MONAI's ``LoadImage``, as the inference config)
+    and reoriented like a 2D NIfTI slice. ``stored`` is the image as displayed, ``(rows, columns)``, so that
+    messages quote the shape an image viewer shows; ``spacing`` is ``None`` (no physical pixel size).
+
+    Args:
+        path: the file.
+        report: collector of problems; ``None`` is returned when the file cannot be read.
+        dtype: cast to this dtype (``None`` keeps the stored dtype, used for masks).
+        orientation: target axis codes (the first two are used), or ``None`` for MONAI's ``(W, H)`` order.
+        color_to_grey: how a colour image becomes grey (:data:`vqseg_bundle.data.images2d.COLOR_TO_GREY_MODES`).
+        label: whether the file is a mask (colour channels must be equal).
+
+    Returns:
+        A :class:`Volume` with a 2D ``array``, or ``None`` for an unreadable file.
+    """
+    try:
+        array, affine = load_image_2d(path, color_to_grey, label)
+        if dtype is not None:
+            array = array.astype(dtype, copy=False)
+        codes = orientation_codes(affine, 2)
+        oriented, _ = reorient(array, affine, orientation)
+    except Exception as exc:  # any decoder failure is a data problem to report, not a crash
+        report.add(path, f"unreadable image file ({type(exc).__name__}: {exc})")
+        return None
+    return Volume(oriented, np.ascontiguousarray(array.T), codes, None)
+
+
 def spacing_slices_last(spacing: tuple[float, ...] | None, slice_axis: int) -> tuple[float, float, float] | None:
     """Voxel size (mm) in the order of :func:`to_slices_last` (a 2D image gets 1.0 through-plane)."""
     if spacing is None:
@@ -202,6 +253,9 @@ def load_nifti_splits(
     normalization: str = "minmax",
     num_classes: int = 4,
     orientation: str | None = CANONICAL_AXCODES,
+    label_mapping: Mapping[Any, Any] | None = None,
+    color_to_grey: str = "luminance",
+    validation_split: str = "validation",
 ) -> RawSplits:
     """Load a ``dataset.json`` dataset into labeled / unlabeled 2D slices and validation volumes.
 
@@ -221,6 +275,11 @@ def load_nifti_splits(
         normalization: one of ``"minmax"``, ``"zscore"``, ``"percentile"``, ``"none"``.
         num_classes: valid labels are ``0 .. num_classes-1``.
         orientation: canonical axis codes, or ``None`` for the files' stored voxel order.
+        label_mapping: the declared mask value -> class mapping (``{0: 0, 255: 1}`` for 0 / 255 masks), applied
+            to every label file before its values are checked; ``None``: the files hold class indices.
+        color_to_grey: how a colour 2D image becomes grey (:data:`vqseg_bundle.data.images2d.COLOR_TO_GREY_MODES`).
+        validation_split: the ``dataset.json`` list read as the validation set: ``"validation"`` (model selection)
+            or ``"test"`` (its entries must then have labels: the final report on the test set).
 
     Returns:
         :class:`RawSplits`: slices ``(H, W)`` (the two remaining axes, in order), validation
@@ -233,8 +292,19 @@ def load_nifti_splits(
     check_normalization(normalization)
     slice_axis = _check_slice_axis(slice_axis)
     orientation = check_orientation(orientation)
+    mapping = check_label_mapping(label_mapping, num_classes)
+    check_color_to_grey(color_to_grey)
+    if validation_split not in VALIDATION_SPLITS:
+        raise ValueError(f"validation_split must be one of {VALIDATION_SPLITS}, got {validation_split!r}")
     json_path = resolve_dataset_json(dataset)
     lists = load_datalist(json_path)
+    validation_entries = lists[validation_split]
+    unlabeled_test = [e["image"] for e in validation_entries if "label" not in e]
+    if unlabeled_test:
+        raise DataIntegrityError(
+            f"{json_path}: {len(unlabeled_test)} {validation_split!r} entries have no 'label' (e.g. "
+            f"{unlabeled_test[0]}); validating on {validation_split!r} needs a label for every image"
+        )
     check_split_not_empty("training", lists["training"], f"{json_path} 'training'")
     choice = choose_labeled(
         [e["image"] for e in lists["training"]],
@@ -250,11 +320,11 @@ def load_nifti_splits(
     check_training_splits(
         [e["image"] for e in labeled_entries],
         [e["image"] for e in unlabeled_entries],
-        [e["image"] for e in lists["validation"]],
+        [e["image"] for e in validation_entries],
         {
             "labeled": f"{json_path} 'training'",
             "unlabeled": f"{json_path} 'unlabeled'",
-            "validation": f"{json_path} 'validation'",
+            "validation": f"{json_path} {validation_split!r}",
             "dataset": json_path,
         },
         all_labeled=isinstance(labeled, str) and labeled.strip().lower() == "all",
@@ -263,17 +333,26 @@ def load_nifti_splits(
     check_files_exist([e["image"] for e in labeled_entries], "labeled image", report)
     check_files_exist([e["label"] for e in labeled_entries], "label", report)
     check_files_exist([e["image"] for e in unlabeled_entries], "unlabeled image", report)
-    check_files_exist([e["image"] for e in lists["validation"]], "validation image", report)
-    check_files_exist([e["label"] for e in lists["validation"]], "validation label", report)
+    check_files_exist([e["image"] for e in validation_entries], f"{validation_split} image", report)
+    check_files_exist([e["label"] for e in validation_entries], f"{validation_split} label", report)
     report.raise_if_any()
 
+    def read(path: str, dtype: type | None, label: bool) -> Volume | None:
+        if is_image_2d(path):
+            return read_image_2d(path, report, dtype, orientation, color_to_grey, label)
+        return read_volume(path, report, dtype, orientation)
+
     def load_pair(entry: dict[str, str]) -> tuple[np.ndarray, np.ndarray | None, tuple | None] | None:
-        img = read_volume(entry["image"], report, np.float32, orientation)
+        img = read(entry["image"], np.float32, False)
         if img is None or not check_image_array(img.stored, entry["image"], (2, 3), report):
             return None
         label, spacing = None, img.spacing
         if "label" in entry:
-            lab = read_volume(entry["label"], report, None, orientation)
+            lab = read(entry["label"], None, True)
+            if lab is not None and mapping is not None:
+                array = map_label_values(lab.array, mapping, entry["label"], report)  # reports unknown values
+                stored = None if array is None else map_label_values(lab.stored, mapping, entry["label"], report)
+                lab = None if array is None else lab._replace(array=array, stored=stored)
             # checked in the files' voxel order, so that messages quote the shapes the files have
             if lab is None or not check_label_array(
                 lab.stored, entry["label"], num_classes, img.stored.shape, entry["image"], report
@@ -309,7 +388,7 @@ def load_nifti_splits(
     for name, image, _ in slices(unlabeled_entries):
         raw.unlabeled_images.append(image)
         raw.unlabeled_names.append(name)
-    for entry in lists["validation"]:
+    for entry in validation_entries:
         loaded = load_pair(entry)
         if loaded is None:
             continue
@@ -323,7 +402,7 @@ def load_nifti_splits(
 
 def _stem(path: str) -> str:
     name = os.path.basename(path)
-    for ext in (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".h5"):
+    for ext in (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".h5", *IMAGE_2D_SUFFIXES):
         if name.lower().endswith(ext):
             return name[: -len(ext)]
     return os.path.splitext(name)[0]

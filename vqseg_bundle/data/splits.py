@@ -6,8 +6,9 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -189,6 +190,9 @@ def build_splits(
     labeled_transform: Callable | None = None,
     unlabeled_transform: Callable | None = None,
     orientation: str | None = CANONICAL_AXCODES,
+    label_mapping: Mapping[Any, Any] | None = None,
+    color_to_grey: str = "luminance",
+    validation_split: str = "validation",
 ) -> SemiSupervisedSplits:
     """Load, check, normalise and resize a semi-supervised dataset, by patient.
 
@@ -222,6 +226,12 @@ def build_splits(
             same), whatever the file's array order: NIfTI / ITK volumes are reoriented from their
             affine, the ACDC HDF5 arrays as the challenge files they were made from. ``None`` keeps
             the stored array order.
+        label_mapping: ``dataset.json`` data: the declared mask value -> class mapping (``{0: 0, 255: 1}``
+            for 0 / 255 masks); ``None``: the label files hold class indices.
+        color_to_grey: ``dataset.json`` data: how a colour 2D image (PNG, JPEG, ...) becomes one grey channel,
+            ``"luminance"``, ``"mean"`` or ``"error"`` (:mod:`vqseg_bundle.data.images2d`).
+        validation_split: ``dataset.json`` data: the list validated on, ``"validation"`` (model selection) or
+            ``"test"`` (labeled test pairs: the final report of a trained model, never model selection).
 
     Returns:
         :class:`SemiSupervisedSplits`.
@@ -253,6 +263,10 @@ def build_splits(
     if fmt == "acdc_h5":
         if not is_acdc_layout(path):
             raise DataIntegrityError(f"{path}: dataset_format='acdc_h5' but there is no train_slices.list")
+        if validation_split != "validation":
+            raise ValueError(
+                f"validation_split={validation_split!r} needs a dataset.json data set (ACDC: 'validation')"
+            )
         raw = load_acdc_splits(
             path, labeled=labeled, normalization=normalization, num_classes=num_classes, orientation=orientation
         )
@@ -264,6 +278,9 @@ def build_splits(
             normalization=normalization,
             num_classes=num_classes,
             orientation=orientation,
+            label_mapping=label_mapping,
+            color_to_grey=color_to_grey,
+            validation_split=validation_split,
         )
 
     label_dtype = torch.uint8 if num_classes <= 256 else torch.int64

@@ -2,6 +2,7 @@
 and the model's recorded settings."""
 
 from vqseg_bundle.inferers.checkpoint import load_network_weights, read_state_dict
+from vqseg_bundle.inferers.images2d import ToGreyd
 from vqseg_bundle.inferers.inputs import list_inference_inputs, literal_glob, require_inputs
 from vqseg_bundle.inferers.run import (
     NONFINITE_POLICIES,
@@ -38,6 +39,7 @@ __all__ = [
     "require_inputs",
     "NONFINITE_POLICIES",
     "CheckInputd",
+    "ToGreyd",
     "InferenceInputError",
     "InferenceInputs",
     "SaveSegmentationd",

@@ -61,8 +61,8 @@ def list_inference_inputs(
     matches = literal_glob(str(input_glob))
     if not matches and not allow_empty:
         raise FileNotFoundError(
-            f"No input matches {input_glob!r}. Set --input_dir to the folder of the scans or --input_glob "
-            "to a pattern, or --datalist to a JSON file."
+            f"No input matches {input_glob!r}{_folder_hint(str(input_glob))}. Set --input_dir to the folder of the "
+            "scans or --input_glob to a pattern, or --datalist to a JSON file."
         )
     return [{image_key: m} for m in matches]
 
@@ -94,10 +94,28 @@ def require_inputs(items: Sized, input_glob: str | None = None, datalist: str | 
     """
     n = len(items)
     if n == 0:
-        source = f"datalist {str(datalist)!r}" if datalist else f"pattern {input_glob!r}"
+        source = f"datalist {str(datalist)!r}" if datalist else f"pattern {input_glob!r}{_folder_hint(str(input_glob))}"
         raise FileNotFoundError(
             f"No input image found for {source}. Set --input_dir to the folder of the scans, "
             "--input_glob to a "
             "pattern (e.g. '/data/*.nii.gz') or --datalist to a JSON file."
         )
     return n
+
+
+def _folder_hint(pattern: str) -> str:
+    """What the pattern's folder holds instead (``" (the folder /d holds 12 .png files: --input_glob '/d/*.png')"``),
+    or that it is empty or missing: a 2D image folder read with the default ``*.nii.gz`` pattern is told so."""
+    folder = os.path.dirname(pattern)
+    if not folder or not os.path.isdir(folder):
+        return f" (the folder {folder!r} does not exist)" if folder else ""
+    suffixes: dict[str, int] = {}
+    for name in os.listdir(folder):
+        if os.path.isfile(os.path.join(folder, name)) and "." in name:
+            ext = name.lower()[name.rindex(".") :]
+            suffixes[ext] = suffixes.get(ext, 0) + 1
+    if not suffixes:
+        return f" (the folder {folder!r} holds no files)"
+    ext, count = max(suffixes.items(), key=lambda kv: kv[1])
+    hint = os.path.join(folder, "*" + ext)
+    return f" (the folder {folder!r} holds {count} {ext} file(s): --input_glob {hint!r})"

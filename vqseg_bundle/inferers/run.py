@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.data import MetaTensor
+from vqseg_bundle.data.images2d import IMAGE_2D_SUFFIXES, is_image_2d
 from vqseg_bundle.errors import describe
 from vqseg_bundle.fileio import atomic_write_text, atomic_write_with, check_writable_dir
 from vqseg_bundle.inferers.inputs import list_inference_inputs, require_inputs
@@ -44,7 +46,7 @@ logger = logging.getLogger(__name__)
 
 #: what inference does with NaN / Inf voxels: refuse the input, or replace them by the finite minimum
 NONFINITE_POLICIES = ("error", "replace")
-_EXTENSIONS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".dcm", ".gz")
+_EXTENSIONS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".dcm", ".gz", *IMAGE_2D_SUFFIXES)
 MAPPING_CSV = "segmentations.csv"
 
 
@@ -65,9 +67,13 @@ def _stem(path: str) -> str:
     return name
 
 
-def output_names(inputs: Sequence[str], postfix: str = "seg", ext: str = ".nii.gz") -> list[str]:
+def output_names(inputs: Sequence[str], postfix: str = "seg", ext: str | Sequence[str] = ".nii.gz") -> list[str]:
     """One unique output file name per input: ``<stem>_<postfix><ext>``; inputs sharing a stem get the folders
-    that tell them apart (``site1/scan.nii.gz`` -> ``site1_scan_seg.nii.gz``), and a numeric suffix if still equal."""
+    that tell them apart (``site1/scan.nii.gz`` -> ``site1_scan_seg.nii.gz``), and a numeric suffix if still equal.
+    ``ext``: one extension for all, or one per input."""
+    exts = [ext] * len(inputs) if isinstance(ext, str) else list(ext)
+    if len(exts) != len(inputs):
+        raise ValueError(f"output_names: {len(exts)} extensions for {len(inputs)} inputs")
     stems = [_stem(p) for p in inputs]
     groups: dict[str, list[int]] = {}
     for i, s in enumerate(stems):
@@ -87,7 +93,7 @@ def output_names(inputs: Sequence[str], postfix: str = "seg", ext: str = ".nii.g
         key = n.lower()
         used[key] = used.get(key, 0) + 1
         out.append(n if used[key] == 1 else f"{n}_{used[key]}")
-    return [f"{n}_{postfix}{ext}" for n in out]
+    return [f"{n}_{postfix}{e}" for n, e in zip(out, exts, strict=True)]
 
 
 class InferenceInputs(Sequence):
@@ -121,8 +127,12 @@ class InferenceInputs(Sequence):
         overwrite: bool = False,
         postfix: str = "seg",
         ext: str = ".nii.gz",
+        ext_2d: str = ".png",
     ) -> int:
         """Check the output folder and every input before anything is written; returns the number of good inputs.
+
+        Outputs are named ``<stem>_<postfix><ext>``, those of 2D image inputs (PNG, JPEG, ...)
+        ``<stem>_<postfix><ext_2d>`` (an image at the input's size; ``".nii.gz"`` for NIfTI).
 
         Raises:
             FileNotFoundError: no input at all.
@@ -133,7 +143,7 @@ class InferenceInputs(Sequence):
         require_inputs(self.items, self.input_glob, self.datalist)
         self.output_dir = check_writable_dir(output_dir)
         sources = [_source_name(item, self.image_key) for item in self.items]
-        names = output_names(sources, postfix, ext)
+        names = output_names(sources, postfix, [ext_2d if is_image_2d(src) else ext for src in sources])
         for item, name in zip(self.items, names, strict=True):
             item[self.output_key] = str(self.output_dir / name)
         existing = [item[self.output_key] for item in self.items if os.path.exists(item[self.output_key])]
@@ -264,7 +274,9 @@ class CheckInputd:
 
 class SaveSegmentationd:
     """Write ``data[key]`` (a channel-first label map with its metadata) to the path in ``data[output_key]``,
-    atomically (a temporary file in the same folder, renamed), as ``output_dtype``; one log line per file."""
+    atomically (a temporary file in the same folder, renamed), as ``output_dtype``; one log line per file. The writer
+    is MONAI's for the extension (NIfTI, or PIL for ``.png``: the image at the input's size). ``values``: the value
+    written for each class (``[0, 255]`` writes a binary model's mask as 0 / 255), ``None``: the class indices."""
 
     def __init__(
         self,
@@ -273,7 +285,11 @@ class SaveSegmentationd:
         output_dtype: Any = np.uint8,
         resample: bool = False,
         squeeze_end_dims: bool = True,
+        values: Sequence[int] | None = None,
     ) -> None:
+        if values is not None and (isinstance(values, (str, Mapping)) or not all(int(v) == v for v in values)):
+            raise ValueError(f"values must be a list of integers (one per class) or None, got {values!r}")
+        self.values = None if values is None else [int(v) for v in values]
         self.key, self.output_key = keys, output_key
         self.output_dtype, self.resample, self.squeeze_end_dims = output_dtype, bool(resample), bool(squeeze_end_dims)
 
@@ -297,6 +313,15 @@ class SaveSegmentationd:
             print_log=False,
         )
         img = d[self.key]
+        if self.values is not None:
+            classes = int(img.max()) + 1 if img.numel() else 0
+            if classes > len(self.values):
+                raise ValueError(f"{target}: class {classes - 1} has no entry in output_values {self.values}")
+            plain = img.as_tensor() if isinstance(img, MetaTensor) else torch.as_tensor(img)
+            mapped = torch.as_tensor(self.values, device=plain.device)[plain.long()]
+            if isinstance(img, MetaTensor):
+                mapped = MetaTensor(mapped, meta=img.meta, applied_operations=img.applied_operations)
+            img = mapped
 
         def _write(tmp: Path) -> None:
             saver(img, filename=str(tmp)[: -len(ext)])

@@ -1,4 +1,7 @@
-"""Per-volume, per-class Dice / Jaccard / HD95 / ASD with an explicit empty-mask policy.
+"""Per-volume, per-class Dice / Jaccard / HD95 / ASD / sensitivity / specificity with an explicit empty-mask policy.
+
+Sensitivity ``TP / (TP + FN)`` and specificity ``TN / (TN + FP)`` of each class against the rest, per case (the
+COVID-SemiSeg benchmark's "Sen." and "Spec.", per slice then averaged, as Inf-Net reports them).
 
 The overlap and distance computations are MONAI's (:class:`monai.metrics.DiceMetric`,
 :class:`~monai.metrics.MeanIoU`, :class:`~monai.metrics.HausdorffDistanceMetric` with
@@ -47,7 +50,7 @@ __all__ = [
     "EMPTY_DISTANCE_MODES",
 ]
 
-METRIC_NAMES = ("dice", "jaccard", "hd95_vox", "asd_vox", "hd95_mm", "asd_mm")
+METRIC_NAMES = ("dice", "jaccard", "hd95_vox", "asd_vox", "hd95_mm", "asd_mm", "sensitivity", "specificity")
 STATUSES = ("ok", "both_empty", "pred_empty", "gt_empty")
 EMPTY_DISTANCE_MODES = ("nan", "penalty")
 
@@ -69,6 +72,8 @@ class CaseClassMetrics:
     hd95_mm: float
     asd_mm: float
     spacing: str
+    sensitivity: float = math.nan
+    specificity: float = math.nan
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -180,6 +185,8 @@ def compute_case_metrics(
 
     n_gt = g1[0].flatten(1).sum(1).long().tolist()
     n_pred = p1[0].flatten(1).sum(1).long().tolist()
+    n_tp = (p1[0] * g1[0]).flatten(1).sum(1).long().tolist()
+    n_all = int(np.prod(shape))
     first = 0 if include_background else 1
     classes = list(range(first, num_classes))
     status = {}
@@ -242,6 +249,16 @@ def compute_case_metrics(
                 hd95_mm=hm,
                 asd_mm=am,
                 spacing="x".join(f"{s:g}" for s in spacing) if spacing is not None else "",
+                sensitivity=_ratio(n_tp[c], n_gt[c], s),
+                specificity=_ratio(n_all - n_gt[c] - n_pred[c] + n_tp[c], n_all - n_gt[c], s),
             )
         )
     return records
+
+
+def _ratio(hits: int, total: int, status: str) -> float:
+    """``hits / total`` (sensitivity TP / (TP + FN), specificity TN / (TN + FP)); 1 when both masks are empty,
+    NaN when ``total`` is 0 otherwise (no positives resp. negatives to find)."""
+    if total > 0:
+        return hits / total
+    return 1.0 if status == "both_empty" else math.nan
