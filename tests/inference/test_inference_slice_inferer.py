@@ -111,6 +111,26 @@ def test_flip_tta_average(average):
             torch.testing.assert_close(out[..., di].exp().sum(1), torch.ones(1, 16, 16))
 
 
+@pytest.mark.parametrize("average", ["logits", "softmax"])
+def test_dihedral_tta_prediction_turns_with_the_input(average):
+    """With the 8 views averaged, the prediction of any turned / mirrored slice is the turned / mirrored
+    prediction, even for a network that depends on position (which the plain prediction does not satisfy)."""
+    from vqseg_bundle.transforms import DIHEDRAL_TRANSFORMS
+
+    x = torch.rand(1, 1, 16, 16, 2)
+    net = AsymmetricNet(3)
+    tta = ResizedSliceInferer(16, dihedral_tta=True, tta_average=average)
+    plain = ResizedSliceInferer(16)
+    out = tta(x, net)
+    assert not torch.allclose(out, plain(x, net))
+    dims = (2, 3)
+    for t in DIHEDRAL_TRANSFORMS[1:]:
+        torch.testing.assert_close(tta(t.apply(x, dims), net), t.apply(out, dims), atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(plain(t.apply(x, dims), net), t.apply(plain(x, net), dims), atol=1e-3)
+    if average == "softmax":
+        torch.testing.assert_close(out.exp().sum(1), torch.ones(1, 16, 16, 2))
+
+
 def test_metatensor_keeps_metadata():
     affine = torch.diag(torch.tensor([1.4, 1.4, 10.0, 1.0]))
     affine[:3, 3] = torch.tensor([5.0, -3.0, 2.0])
@@ -138,6 +158,7 @@ def test_integer_input_is_cast():
         {"roi_size": 16, "mode": "linear"},
         {"roi_size": 16, "slice_axis": 3},
         {"roi_size": 16, "slice_axis": True},
+        {"roi_size": 16, "flip_tta": True, "dihedral_tta": True},
     ],
 )
 def test_invalid_arguments(kwargs):

@@ -230,3 +230,73 @@ def test_unimatch_strong_distribution_matches_monai_and_is_clipped():
     xw = BatchedStrongAugment(**{**UNIMATCH_STRONG, "brightness": 0.1})(image.expand(N, -1, -1, -1).clone(), g)
     with pytest.raises(AssertionError):
         assert_same_distribution(strong_stats(xm), strong_stats(xw), STRONG_NAMES, atol=1e-3)
+
+
+def _orientation_counts(images: torch.Tensor, image: torch.Tensor) -> list[int]:
+    """How many of ``images`` are closest to each of the 8 dihedral transforms of ``image``."""
+    from vqseg_bundle.transforms import DIHEDRAL_TRANSFORMS
+
+    candidates = torch.stack([t.apply(image) for t in DIHEDRAL_TRANSFORMS])
+    nearest = ((images.unsqueeze(1) - candidates.unsqueeze(0)) ** 2).flatten(2).sum(-1).argmin(1)
+    return torch.bincount(nearest, minlength=8).tolist()
+
+
+def test_dihedral_step_is_exact_and_uniform_over_the_eight():
+    from vqseg_bundle.transforms import DIHEDRAL_TRANSFORMS
+
+    image, label = marker_image()
+    g = torch.Generator().manual_seed(7)
+    n = 400
+    only = dict(rotate_prob=0.0, flip_prob=0.0, zoom_prob=0.0, dihedral=True)
+    x, y = BatchedWeakAugment(**only)(image.expand(n, -1, -1, -1).clone(), label.expand(n, -1, -1, -1).clone(), g)
+    for i in range(n):
+        assert any(torch.allclose(x[i], t.apply(image), atol=1e-5) for t in DIHEDRAL_TRANSFORMS), i
+        assert any(torch.equal(y[i], t.apply(label)) for t in DIHEDRAL_TRANSFORMS), i
+    counts = _orientation_counts(x, image)
+    assert min(counts) >= 25, counts  # 50 expected each; P(any < 25) is about 1e-4
+
+
+@pytest.mark.parametrize("backend", ["batched", "monai"])
+def test_unimatch_augmentation_with_dihedral_step_reaches_every_orientation_uniformly(backend):
+    """UniMatch's rot90 + flip alone never gives a pure quarter or half turn; with the dihedral step the
+    orientation a sample ends in is uniform over the 8, on both augmentation paths."""
+    image, label = marker_image()
+    n = 400
+    counts = {}
+    for dihedral in (False, True):
+        params = {**UNIMATCH_WEAK, "dihedral": dihedral}
+        if backend == "batched":
+            g = torch.Generator().manual_seed(11)
+            x = BatchedLabeledAugment(**params)(
+                {"image": image.expand(n, -1, -1, -1).clone(), "label": label.expand(n, -1, -1, -1).clone()}, g
+            )["image"]
+        else:
+            t = labeled_transforms(**params)
+            t.set_random_state(seed=11)
+            x = torch.stack(
+                [torch.as_tensor(t({"image": image.clone(), "label": label.clone()})["image"]) for _ in range(n)]
+            )
+        counts[dihedral] = _orientation_counts(x, image)
+    # without: identity (about half) and the 4 mirrors, never rot90 / rot180 / rot270 (indices 1..3)
+    assert counts[False][1:4] == [0, 0, 0] and counts[False][0] > 150, counts
+    assert min(counts[True]) >= 25, counts
+
+
+def test_dihedral_weak_distribution_matches_monai():
+    params = {**UNIMATCH_WEAK, "dihedral": True}
+    image, label = marker_image()
+    t = labeled_transforms(**params)
+    t.set_random_state(seed=12)
+    items = [t({"image": image.clone(), "label": label.clone()}) for _ in range(N)]
+    xm = torch.stack([torch.as_tensor(i["image"]) for i in items])
+    ym = torch.stack([torch.as_tensor(i["label"]) for i in items])
+    g = torch.Generator().manual_seed(12)
+    out = BatchedLabeledAugment(**params)(
+        {"image": image.expand(N, -1, -1, -1).clone(), "label": label.expand(N, -1, -1, -1).clone()}, g
+    )
+    assert_same_distribution(weak_stats(xm, ym), weak_stats(out["image"], out["label"]), WEAK_NAMES, atol=0.01)
+
+
+def test_dihedral_must_be_a_bool():
+    with pytest.raises(ValueError, match="dihedral"):
+        BatchedWeakAugment(dihedral="yes")

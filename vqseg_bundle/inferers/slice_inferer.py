@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from monai.data import MetaTensor
 from monai.inferers import Inferer
 from monai.utils import convert_to_dst_type
+from vqseg_bundle.transforms.dihedral import DIHEDRAL_TRANSFORMS
 
 __all__ = ["ResizedSliceInferer"]
 
@@ -36,7 +37,9 @@ class ResizedSliceInferer(Inferer):
 
     Flip test-time augmentation (``flip_tta=True``) runs the network on each slice batch three
     times: as is, flipped left-right (last axis of the resized slice) and flipped up-down, and
-    un-flips the predictions. ``tta_average="softmax"`` (default) averages the softmax
+    un-flips the predictions. Dihedral test-time augmentation (``dihedral_tta=True``) runs it eight
+    times instead: the resized slice in each of the 4 quarter turns, without and with a mirror
+    (:mod:`vqseg_bundle.transforms.dihedral`), each prediction turned back. ``tta_average="softmax"`` (default) averages the softmax
     probabilities and returns their logarithm, which is a valid logit tensor (its softmax is the
     averaged probability, its argmax the averaged decision); ``tta_average="logits"`` averages
     the raw logits. The averaging happens at the network size, before the resize back.
@@ -48,7 +51,9 @@ class ResizedSliceInferer(Inferer):
     Args:
         roi_size: in-plane network size ``(S_h, S_w)`` or one int for a square size.
         sw_batch_size: number of slices per network call (per TTA view).
-        flip_tta: enable the flip test-time augmentation described above.
+        flip_tta: enable the flip test-time augmentation described above (3 network runs per slice).
+        dihedral_tta: enable the dihedral test-time augmentation described above (8 runs per slice; not
+            together with ``flip_tta``).
         tta_average: ``"softmax"`` or ``"logits"``, see above.
         mode: interpolation used for both resizes (``"bilinear"`` is the literature protocol).
         slice_axis: spatial axis of a volume along which slices are taken (``0``, ``1``, ``2`` or
@@ -65,6 +70,7 @@ class ResizedSliceInferer(Inferer):
         sw_batch_size: int = 16,
         flip_tta: bool = False,
         tta_average: str = "softmax",
+        dihedral_tta: bool = False,
         mode: str = "bilinear",
         slice_axis: int = -1,
     ) -> None:
@@ -76,6 +82,8 @@ class ResizedSliceInferer(Inferer):
             raise ValueError(f"roi_size must be two positive ints (S_h, S_w), got {roi_size!r}.")
         if int(sw_batch_size) < 1:
             raise ValueError(f"sw_batch_size must be a positive int, got {sw_batch_size!r}.")
+        if flip_tta and dihedral_tta:
+            raise ValueError("flip_tta and dihedral_tta are exclusive (the dihedral views include the flips)")
         if tta_average not in _TTA_AVERAGES:
             raise ValueError(f"tta_average must be one of {_TTA_AVERAGES}, got {tta_average!r}.")
         if mode not in _RESIZE_MODES:
@@ -86,6 +94,7 @@ class ResizedSliceInferer(Inferer):
         self.roi_size: tuple[int, int] = roi  # type: ignore[assignment]
         self.sw_batch_size = int(sw_batch_size)
         self.flip_tta = bool(flip_tta)
+        self.dihedral_tta = bool(dihedral_tta)
         self.tta_average = tta_average
         self.mode = mode
 
@@ -110,13 +119,17 @@ class ResizedSliceInferer(Inferer):
     def _predict_tta(
         self, slices: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any
     ) -> torch.Tensor:
-        if not self.flip_tta:
-            return self._predict(slices, network, *args, **kwargs)
         views = []
-        for dims in ((), (-1,), (-2,)):
-            x = torch.flip(slices, dims) if dims else slices
-            y = self._predict(x, network, *args, **kwargs)
-            views.append(torch.flip(y, dims) if dims else y)
+        if self.dihedral_tta:
+            for t in DIHEDRAL_TRANSFORMS:
+                views.append(t.invert(self._predict(t.apply(slices), network, *args, **kwargs)))
+        elif self.flip_tta:
+            for dims in ((), (-1,), (-2,)):
+                x = torch.flip(slices, dims) if dims else slices
+                y = self._predict(x, network, *args, **kwargs)
+                views.append(torch.flip(y, dims) if dims else y)
+        else:
+            return self._predict(slices, network, *args, **kwargs)
         if self.tta_average == "logits":
             return torch.stack(views).mean(0)
         probs = torch.stack([v.float().softmax(dim=1) for v in views]).mean(0)
@@ -176,6 +189,6 @@ class ResizedSliceInferer(Inferer):
     def __repr__(self) -> str:
         return (
             f"{self.__class__.__name__}(roi_size={self.roi_size}, sw_batch_size={self.sw_batch_size}, "
-            f"flip_tta={self.flip_tta}, tta_average={self.tta_average!r}, mode={self.mode!r}, "
+            f"flip_tta={self.flip_tta}, dihedral_tta={self.dihedral_tta}, tta_average={self.tta_average!r}, mode={self.mode!r}, "
             f"slice_axis={self.slice_axis})"
         )

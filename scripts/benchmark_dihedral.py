@@ -1,0 +1,164 @@
+"""One trained model on the validation volumes in each of the 8 in-plane dihedral orientations (4 quarter turns x mirror).
+
+The bundle's evaluation (``configs/train.yaml`` + ``configs/evaluate.yaml``, with the settings of the benchmark run's
+recorded evaluation command) is built once and run 8 times, image and label of every validation volume turned /
+mirrored together (:mod:`vqseg_bundle.benchmarks.dihedral`). Prints and writes the mean Dice per transform, the
+worst drop from the identity and the inference time per volume.
+
+Examples:
+    python scripts/benchmark_dihedral.py --run_json results/acdc_cpu_peer_dihedral/labeled3/unimatch/run.json
+    python scripts/benchmark_dihedral.py --run_json results/acdc_cpu_peer_dihedral/labeled3/unimatch/run.json \
+        --tta dihedral
+    python scripts/benchmark_dihedral.py --run_json A/run.json --run_json B/run.json   # several models, one table
+
+The model is the run's ``model.pt`` (``--ckpt_path`` from its evaluation command) unless ``--ckpt_path`` is given
+(one run only). Results: ``<results_dir>/<protocol>__<run>[__tta-<mode>].json`` per model and
+``<results_dir>/summary.csv`` (one row per model and TTA mode, rewritten from every JSON there).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import fire
+from fire.parser import DefaultParseValue
+from monai.bundle import ConfigParser
+from vqseg_bundle.benchmarks.dihedral import score_dihedral, worst_drop
+from vqseg_bundle.benchmarks.environment import environment, machine_label
+from vqseg_bundle.transforms.dihedral import DIHEDRAL_TRANSFORMS
+
+REPO = Path(__file__).resolve().parents[1]
+TTA_MODES = ("none", "flip", "dihedral")
+
+
+def _repo_path(p: str | Path) -> Path:
+    return Path(p) if Path(p).is_absolute() else REPO / p
+
+
+def recorded_overrides(eval_command: str) -> tuple[list[str], dict[str, Any]]:
+    """``(config files, {key: value})`` of a recorded ``python -m monai.bundle run ...`` evaluation command,
+    values parsed as the bundle's command line parses them (``fire``)."""
+    tokens = shlex.split(eval_command)
+    args = tokens[tokens.index("run") + 1 :]
+    overrides: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        if not args[i].startswith("--") or i + 1 >= len(args):
+            raise ValueError(f"cannot read the recorded evaluation command at {args[i]!r}: {eval_command}")
+        overrides[args[i][2:]] = DefaultParseValue(args[i + 1])
+        i += 2
+    files = overrides.pop("config_file")
+    return ([files] if isinstance(files, str) else list(files)), overrides
+
+
+def build_evaluation(run_json: Path, ckpt_path: str | None, output_dir: Path, tta: str) -> tuple[Any, list, dict]:
+    """The bundle's validation evaluator for the run's model, the validation items and the resolved settings."""
+    record = json.loads(run_json.read_text())
+    files, overrides = recorded_overrides(record["eval_command"])
+    overrides.update(output_dir=str(output_dir), flip_tta=tta == "flip", dihedral_tta=tta == "dihedral")
+    if ckpt_path is not None:
+        overrides["ckpt_path"] = str(_repo_path(ckpt_path).resolve())
+    if not Path(overrides["ckpt_path"]).is_file():
+        raise FileNotFoundError(f"{overrides['ckpt_path']}: no model file (the run's model.pt; or pass --ckpt_path)")
+    parser = ConfigParser()
+    parser.read_config([str(_repo_path(f)) for f in files])
+    parser.update(overrides)
+    parser.get_parsed_content("initialize")
+    parser.get_parsed_content("load_weights")
+    evaluator = parser.get_parsed_content("validate#evaluator")
+    items = parser.get_parsed_content("splits").validation
+    return evaluator, items, {"record": record, "overrides": overrides, "slice_axis": parser["slice_axis"]}
+
+
+def write_summary(results_dir: Path) -> Path:
+    """``summary.csv``: one row per result JSON in ``results_dir`` (model, TTA, Dice per transform, worst drop)."""
+    rows = []
+    for path in sorted(results_dir.glob("*.json")):
+        r = json.loads(path.read_text())
+        row = {"protocol": r["protocol"], "run": r["run"], "seed": r["seed"], "tta": r["tta"]}
+        row.update({t["transform"]: round(100.0 * t["mean_dice"], 2) for t in r["transforms"]})
+        row.update(worst=r["worst_transform"], worst_drop=r["worst_drop_points"], s_per_volume=r["seconds_per_volume"])
+        rows.append(row)
+    out = results_dir / "summary.csv"
+    if rows:
+        with open(out, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    return out
+
+
+def main(
+    run_json: str | list[str] = "results/acdc_cpu_peer_dihedral/labeled3/unimatch/run.json",
+    ckpt_path: str | None = None,
+    tta: str = "none",
+    results_dir: str = "results/orientation",
+    work_dir: str = "outputs/dihedral_benchmark",
+) -> list[dict]:
+    """Score each run's model under the 8 dihedral transforms of its validation volumes.
+
+    Args:
+        run_json: one or more ``scripts/benchmark_acdc.py`` run records (``run.json``).
+        ckpt_path: the model for a single run (default: the run's recorded ``--ckpt_path``).
+        tta: test-time augmentation of the evaluation: ``none``, ``flip`` (3 views) or ``dihedral`` (8 views).
+        results_dir: where the per-model JSON and ``summary.csv`` go.
+        work_dir: evaluation outputs (git-ignored).
+
+    Returns:
+        the result records (also written and printed).
+    """
+    runs = [run_json] if isinstance(run_json, str) else list(run_json)
+    if tta not in TTA_MODES:
+        raise ValueError(f"--tta must be one of {TTA_MODES}, got {tta!r}")
+    if ckpt_path is not None and len(runs) != 1:
+        raise ValueError("--ckpt_path needs exactly one --run_json")
+    out_dir = _repo_path(results_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    results = []
+    for run in runs:
+        record_path = _repo_path(run)
+        if not record_path.is_file():
+            raise FileNotFoundError(f"{record_path}: no benchmark run record (run.json)")
+        name = record_path.parent.name
+        protocol = json.loads(record_path.read_text())["protocol"]
+        stem = f"{protocol}__{name}" + ("" if tta == "none" else f"__tta-{tta}")
+        evaluator, items, info = build_evaluation(record_path, ckpt_path, _repo_path(work_dir) / stem, tta)
+        records = score_dihedral(evaluator, items, slice_axis=int(info["slice_axis"]), transforms=DIHEDRAL_TRANSFORMS)
+        worst, drop = worst_drop(records)
+        result = {
+            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "git": git.stdout.strip(),
+            "machine": machine_label(environment()),
+            "command": shlex.join([sys.executable, *sys.argv]),
+            "run_json": str(run),
+            "protocol": protocol,
+            "run": name,
+            "seed": info["record"].get("seed"),
+            "ckpt_path": info["overrides"]["ckpt_path"],
+            "tta": tta,
+            "transforms": records,
+            "worst_transform": worst,
+            "worst_drop_points": round(drop, 2),
+            "seconds_per_volume": round(sum(r["seconds_per_volume"] for r in records) / len(records), 4),
+        }
+        (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+        results.append(result)
+        dice = ", ".join(f"{r['transform']} {100 * r['mean_dice']:.1f}" for r in records)
+        print(
+            f"{protocol}/{name} (tta {tta}): {dice}; worst {worst} -{drop:.1f} points; "
+            f"{result['seconds_per_volume']:.3f} s/volume"
+        )
+    print(f"summary: {write_summary(out_dir)}")
+    return results
+
+
+if __name__ == "__main__":
+    fire.Fire(main, serialize=lambda _: None)  # the results are printed by main

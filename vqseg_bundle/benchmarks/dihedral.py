@@ -1,0 +1,130 @@
+"""Orientation robustness: one trained model scored on the validation volumes in each in-plane dihedral orientation.
+
+A model that depends on a header convention loses Dice when the same anatomy reaches it turned or mirrored
+(a flipped header that swaps both in-plane axes is a half turn). :func:`score_dihedral` runs a built MONAI
+evaluator (configs/train.yaml + configs/evaluate.yaml: the bundle's own inferer, post-processing and metrics)
+once per transform of :data:`~vqseg_bundle.transforms.dihedral.DIHEDRAL_TRANSFORMS`, with image and label of
+every validation volume transformed together in the in-plane axes, and reports the mean Dice of each and the
+worst drop from the identity. ``scripts/benchmark_dihedral.py`` is its command line.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from monai.data import DataLoader, Dataset
+from monai.engines import Evaluator
+from vqseg_bundle.transforms.dihedral import DIHEDRAL_TRANSFORMS, DihedralTransform
+
+__all__ = ["in_plane_dims", "DihedralItems", "score_dihedral", "worst_drop"]
+
+
+def in_plane_dims(slice_axis: int, spatial_ndim: int = 3) -> tuple[int, int]:
+    """The two in-plane dims of a channel-first item ``(C, *spatial)``.
+
+    Args:
+        slice_axis: the spatial axis slices are taken along (``-3..2``; ignored for 2D items).
+        spatial_ndim: 3 for volumes ``(C, H, W, D)``, 2 for images ``(C, H, W)``.
+
+    Raises:
+        ValueError: for a slice axis outside the volume's axes or an item that is neither 2D nor 3D.
+    """
+    if spatial_ndim == 2:
+        return 1, 2
+    if spatial_ndim != 3:
+        raise ValueError(f"items must be (C, H, W) images or (C, H, W, D) volumes, got {spatial_ndim} spatial axes")
+    if not -3 <= int(slice_axis) <= 2:
+        raise ValueError(f"slice_axis must be in -3..2, got {slice_axis}")
+    axes = [a for a in range(3) if a != int(slice_axis) % 3]
+    return 1 + axes[0], 1 + axes[1]
+
+
+class DihedralItems:
+    """A dataset transform: ``image`` and ``label`` of an item turned / mirrored in their in-plane axes.
+
+    The metadata (affine, spacing) of the input is dropped on purpose: it describes the untransformed grid, so
+    the distances the evaluation handlers derive from it would be wrong (Dice does not use it).
+    """
+
+    def __init__(self, transform: DihedralTransform, slice_axis: int = -1, keys: Sequence[str] = ("image", "label")):
+        self.transform, self.slice_axis, self.keys = transform, slice_axis, tuple(keys)
+
+    def __call__(self, item: Mapping[str, Any]) -> dict[str, Any]:
+        out = dict(item)
+        for key in self.keys:
+            x = torch.as_tensor(item[key])
+            x = x.as_tensor() if hasattr(x, "as_tensor") else x
+            out[key] = self.transform.apply(x, in_plane_dims(self.slice_axis, x.ndim - 1)).contiguous()
+        return out
+
+
+def score_dihedral(
+    evaluator: Evaluator,
+    items: Sequence[Mapping[str, Any]],
+    slice_axis: int = -1,
+    transforms: Sequence[DihedralTransform] = DIHEDRAL_TRANSFORMS,
+    metric: str = "val_mean_dice",
+) -> list[dict[str, Any]]:
+    """Run ``evaluator`` on ``items`` once per transform.
+
+    Args:
+        evaluator: a MONAI evaluator whose data loader yields the validation items (its loader is replaced here
+            by one over the transformed items: batch size 1, no workers).
+        items: validation items ``{"image": (1, H, W, D), "label": (1, H, W, D), ...}`` (or 2D ``(1, H, W)``).
+        slice_axis: the spatial axis the 2D network slices along (train.yaml ``slice_axis``).
+        transforms: the orientations to score (default: all 8, identity first).
+        metric: the evaluator's metric to report (``engine.state.metrics`` key); the per-class
+            ``val_dice_<class>`` metrics are reported as well.
+
+    Returns:
+        one record per transform: ``{"transform": name, "quarter_turns", "mirrored", "mean_dice", "class_dice":
+        {name: value}, "seconds": evaluation wall time, "seconds_per_volume"}``.
+
+    Raises:
+        ValueError: for no items, or an evaluator without ``metric``.
+    """
+    if not items:
+        raise ValueError("no validation items to score")
+    records = []
+    for t in transforms:
+        evaluator.data_loader = DataLoader(
+            Dataset(list(items), transform=DihedralItems(t, slice_axis)), batch_size=1, shuffle=False, num_workers=0
+        )
+        evaluator.state.epoch_length = len(items)  # MONAI sizes the epoch from the loader given at construction
+        start = time.perf_counter()
+        evaluator.run()
+        seconds = time.perf_counter() - start
+        metrics = dict(evaluator.state.metrics)
+        if metric not in metrics:
+            raise ValueError(f"the evaluator reports no {metric!r} (it has {sorted(metrics)})")
+        records.append(
+            {
+                "transform": t.name,
+                "quarter_turns": t.quarter_turns,
+                "mirrored": t.mirrored,
+                "mean_dice": float(metrics[metric]),
+                "class_dice": {
+                    k[len("val_dice_") :]: float(v) for k, v in metrics.items() if k.startswith("val_dice_")
+                },
+                "seconds": round(seconds, 2),
+                "seconds_per_volume": round(seconds / len(items), 4),
+            }
+        )
+    return records
+
+
+def worst_drop(records: Sequence[Mapping[str, Any]]) -> tuple[str, float]:
+    """``(name, points)``: the transform whose mean Dice is lowest and its drop from the identity's, in Dice points
+    (100 x the difference of the fractions; 0 when no transform is below the identity).
+
+    Raises:
+        ValueError: when ``records`` has no identity record.
+    """
+    identity = next((r for r in records if r["transform"] == "identity"), None)
+    if identity is None:
+        raise ValueError("the records hold no identity transform to compare with")
+    worst = min(records, key=lambda r: r["mean_dice"])
+    return worst["transform"], max(0.0, 100.0 * (identity["mean_dice"] - worst["mean_dice"]))
