@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -42,9 +42,16 @@ def run_benchmark(
     force: bool,
     dry_run: bool,
     timeout: float | None,
+    protocols: Mapping[str, Protocol] | None = None,
+    dataset: str = "acdc",
+    test_split: str | None = None,
 ) -> list[dict[str, Any]]:
     """Check the arguments, then train and evaluate ``variants`` x ``labeled`` under ``protocol`` (the meaning of
     each argument: ``Benchmark.run`` of ``scripts/benchmark_acdc.py``).
+
+    ``protocols`` (default: the ACDC ones), ``dataset`` (the results folder prefix, ``<dataset>_<protocol>``) and
+    ``test_split`` (a ``dataset.json`` list scored once more after the validation evaluation, e.g. ``"test"``:
+    ``test_metrics_*.csv``) let another data set use the same runner (``scripts/benchmark_covid.py``).
 
     Returns:
         One ``run.json`` record per run.
@@ -52,9 +59,10 @@ def run_benchmark(
     Raises:
         ValueError: an unknown protocol or variant, a bad schedule, a missing dataset folder, ``extra`` not a dict.
     """
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"--protocol must be one of {sorted(PROTOCOLS)}, got {protocol!r}")
-    proto = PROTOCOLS[protocol]
+    protocols = PROTOCOLS if protocols is None else protocols
+    if protocol not in protocols:
+        raise ValueError(f"--protocol must be one of {sorted(protocols)}, got {protocol!r}")
+    proto = protocols[protocol]
     if iterations is not None or val_every is not None:
         proto = replace(
             proto, iterations=int(iterations or proto.iterations), val_every=int(val_every or proto.val_every)
@@ -77,7 +85,22 @@ def run_benchmark(
     for n in labeled:
         for name in variants:
             records.append(
-                run_one(proto, name, n, dataset_dir, work_dir, results_dir, seed, extra, env, force, dry_run, timeout)
+                run_one(
+                    proto,
+                    name,
+                    n,
+                    dataset_dir,
+                    work_dir,
+                    results_dir,
+                    seed,
+                    extra,
+                    env,
+                    force,
+                    dry_run,
+                    timeout,
+                    dataset,
+                    test_split,
+                )
             )
     print("\nstatus:", flush=True)
     for r in records:
@@ -102,12 +125,20 @@ def run_one(
     force: bool,
     dry_run: bool,
     timeout: float | None,
+    dataset: str = "acdc",
+    test_split: str | None = None,
 ) -> dict[str, Any]:
-    """Train, evaluate and collect one (variant, labeled) run; returns its ``run.json`` record."""
+    """Train, evaluate and collect one (variant, labeled) run; returns its ``run.json`` record. With ``test_split``
+    the model is scored once more on that ``dataset.json`` list (``test_metrics_per_case.csv``,
+    ``test_metrics_summary.csv``; its command ``test_command``), after model selection on validation."""
     name = run_name(variant, seed)
-    run_dir = work_dir / protocol.name / f"labeled{labeled}" / name
-    res_dir = results_dir / f"acdc_{protocol.name}" / f"labeled{labeled}" / name
+    prefix = "" if dataset == "acdc" else f"{dataset}_"
+    run_dir = work_dir / f"{prefix}{protocol.name}" / f"labeled{labeled}" / name
+    res_dir = results_dir / f"{dataset}_{protocol.name}" / f"labeled{labeled}" / name
     train_cmd, eval_cmd = build_commands(protocol, variant, labeled, dataset_dir, run_dir, seed, extra)
+    test_cmd = None
+    if test_split:
+        test_cmd = eval_cmd + ["--validation_split", test_split, "--eval_output_dir", str(run_dir / "eval_test")]
     record: dict[str, Any] = {
         "protocol": protocol.name,
         "protocol_description": protocol.description,
@@ -122,9 +153,13 @@ def run_one(
         "environment": env,
         "machine": machine_label(env),
     }
+    if test_cmd is not None:
+        record["test_split"], record["test_command"] = test_split, shlex.join(test_cmd)
     print(f"\n=== {protocol.name} / labeled {labeled} / {variant}", flush=True)
     print("train:", record["train_command"], flush=True)
     print("eval: ", record["eval_command"], flush=True)
+    if test_cmd is not None:
+        print("test: ", record["test_command"], flush=True)
     if dry_run:
         record["status"] = "dry_run"
         return record
@@ -161,6 +196,15 @@ def run_one(
         return _failed(record, "eval_failed", run_dir / "eval.log", res_dir)
     for name in ("metrics_per_case.csv", "metrics_summary.csv"):
         shutil.copyfile(eval_dir / name, res_dir / name)
+    if test_cmd is not None:
+        code, seconds = _run_logged(test_cmd, run_dir / "test.log", timeout, protocol.threads)
+        record.update(test_seconds=round(seconds, 1), test_returncode=code)
+        (res_dir / "test_log_tail.txt").write_text(_tail(run_dir / "test.log", 8000))
+        print(f"test evaluation: exit {code}, {seconds:.0f} s", flush=True)
+        if code != 0 or not (run_dir / "eval_test" / "metrics_summary.csv").exists():
+            return _failed(record, "test_failed", run_dir / "test.log", res_dir)
+        for name in ("metrics_per_case.csv", "metrics_summary.csv"):
+            shutil.copyfile(run_dir / "eval_test" / name, res_dir / f"test_{name}")
     series = read_tensorboard(run_dir / "tensorboard")
     write_curves(series, protocol.val_every, res_dir)
     record["status"] = "ok"
