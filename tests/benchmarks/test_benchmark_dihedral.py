@@ -14,7 +14,13 @@ import torch
 from monai.engines import SupervisedEvaluator
 from monai.handlers import MeanDice, from_engine
 from monai.transforms import AsDiscreted
-from vqseg_bundle.benchmarks.dihedral import DihedralItems, in_plane_dims, score_dihedral, worst_drop
+from vqseg_bundle.benchmarks.dihedral import (
+    DihedralItems,
+    in_plane_dims,
+    inference_seconds_per_volume,
+    score_dihedral,
+    worst_drop,
+)
 from vqseg_bundle.inferers import ResizedSliceInferer
 from vqseg_bundle.transforms import DIHEDRAL_TRANSFORMS, dihedral_transform
 
@@ -105,6 +111,29 @@ def test_a_position_dependent_model_loses_in_the_turns_that_move_the_anatomy_dow
     name, drop = worst_drop(list(records.values()))
     assert drop > 99.0 and records[name]["mean_dice"] < 0.01
     assert all(r["seconds_per_volume"] >= 0 for r in records.values())
+
+
+class CountingNet(IntensityNet):
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # a parameter, so the device can be read
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return super().forward(x)
+
+
+def test_inference_time_runs_the_inferer_once_per_volume_and_repeat():
+    net = CountingNet()
+    evaluator = _evaluator(net)
+    seconds = inference_seconds_per_volume(evaluator, _items(), repeats=2)
+    assert seconds > 0 and net.calls == 4  # 2 volumes x 2 repeats, 3 slices in one network call each
+    evaluator.inferer = ResizedSliceInferer(16, dihedral_tta=True)
+    inference_seconds_per_volume(evaluator, _items())
+    assert net.calls == 4 + 2 * 8
+    with pytest.raises(ValueError, match="no validation items"):
+        inference_seconds_per_volume(evaluator, [])
 
 
 def test_bad_inputs_are_named():

@@ -19,7 +19,7 @@ from monai.data import DataLoader, Dataset
 from monai.engines import Evaluator
 from vqseg_bundle.transforms.dihedral import DIHEDRAL_TRANSFORMS, DihedralTransform
 
-__all__ = ["in_plane_dims", "DihedralItems", "score_dihedral", "worst_drop"]
+__all__ = ["in_plane_dims", "DihedralItems", "score_dihedral", "worst_drop", "inference_seconds_per_volume"]
 
 
 def in_plane_dims(slice_axis: int, spatial_ndim: int = 3) -> tuple[int, int]:
@@ -128,3 +128,28 @@ def worst_drop(records: Sequence[Mapping[str, Any]]) -> tuple[str, float]:
         raise ValueError("the records hold no identity transform to compare with")
     worst = min(records, key=lambda r: r["mean_dice"])
     return worst["transform"], max(0.0, 100.0 * (identity["mean_dice"] - worst["mean_dice"]))
+
+
+def inference_seconds_per_volume(evaluator: Evaluator, items: Sequence[Mapping[str, Any]], repeats: int = 1) -> float:
+    """Mean wall time of the evaluator's inferer (network and test-time augmentation, no metrics) per volume.
+
+    Args:
+        evaluator: a MONAI evaluator with ``inferer`` and ``network`` (evaluation mode is set here).
+        items: validation items ``{"image": (1, H, W, D), ...}``; each is predicted ``repeats`` times.
+
+    Raises:
+        ValueError: for no items.
+    """
+    if not items:
+        raise ValueError("no validation items to time")
+    evaluator.network.eval()
+    device = next(evaluator.network.parameters()).device
+    total = 0.0
+    with torch.no_grad():
+        for item in items:
+            image = torch.as_tensor(item["image"])[None].to(device)
+            for _ in range(repeats):
+                start = time.perf_counter()
+                evaluator.inferer(image, evaluator.network)
+                total += time.perf_counter() - start
+    return total / (len(items) * repeats)

@@ -4,6 +4,7 @@ and the model's recorded settings."""
 from vqseg_bundle.inferers.checkpoint import load_network_weights, read_state_dict
 from vqseg_bundle.inferers.images2d import ToGreyd
 from vqseg_bundle.inferers.inputs import list_inference_inputs, literal_glob, require_inputs
+from vqseg_bundle.inferers.orientation_check import ReportOrientationd, orientation_findings
 from vqseg_bundle.inferers.run import (
     NONFINITE_POLICIES,
     CheckInputd,
@@ -40,6 +41,8 @@ __all__ = [
     "NONFINITE_POLICIES",
     "CheckInputd",
     "ToGreyd",
+    "ReportOrientationd",
+    "orientation_findings",
     "InferenceInputError",
     "InferenceInputs",
     "SaveSegmentationd",
