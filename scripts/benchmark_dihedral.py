@@ -6,13 +6,15 @@ mirrored together (:mod:`vqseg_bundle.benchmarks.dihedral`). Prints and writes t
 worst drop from the identity and the inference time per volume (the inferer alone, identity orientation).
 
 Examples:
+    python scripts/benchmark_dihedral.py          # the bundle's own models/model.pt on its validation data
     python scripts/benchmark_dihedral.py --run_json results/acdc_cpu_peer_dihedral/labeled3/unimatch/run.json
     python scripts/benchmark_dihedral.py --run_json results/acdc_cpu_peer_dihedral/labeled3/unimatch/run.json \
         --tta dihedral
     python scripts/benchmark_dihedral.py --run_json A/run.json --run_json B/run.json   # several models, one table
 
 The model is the run's ``model.pt`` (``--ckpt_path`` from its evaluation command) unless ``--ckpt_path`` is given
-(one run only). Results: ``<results_dir>/<protocol>__<run>[__tta-<mode>].json`` per model and
+(one run only); without ``--run_json``, the bundle's ``models/model.pt`` evaluated as ``configs/evaluate.yaml`` does
+(``eval/orientation/bundle__model.json``). Results: ``<results_dir>/<protocol>__<run>[__tta-<mode>].json`` per model and
 ``<results_dir>/summary.csv`` (one row per model and TTA mode, rewritten from every JSON there).
 """
 
@@ -58,23 +60,31 @@ def recorded_overrides(eval_command: str) -> tuple[list[str], dict[str, Any]]:
     return ([files] if isinstance(files, str) else list(files)), overrides
 
 
-def build_evaluation(run_json: Path, ckpt_path: str | None, output_dir: Path, tta: str) -> tuple[Any, list, dict]:
-    """The bundle's validation evaluator for the run's model, the validation items and the resolved settings."""
-    record = json.loads(run_json.read_text())
-    files, overrides = recorded_overrides(record["eval_command"])
+def build_evaluation(record: dict, ckpt_path: str | None, output_dir: Path, tta: str) -> tuple[Any, list, dict]:
+    """The bundle's validation evaluator for a model, the validation items and the resolved settings.
+
+    ``record`` is a benchmark run record (its ``eval_command`` gives the config files and overrides) or ``{}`` for
+    the bundle's own model: ``configs/train.yaml`` + ``configs/evaluate.yaml`` with their defaults
+    (``models/model.pt``, the configured data set), as ``python -m monai.bundle run`` evaluates it.
+    """
+    if record.get("eval_command"):
+        files, overrides = recorded_overrides(record["eval_command"])
+    else:
+        files, overrides = ["configs/train.yaml", "configs/evaluate.yaml"], {}
     overrides.update(output_dir=str(output_dir), flip_tta=tta == "flip", dihedral_tta=tta == "dihedral")
     if ckpt_path is not None:
         overrides["ckpt_path"] = str(_repo_path(ckpt_path).resolve())
-    if not Path(overrides["ckpt_path"]).is_file():
-        raise FileNotFoundError(f"{overrides['ckpt_path']}: no model file (the run's model.pt; or pass --ckpt_path)")
     parser = ConfigParser()
     parser.read_config([str(_repo_path(f)) for f in files])
     parser.update(overrides)
+    model = Path(parser.get_parsed_content("ckpt_path"))
+    if not model.is_file():
+        raise FileNotFoundError(f"{model}: no model file (the run's or the bundle's model.pt; or pass --ckpt_path)")
     parser.get_parsed_content("initialize")
     parser.get_parsed_content("load_weights")
     evaluator = parser.get_parsed_content("validate#evaluator")
     items = parser.get_parsed_content("splits").validation
-    return evaluator, items, {"record": record, "overrides": overrides, "slice_axis": parser["slice_axis"]}
+    return evaluator, items, {"ckpt_path": str(model), "slice_axis": parser["slice_axis"]}
 
 
 def write_summary(results_dir: Path) -> Path:
@@ -100,41 +110,45 @@ def write_summary(results_dir: Path) -> Path:
 
 
 def main(
-    run_json: str | list[str] = "results/acdc_cpu_peer_dihedral/labeled3/unimatch/run.json",
+    run_json: str | list[str] | None = None,
     ckpt_path: str | None = None,
     tta: str = "none",
-    results_dir: str = "results/orientation",
+    results_dir: str | None = None,
     work_dir: str = "outputs/dihedral_benchmark",
 ) -> list[dict]:
     """Score each run's model under the 8 dihedral transforms of its validation volumes.
 
     Args:
-        run_json: one or more ``scripts/benchmark_acdc.py`` run records (``run.json``).
-        ckpt_path: the model for a single run (default: the run's recorded ``--ckpt_path``).
+        run_json: one or more ``scripts/benchmark_acdc.py`` run records (``run.json``); none: the bundle's own
+            model (``models/model.pt``, evaluated with configs/train.yaml + configs/evaluate.yaml's defaults).
+        ckpt_path: the model for a single run (default: the run's recorded ``--ckpt_path``, or models/model.pt).
         tta: test-time augmentation of the evaluation: ``none``, ``flip`` (3 views) or ``dihedral`` (8 views).
-        results_dir: where the per-model JSON and ``summary.csv`` go.
+        results_dir: where the per-model JSON and ``summary.csv`` go (default: ``results/orientation`` for
+            benchmark runs, ``eval/orientation`` for the bundle's own model).
         work_dir: evaluation outputs (git-ignored).
 
     Returns:
         the result records (also written and printed).
     """
-    runs = [run_json] if isinstance(run_json, str) else list(run_json)
+    runs = [None] if run_json is None else [run_json] if isinstance(run_json, str) else list(run_json)
     if tta not in TTA_MODES:
         raise ValueError(f"--tta must be one of {TTA_MODES}, got {tta!r}")
     if ckpt_path is not None and len(runs) != 1:
         raise ValueError("--ckpt_path needs exactly one --run_json")
-    out_dir = _repo_path(results_dir)
+    out_dir = _repo_path(results_dir or ("eval/orientation" if run_json is None else "results/orientation"))
     out_dir.mkdir(parents=True, exist_ok=True)
     git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
     results = []
     for run in runs:
-        record_path = _repo_path(run)
-        if not record_path.is_file():
-            raise FileNotFoundError(f"{record_path}: no benchmark run record (run.json)")
-        name = record_path.parent.name
-        protocol = json.loads(record_path.read_text())["protocol"]
+        record, protocol, name = {}, "bundle", "model"
+        if run is not None:
+            record_path = _repo_path(run)
+            if not record_path.is_file():
+                raise FileNotFoundError(f"{record_path}: no benchmark run record (run.json)")
+            record = json.loads(record_path.read_text())
+            protocol, name = record["protocol"], record_path.parent.name
         stem = f"{protocol}__{name}" + ("" if tta == "none" else f"__tta-{tta}")
-        evaluator, items, info = build_evaluation(record_path, ckpt_path, _repo_path(work_dir) / stem, tta)
+        evaluator, items, info = build_evaluation(record, ckpt_path, _repo_path(work_dir) / stem, tta)
         records = score_dihedral(evaluator, items, slice_axis=int(info["slice_axis"]), transforms=DIHEDRAL_TRANSFORMS)
         worst, drop = worst_drop(records)
         result = {
@@ -145,8 +159,8 @@ def main(
             "run_json": str(run),
             "protocol": protocol,
             "run": name,
-            "seed": info["record"].get("seed"),
-            "ckpt_path": info["overrides"]["ckpt_path"],
+            "seed": record.get("seed"),
+            "ckpt_path": info["ckpt_path"],
             "tta": tta,
             "transforms": records,
             "worst_transform": worst,
