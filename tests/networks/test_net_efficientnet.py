@@ -94,6 +94,16 @@ def test_levels_deepest_quantized_by_default_and_odd_sizes(max_stride, channels)
         assert net.encode(torch.rand(1, 1, 128, 128))[-1].shape == (1, 112, 8, 8)
 
 
+@pytest.mark.parametrize("width", [16, 0])
+def test_decoder_with_and_without_its_full_resolution_block(width):
+    net = _net(max_stride=16, full_resolution_channels=width).eval()
+    assert (net.seg_decoder.full_resolution is None) == (width == 0) and net.rec_decoder is not None
+    x = torch.rand(2, 1, 37, 70)
+    with torch.no_grad():
+        assert net(x).shape == (2, 4, 37, 70)
+        assert torch.equal(torch.jit.script(net)(x), net(x))
+
+
 def test_more_levels_selectable_and_bad_options():
     net = _net(max_stride=16, vq_levels=[-2, -1], codebook_size=[16, 32])
     assert net.vq_levels == (2, 3) and set(net.quantizers) == {"2", "3"}
@@ -101,6 +111,8 @@ def test_more_levels_selectable_and_bad_options():
         _net(max_stride=12)
     with pytest.raises(ValueError, match="in_channels"):
         _net(in_channels=2)
+    with pytest.raises(ValueError, match="full_resolution_channels"):
+        _net(full_resolution_channels=-1)
 
 
 @pytest.mark.parametrize("perturbation", ["qpm", "qpm_dropout"])

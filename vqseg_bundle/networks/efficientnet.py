@@ -11,6 +11,7 @@ from typing import Any, List
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from monai.networks.nets.basic_unet import TwoConv
 
 from .base import VQSegNetworkBase
 from .decoders import UNetDecoder
@@ -22,8 +23,8 @@ __all__ = [
     "EfficientNetLite0Backbone",
     "VQSegEfficientNet",
     "ScriptableEfficientNet",
+    "EfficientNetDecoder",
     "effnet_input",
-    "effnet_output",
     "wheel_weights_file",
 ]
 
@@ -61,11 +62,42 @@ def effnet_input(
     return x
 
 
-def effnet_output(logits: torch.Tensor, out_size: List[int]) -> torch.Tensor:
-    """``(B, C, H, W)`` of the decoder's stride-2 map ``logits (B, C, H' / 2, W' / 2)`` of the padded input:
-    bilinear x 2, the padding cropped off. TorchScript-able."""
-    full = F.interpolate(logits, scale_factor=2.0, mode="bilinear", align_corners=False)
-    return full[:, :, : out_size[0], : out_size[1]]
+class EfficientNetDecoder(nn.Module):
+    """U-Net decoder over the encoder's levels (MONAI ``UpCat`` blocks, widths the encoder's) up to stride 2, then
+    to the input size: a bilinear x 2, the padding cropped off, and, with ``full_resolution_channels`` > 0, one
+    conv block at full resolution (MONAI ``TwoConv``, no skip: the encoder has no stride-1 level) before the 3 x 3
+    output conv; with 0 the stride-2 output conv's map itself is upsampled.
+
+    ``forward(features: [(B, C_l, H' / 2^(l+1), W' / 2^(l+1))], out_size [H, W]) -> (B, out_channels, H, W)``
+    (``H', W'``: the padded input size, ``H <= H'``, ``W <= W'``). TorchScript-able.
+    """
+
+    def __init__(
+        self,
+        channels: Sequence[int],
+        out_channels: int,
+        full_resolution_channels: int,
+        act: str | tuple,
+        norm: str | tuple,
+        dropout: float,
+        upsample: str,
+    ) -> None:
+        super().__init__()
+        width = int(full_resolution_channels)
+        if width < 0:
+            raise ValueError(f"EfficientNetDecoder: full_resolution_channels must be >= 0, got {width}.")
+        self.levels = UNetDecoder(
+            channels, width if width > 0 else int(out_channels), act, norm, True, dropout, upsample
+        )
+        self.full_resolution = TwoConv(2, width, width, act, norm, True, dropout) if width > 0 else None
+        self.head = nn.Conv2d(width, int(out_channels), 3, padding=1) if width > 0 else None
+
+    def forward(self, features: List[torch.Tensor], out_size: List[int]) -> torch.Tensor:
+        x = F.interpolate(self.levels(features), scale_factor=2.0, mode="bilinear", align_corners=False)
+        x = x[:, :, : out_size[0], : out_size[1]]
+        if self.full_resolution is not None and self.head is not None:
+            x = self.head(self.full_resolution(x))
+        return x
 
 
 class EfficientNetLite0Backbone(nn.Module):
@@ -107,8 +139,9 @@ class VQSegEfficientNet(VQSegNetworkBase):
     :func:`~vqseg_bundle.networks.foundation.convert_efficientnet_lite0_state_dict`), cut after the level of stride
     ``max_stride``. Levels 0.. are its feature maps at strides 2, 4, 8, 16, 32 (16, 24, 40, 112, 320 channels);
     ``vq_levels`` (default the deepest kept level, as in the paper) are quantized. Decoders: a U-Net decoder
-    (MONAI ``UpCat`` blocks, widths = the encoder's) over every level up to stride 2, then a bilinear x 2 to the
-    input size; the reconstruction decoder (dual branch) is the same with ``in_channels`` outputs. A U-Net decoder
+    (MONAI ``UpCat`` blocks, widths = the encoder's) over every level up to stride 2, a bilinear x 2 to the input
+    size and one conv block there (:class:`EfficientNetDecoder`); the reconstruction decoder (dual branch) is the
+    same with ``in_channels`` outputs. A U-Net decoder
     rather than DPT's: the levels are already a resolution pyramid (DPT's reassemble step exists to make one out of
     a ViT's single-resolution tokens) and the decoder costs a few % of the step at these widths.
 
@@ -125,6 +158,8 @@ class VQSegEfficientNet(VQSegNetworkBase):
         max_stride: the deepest level kept: 32 (all five levels, the default) or 16, 8, 4 (the deeper stages are
             not built; 16 makes the 8 x 8 stride-16 grid of a 128 px input the deepest, quantized level).
         drop_path_rate: stochastic depth of the encoder's blocks.
+        full_resolution_channels: width of the decoders' conv block at full resolution, after the stride-2 level
+            (0: none, the stride-2 logits are upsampled bilinearly): :class:`EfficientNetDecoder`.
         decoder_dropout, act, norm, upsample: of the U-Net decoders (:class:`~.decoders.UNetDecoder`).
         reconstruction: build the reconstruction decoder (dual branch).
         vq_options: the options every backbone shares (``vq_levels``, default the deepest; ``codebook_size``,
@@ -142,6 +177,7 @@ class VQSegEfficientNet(VQSegNetworkBase):
         max_stride: int = 32,
         imagenet_norm: bool = True,
         drop_path_rate: float = 0.0,
+        full_resolution_channels: int = 16,
         decoder_dropout: float = 0.0,
         act: str | tuple = ("leakyrelu", {"negative_slope": 0.01, "inplace": True}),
         norm: str | tuple = ("batch", {"affine": True}),
@@ -177,12 +213,9 @@ class VQSegEfficientNet(VQSegNetworkBase):
             model, self.weights_path = timm.create_model("tf_efficientnet_lite0", pretrained=False, **timm_kwargs), None
         self.encoder = EfficientNetLite0Backbone(model, self.max_stride)
         channels = list(self.encoder.channels)
-        self.seg_decoder = UNetDecoder(channels, self.num_classes, act, norm, True, decoder_dropout, upsample)
-        self.rec_decoder = (
-            UNetDecoder(channels, self.in_channels, act, norm, True, decoder_dropout, upsample)
-            if reconstruction
-            else None
-        )
+        decoder = (full_resolution_channels, act, norm, decoder_dropout, upsample)
+        self.seg_decoder = EfficientNetDecoder(channels, self.num_classes, *decoder)
+        self.rec_decoder = EfficientNetDecoder(channels, self.in_channels, *decoder) if reconstruction else None
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self._setup_vq(channels, reconstruction, **vq_options)
@@ -192,10 +225,10 @@ class VQSegEfficientNet(VQSegNetworkBase):
         return self.encoder(effnet_input(x, self.pixel_mean, self.pixel_std, self.max_stride, self.imagenet_norm))
 
     def decode_seg(self, features: list[torch.Tensor], out_size: Sequence[int]) -> torch.Tensor:
-        return effnet_output(self.seg_decoder(features), [int(s) for s in out_size])
+        return self.seg_decoder(features, [int(s) for s in out_size])
 
     def decode_rec(self, features: list[torch.Tensor], out_size: Sequence[int]) -> torch.Tensor:
-        return effnet_output(self.rec_decoder(features), [int(s) for s in out_size])
+        return self.rec_decoder(features, [int(s) for s in out_size])
 
     def scriptable(self) -> ScriptableEfficientNet:
         """The TorchScript form (:class:`ScriptableEfficientNet`, see :meth:`VQSegNetworkBase.scriptable`)."""
@@ -220,4 +253,4 @@ class ScriptableEfficientNet(ScriptableVQSeg):
         return self.encoder(effnet_input(x, self.pixel_mean, self.pixel_std, self.max_stride, self.imagenet_norm))
 
     def decode_seg(self, features: List[torch.Tensor], out_size: List[int]) -> torch.Tensor:
-        return effnet_output(self.seg_decoder(features), out_size)
+        return self.seg_decoder(features, out_size)
