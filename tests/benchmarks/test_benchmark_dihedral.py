@@ -173,7 +173,10 @@ def test_script_scores_a_trained_bundle_model_and_its_identity_is_the_validation
     proc = run_cli(["--config_file", repr([TRAIN])] + cli_args(overrides))
     assert proc.returncode == 0, proc.stderr[-3000:]
     model = tmp_path / "models" / "model.pt"
-    recorded = json.loads((tmp_path / "models" / "model.json").read_text())["metric"]["value"]
+    record = json.loads((tmp_path / "models" / "model.json").read_text())
+    recorded = record["metric"]["value"]
+    # the demo volumes are stored RAS: recorded for inference's orientation report (issue 27 item 4)
+    assert record["settings"]["training_axcodes"] == "RAS"
     eval_cmd = shlex.join(
         [
             sys.executable,

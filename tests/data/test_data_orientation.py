@@ -153,3 +153,20 @@ def test_dataset_json_of_metaimages(tmp_path):
     assert raw.labeled_images[0].shape == (6, 9)  # (Y, X): ITK's array slice
     assert raw.validation[0].image.shape == (6, 9, 2)
     assert raw.validation[0].spacing == pytest.approx((1.0, 1.0, 1.0))
+
+
+def test_the_training_volumes_stored_axis_codes_are_recorded(nifti_dataset, tiny_acdc):
+    """Issue 27 item 4: inference compares each input's stored axes with the training volumes' (models/model.json
+    records them from the splits): the usual codes of the training volumes, not the validation ones."""
+    assert load_nifti_splits(nifti_dataset).stored_axcodes == "RAS"
+    for sub in ("images_validation", "labels_validation"):
+        path = next((nifti_dataset / sub).iterdir())
+        img = nib.load(path)
+        nib.save(nib.Nifti1Image(np.asarray(img.dataobj), np.diag([-1.0, -1.0, 1.0, 1.0])), path)
+    assert load_nifti_splits(nifti_dataset).stored_axcodes == "RAS"
+    for sub in ("images_training", "labels_training", "images_unlabeled", "labels_unlabeled"):
+        for path in (nifti_dataset / sub).glob("*.nii.gz"):
+            img = nib.load(path)
+            nib.save(nib.Nifti1Image(np.asarray(img.dataobj), np.diag([-1.0, -1.0, 1.0, 1.0])), path)
+    assert load_nifti_splits(nifti_dataset).stored_axcodes == "LPS"
+    assert load_acdc_splits(tiny_acdc, labeled="labeled_2_cases").stored_axcodes == "LPS"

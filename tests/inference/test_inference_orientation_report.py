@@ -57,7 +57,7 @@ def test_transform_logs_one_line_naming_the_file_and_passes_data_unchanged(caplo
     same = MetaTensor(torch.rand(1, 4, 5, 3), affine=torch.from_numpy(LPS), meta={"filename_or_obj": "/data/ok.nii.gz"})
     png = MetaTensor(torch.rand(1, 4, 5), affine=torch.eye(3), meta={"filename_or_obj": "/data/slice.png"})
     with caplog.at_level(logging.WARNING, logger="vqseg_bundle.inferers.orientation_check"):
-        for img in (image, same, png):
+        for img in (image, same, png, image):  # the first file twice: still one line
             item = {"image": img}
             assert report(item)["image"] is img
     lines = [r.getMessage() for r in caplog.records]

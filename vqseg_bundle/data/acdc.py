@@ -19,7 +19,13 @@ import numpy as np
 from vqseg_bundle.data.acdc_layout import TRAIN_LIST, VAL_LIST, AcdcLayout, is_acdc_layout, read_list
 from vqseg_bundle.data.integrity import IntegrityReport, check_image_array, check_label_array, check_training_splits
 from vqseg_bundle.data.intensity import check_normalization, normalize_intensity
-from vqseg_bundle.data.orientation import CANONICAL_AXCODES, acdc_h5_to_canonical, check_orientation
+from vqseg_bundle.data.orientation import (
+    ACDC_H5_AFFINE,
+    CANONICAL_AXCODES,
+    acdc_h5_to_canonical,
+    check_orientation,
+    orientation_codes,
+)
 from vqseg_bundle.data.records import RawSplits, VolumeRecord
 from vqseg_bundle.data.selection import choose_labeled
 
@@ -195,4 +201,6 @@ def load_acdc_splits(
         source=dataset_dir,
         format="acdc_h5",
         labeled_rule=rule,
+        # read as the challenge files the HDF5 arrays came from (vqseg_bundle.data.orientation.ACDC_H5_AFFINE)
+        stored_axcodes=orientation_codes(ACDC_H5_AFFINE),
     )

@@ -12,6 +12,7 @@ validation "volume" is ``(H, W, 1)``.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
@@ -342,10 +343,14 @@ def load_nifti_splits(
             return read_image_2d(path, report, dtype, orientation, color_to_grey, label)
         return read_volume(path, report, dtype, orientation)
 
+    training_codes: Counter[str] = Counter()  # stored axis codes of the training volumes (3D files)
+
     def load_pair(entry: dict[str, str]) -> tuple[np.ndarray, np.ndarray | None, tuple | None] | None:
         img = read(entry["image"], np.float32, False)
         if img is None or not check_image_array(img.stored, entry["image"], (2, 3), report):
             return None
+        if img.stored.ndim == 3 and not is_image_2d(entry["image"]):
+            training_codes[img.codes] += 1
         label, spacing = None, img.spacing
         if "label" in entry:
             lab = read(entry["label"], None, True)
@@ -388,6 +393,7 @@ def load_nifti_splits(
     for name, image, _ in slices(unlabeled_entries):
         raw.unlabeled_images.append(image)
         raw.unlabeled_names.append(name)
+    raw.stored_axcodes = training_codes.most_common(1)[0][0] if training_codes else None
     for entry in validation_entries:
         loaded = load_pair(entry)
         if loaded is None:

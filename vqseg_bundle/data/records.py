@@ -38,6 +38,7 @@ class RawSplits:
         source: where the data came from (quoted in messages and the summary).
         format: ``"acdc_h5"`` or ``"nifti"``.
         labeled_rule: how the labeled subset was chosen (for the summary).
+        stored_axcodes: the training volumes' usual stored axis codes (see the field).
     """
 
     labeled_images: list[np.ndarray] = field(default_factory=list)
@@ -49,3 +50,6 @@ class RawSplits:
     source: str = ""
     format: str = ""
     labeled_rule: str = ""
+    #: the axis codes most training volumes are stored with (before reorientation; ``None``: no orientation header,
+    #: e.g. 2D image files), recorded in models/model.json for inference's orientation report
+    stored_axcodes: str | None = None

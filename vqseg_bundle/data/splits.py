@@ -53,6 +53,8 @@ class SemiSupervisedSplits:
         image_size: ``(S0, S1)``.
         normalization: the per-volume intensity normalisation used.
         orientation: the axis codes slices and volumes are given in (``None``: the stored order).
+        stored_axcodes: the axis codes most training volumes are stored with, before reorientation (``None``: no
+            orientation header, e.g. 2D image files).
         load_seconds: wall time of :func:`build_splits`.
     """
 
@@ -65,6 +67,7 @@ class SemiSupervisedSplits:
     image_size: tuple[int, int] = (256, 256)
     normalization: str = "minmax"
     orientation: str | None = CANONICAL_AXCODES
+    stored_axcodes: str | None = None
     load_seconds: float = 0.0
     extra: dict = field(default_factory=dict)
 
@@ -305,6 +308,7 @@ def build_splits(
         image_size=size,
         normalization=normalization,
         orientation=orientation,
+        stored_axcodes=raw.stored_axcodes,
     )
     splits.load_seconds = time.perf_counter() - start
     logger.info("data splits:\n%s", splits.summary())

@@ -92,7 +92,8 @@ def orientation_findings(
 
 
 class ReportOrientationd:
-    """Log one line per input file whose geometry deserves a look (see module doc); the data pass unchanged.
+    """Log one line per input file whose geometry deserves a look (see module doc), once per file however often it
+    is read; the data pass unchanged.
 
     Items: ``{key: MetaTensor (C, *spatial)}`` as ``LoadImaged`` + ``EnsureChannelFirstd`` give them (the
     affine and the file name from its metadata); an item without an affine is passed on silently.
@@ -110,6 +111,7 @@ class ReportOrientationd:
         self.orientation = check_orientation(orientation)
         self.training_axcodes = check_orientation(training_axcodes)
         self.slice_axis, self.oblique_degrees = int(slice_axis), float(oblique_degrees)
+        self._reported: set[str] = set()  # the inference config reads each input twice (check pass, then prediction)
 
     def __call__(self, data: Mapping) -> Mapping:
         for key in self.keys:
@@ -120,6 +122,8 @@ class ReportOrientationd:
             if affine is None or ndim not in (2, 3):
                 continue
             name = str(meta.get("filename_or_obj", key))
+            if name in self._reported:
+                continue
             if ndim == 2 and not name.lower().endswith((".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".dcm")):
                 continue  # a 2D image file has no orientation header
             findings = orientation_findings(
@@ -127,4 +131,5 @@ class ReportOrientationd:
             )
             if findings:
                 logger.warning("%s: %s", name, "; ".join(findings))
+                self._reported.add(name)
         return data
