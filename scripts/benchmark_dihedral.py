@@ -10,7 +10,7 @@ Examples:
     python scripts/benchmark_dihedral.py --run_json results/acdc_cpu_peer_dihedral/labeled3/unimatch/run.json
     python scripts/benchmark_dihedral.py --run_json results/acdc_cpu_peer_dihedral/labeled3/unimatch/run.json \
         --tta dihedral
-    python scripts/benchmark_dihedral.py --run_json A/run.json --run_json B/run.json   # several models, one table
+    python scripts/benchmark_dihedral.py --run_json "['A/run.json','B/run.json']"   # several models, one table
 
 The model is the run's ``model.pt`` (``--ckpt_path`` from its evaluation command) unless ``--ckpt_path`` is given
 (one run only); without ``--run_json``, the bundle's ``models/model.pt`` evaluated as ``configs/evaluate.yaml`` does
