@@ -35,11 +35,19 @@ def test_shipped_specifications_load():
     # cpu_peer extends cpu: same image size and threads, its own overrides (no AdamW, no ramp-up)
     assert PROTOCOLS["cpu_peer"].image_size == PROTOCOLS["cpu"].image_size and PROTOCOLS["cpu_peer"].threads == 1
     # the peer's fp32 recipe stays fp32 now that train.yaml's precision switches default to "auto"
-    fp32 = {"num_workers": 0, "log_every": 10, "amp": False, "channels_last": False}
+    # and keeps the augmentation its tables were measured with (no dihedral step, train.yaml's default since 0.6.0)
+    fp32 = {"num_workers": 0, "log_every": 10, "amp": False, "channels_last": False, "weak_aug#dihedral": False}
     assert PROTOCOLS["cpu_peer"].overrides == fp32
     assert all(PROTOCOLS[p].overrides["amp"] is False for p in ("cpu", "cpu_peer", "cpu_health", "cpu_short"))
+    assert all(
+        PROTOCOLS[p].overrides["weak_aug#dihedral"] is False
+        for p in ("cpu", "cpu_peer", "cpu_peer_fast", "cpu_health", "cpu_short")
+    )
     fast = PROTOCOLS["cpu_peer_fast"]
     assert fast.overrides == {**fp32, "amp": True, "amp_dtype": "bfloat16", "channels_last": True}
+    # the same two recipes with the dihedral step: only that override differs
+    assert PROTOCOLS["cpu_peer_dihedral"].overrides == {**fp32, "weak_aug#dihedral": True}
+    assert PROTOCOLS["cpu_peer_fast_dihedral"].overrides == {**fast.overrides, "weak_aug#dihedral": True}
     assert fast.iterations == PROTOCOLS["cpu_peer"].iterations and fast.image_size == PROTOCOLS["cpu_peer"].image_size
     assert "train#optimizer" in PROTOCOLS["cpu"].overrides and isinstance(PROTOCOLS["cpu"].config_files, tuple)
 
