@@ -195,7 +195,7 @@ def test_evaluate_uses_the_model_slice_size_everywhere_and_names_the_model(tmp_p
     parser.update({"codebook_size": 16, "device": "$torch.device('cpu')"})
     net = parser.get_parsed_content("network_def")
     settings = {"image_size": 32, "in_channels": 1, "num_classes": 4, "class_names": ["RV", "Myo", "LV"]}
-    settings["network_def"] = parser.get_parsed_content("model_settings")["network_def"]
+    settings["network_def"] = parser.get_parsed_content("model_settings#network_def")
     BestModelSaver(tmp_path / "models", net, settings=settings)(
         SimpleNamespace(state=SimpleNamespace(metrics={"val_mean_dice": 0.5}, epoch=1, key_metric_name="val_mean_dice"))
     )
