@@ -42,6 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # run from a plain checkout
 
+from vqseg_bundle.benchmarks.commands import as_list  # noqa: E402
 from vqseg_bundle.benchmarks.environment import environment  # noqa: E402
 from vqseg_bundle.benchmarks.paths import DEFAULT_DATASET_DIR, resolve  # noqa: E402
 from vqseg_bundle.benchmarks.protocols import PROTOCOLS  # noqa: E402
@@ -54,14 +55,6 @@ DOCS_FILE = "docs/results.md"
 DOCS_DIR = "docs"
 #: the protocol under which ``variants`` shows each variant's overrides
 SHOWN_PROTOCOL = "cpu"
-
-
-def _as_list(value: Any, name: str) -> list:
-    if isinstance(value, (list, tuple)):
-        return list(value)
-    if isinstance(value, (int, str)):
-        return [value]
-    raise ValueError(f"--{name} must be a value or a list, got {value!r}")
 
 
 class Benchmark:
@@ -123,8 +116,8 @@ class Benchmark:
         """
         records = run_benchmark(
             protocol=protocol,
-            labeled=[int(n) for n in _as_list(labeled, "labeled")],
-            variants=[str(v) for v in _as_list(variants, "variants")],
+            labeled=[int(n) for n in as_list(labeled, "labeled")],
+            variants=[str(v) for v in as_list(variants, "variants")],
             dataset_dir=dataset_dir,
             dataset_archive=dataset_archive,
             work_dir=resolve(work_dir),

@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # run from a plain checkout
 
+from vqseg_bundle.benchmarks.commands import as_list  # noqa: E402
 from vqseg_bundle.benchmarks.covid_report import write_covid_report  # noqa: E402
 from vqseg_bundle.benchmarks.paths import SPEC_DIR, resolve  # noqa: E402
 from vqseg_bundle.benchmarks.protocols import load_protocols  # noqa: E402
@@ -44,14 +45,6 @@ DEFAULT_SEEDS = (0, 1, 2)
 DEFAULT_SOURCE = str(REPO.parent / "shared" / "data" / "covid_semiseg")
 #: the labeled training slices of the prepared split (the ``labeled<N>`` folder of the results)
 LABELED_SLICES = 40
-
-
-def _as_list(value: Any, name: str) -> list:
-    if isinstance(value, (list, tuple)):
-        return list(value)
-    if isinstance(value, (int, str)):
-        return [value]
-    raise ValueError(f"--{name} must be a value or a list, got {value!r}")
 
 
 class Benchmark:
@@ -92,11 +85,11 @@ class Benchmark:
         if not (data / "dataset.json").exists():
             print(f"wrote {prepare_covid_semiseg(source, data)}", flush=True)
         self.records = []
-        for seed in _as_list(seeds, "seeds"):
+        for seed in as_list(seeds, "seeds"):
             self.records += run_benchmark(
                 protocol=protocol,
                 labeled=[LABELED_SLICES],
-                variants=[str(v) for v in _as_list(variants, "variants")],
+                variants=[str(v) for v in as_list(variants, "variants")],
                 dataset_dir=str(data),
                 dataset_archive=None,
                 work_dir=resolve(work_dir),

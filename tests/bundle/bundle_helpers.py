@@ -68,3 +68,13 @@ def run_cli(args: list[str], timeout: int = 240, torchrun: int = 0) -> subproces
         out, err = proc.communicate()
         raise AssertionError(f"timed out after {timeout} s:\n{out[-3000:]}\n{err[-3000:]}") from None
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def error_chain(exc: BaseException) -> list[str]:
+    """The messages of ``exc`` and of every exception it was raised from or during (MONAI's config parser wraps
+    the original error in its own)."""
+    chain, e = [], exc
+    while e is not None:
+        chain.append(str(e))
+        e = e.__cause__ or e.__context__
+    return chain

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from bundle_helpers import ROOT, TINY, TRAIN, cli_args, run_cli
+from bundle_helpers import ROOT, TINY, TRAIN, cli_args, error_chain, run_cli
 from monai.bundle import ConfigWorkflow
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")]
@@ -114,8 +114,5 @@ def test_a_missing_weights_file_names_it_and_the_flag(tmp_path, demo_dir):
     wf.initialize()
     with pytest.raises(Exception) as info:
         wf.parser.get_parsed_content("network_def")
-    chain, e = [], info.value
-    while e is not None:
-        chain.append(str(e))
-        e = e.__cause__ or e.__context__
+    chain = error_chain(info.value)
     assert any("missing_effnet.pth" in m and "--effnet_weights" in m for m in chain), chain

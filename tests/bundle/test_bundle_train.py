@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from bundle_helpers import DINOV2, MULTI_GPU, PAPER, TINY, TINY_VIT, TRAIN, cli_args, run_cli
+from bundle_helpers import DINOV2, MULTI_GPU, PAPER, TINY, TINY_VIT, TRAIN, cli_args, error_chain, run_cli
 from ignite.engine import Events
 from monai.bundle import ConfigParser, ConfigWorkflow
 
@@ -114,10 +114,7 @@ def test_vit_without_weights_fails_clearly(tmp_path, demo_dir):
     )
     with pytest.raises(Exception) as info:
         wf.parser.get_parsed_content("network_def")
-    chain, e = [], info.value
-    while e is not None:
-        chain.append(str(e))
-        e = e.__cause__ or e.__context__
+    chain = error_chain(info.value)
     assert any("missing.pth" in m for m in chain), chain
     # issue 23 item 7: the message names the flag that sets the file, not only the file
     assert any("missing.pth" in m and "--dinov2_weights" in m for m in chain), chain

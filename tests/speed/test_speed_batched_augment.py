@@ -22,9 +22,9 @@ WEAK_NAMES = ["mass", "centroid_x", "centroid_y", "padded", "bright", "bg", "cla
 STRONG_NAMES = ["mean", "std", "min", "max", "hf_energy"]
 
 
-def _monai_labeled(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def _monai_labeled(n: int, seed: int = 0, **weak: object) -> tuple[torch.Tensor, torch.Tensor]:
     image, label = marker_image()
-    t = labeled_transforms()
+    t = labeled_transforms(**weak)
     t.set_random_state(seed=seed)
     items = [t({"image": image.clone(), "label": label.clone()}) for _ in range(n)]
     return torch.stack([torch.as_tensor(i["image"]) for i in items]), torch.stack(
@@ -32,10 +32,10 @@ def _monai_labeled(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     )
 
 
-def _batched_labeled(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def _batched_labeled(n: int, seed: int = 0, **weak: object) -> tuple[torch.Tensor, torch.Tensor]:
     image, label = marker_image()
     g = torch.Generator().manual_seed(seed)
-    out = BatchedLabeledAugment()(
+    out = BatchedLabeledAugment(**weak)(
         {"image": image.expand(n, -1, -1, -1).clone(), "label": label.expand(n, -1, -1, -1).clone()}, g
     )
     return out["image"], out["label"]
@@ -284,17 +284,9 @@ def test_unimatch_augmentation_with_dihedral_step_reaches_every_orientation_unif
 
 def test_dihedral_weak_distribution_matches_monai():
     params = {**UNIMATCH_WEAK, "dihedral": True}
-    image, label = marker_image()
-    t = labeled_transforms(**params)
-    t.set_random_state(seed=12)
-    items = [t({"image": image.clone(), "label": label.clone()}) for _ in range(N)]
-    xm = torch.stack([torch.as_tensor(i["image"]) for i in items])
-    ym = torch.stack([torch.as_tensor(i["label"]) for i in items])
-    g = torch.Generator().manual_seed(12)
-    out = BatchedLabeledAugment(**params)(
-        {"image": image.expand(N, -1, -1, -1).clone(), "label": label.expand(N, -1, -1, -1).clone()}, g
-    )
-    assert_same_distribution(weak_stats(xm, ym), weak_stats(out["image"], out["label"]), WEAK_NAMES, atol=0.01)
+    xm, ym = _monai_labeled(N, seed=12, **params)
+    xb, yb = _batched_labeled(N, seed=12, **params)
+    assert_same_distribution(weak_stats(xm, ym), weak_stats(xb, yb), WEAK_NAMES, atol=0.01)
 
 
 def test_dihedral_must_be_a_bool():

@@ -79,3 +79,17 @@ def build_commands(
         str(run_dir / "models" / "model.pt"),
     ]
     return train, evaluate
+
+
+def as_list(value: Any, name: str) -> list:
+    """A command-line value as a list: a list / tuple as is, one int or string as a one-item list (``fire`` gives
+    ``--seeds 0`` as an int and ``--seeds "[0, 1]"`` as a list).
+
+    Raises:
+        ValueError: for anything else, naming the flag.
+    """
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    if isinstance(value, (int, str)):
+        return [value]
+    raise ValueError(f"--{name} must be a value or a list, got {value!r}")
