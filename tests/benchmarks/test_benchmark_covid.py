@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
-from vqseg_bundle.benchmarks.covid_report import protocol_markdown, slice_means
+from vqseg_bundle.benchmarks.covid_report import protocol_markdown, run_date, slice_means
 from vqseg_bundle.data.png_phantoms import make_png_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,6 +52,17 @@ def test_slice_means_and_gain_table(tmp_path):
     ]
     text = protocol_markdown("cpu", runs)
     assert "| `unimatch` | 60.0 (+10.0) | 80.0 (+20.0) | +15.0 (2 seeds) |" in text
+    assert "Schedule:" not in text
+    runs[0]["description"] = "96 px U-Net, 1000 iterations"
+    assert "Schedule: 96 px U-Net, 1000 iterations." in protocol_markdown("cpu", runs)
+
+
+def test_run_date_is_the_recorded_one_not_the_checkout_time(tmp_path):
+    run_json = tmp_path / "run.json"
+    run_json.write_text("{}")
+    assert run_date({"environment": {"date": "2026-12-06T08:14:17+00:00"}}, run_json) == "2026-12-06"
+    # a record without one falls back to the file's time, still an ISO date
+    assert len(run_date({}, run_json).split("-")) == 3
 
 
 @pytest.mark.slow

@@ -49,6 +49,15 @@ def slice_means(per_case_csv: Path, class_index: int = 1) -> dict[str, float]:
     return out
 
 
+def run_date(record: dict[str, Any], run_json: Path) -> str:
+    """The ISO date a run was made: its ``environment.date`` (the file's modification time changes with every
+    checkout, so it is only the fallback of a record without one)."""
+    stamp = record.get("environment", {}).get("date")
+    if stamp:
+        return datetime.datetime.fromisoformat(stamp).date().isoformat()
+    return datetime.date.fromtimestamp(run_json.stat().st_mtime).isoformat()
+
+
 def collect(protocol_dir: Path) -> list[dict[str, Any]]:
     """One record per finished run (``run.json`` status ok with test scores) under ``protocol_dir``."""
     runs = []
@@ -71,7 +80,8 @@ def collect(protocol_dir: Path) -> list[dict[str, Any]]:
                 "machine": record.get("machine", ""),
                 "train_command": record.get("train_command", ""),
                 "test_command": record.get("test_command", ""),
-                "date": run_json.stat().st_mtime,
+                "description": record.get("protocol_description", ""),
+                "date": run_date(record, run_json),
             }
         )
     return runs
@@ -90,7 +100,11 @@ def protocol_markdown(protocol: str, runs: list[dict[str, Any]]) -> str:
     """The tables of one protocol: per variant over seeds, per seed, and the gain over ``labeled_only``."""
     variants = list(dict.fromkeys(r["variant"] for r in runs))
     head = "| variant | seeds | " + " | ".join(h for _, h in TEST_METRICS) + " | val Dice | train min |"
-    lines = [f"### Protocol `{protocol}`", "", head, "|" + " --- |" * (len(TEST_METRICS) + 4)]
+    descriptions = sorted({r["description"] for r in runs if r.get("description")})
+    lines = [f"### Protocol `{protocol}`", ""]
+    if descriptions:
+        lines += [f"Schedule: {'; '.join(descriptions)}.", ""]
+    lines += [head, "|" + " --- |" * (len(TEST_METRICS) + 4)]
     for v in variants:
         mine = sorted((r for r in runs if r["variant"] == v), key=lambda r: r["seed"])
         cells = [_mean_std([r["test"][k] for r in mine], 100.0 if k in _PERCENT else 1.0) for k, _ in TEST_METRICS]
@@ -145,7 +159,7 @@ def report_markdown(results_dir: Path) -> str:
         found = True
         parts.append(protocol_markdown(pdir.name[len("covid_") :], runs))
         machines = sorted({r["machine"] for r in runs if r["machine"]})
-        dates = sorted(datetime.date.fromtimestamp(r["date"]).isoformat() for r in runs)
+        dates = sorted(r["date"] for r in runs)
         parts += [f"Machine: {'; '.join(machines) or 'n/a'}. Runs dated {dates[0]} to {dates[-1]}.", ""]
         example = next((r for r in runs if r["train_command"]), None)
         if example:
