@@ -27,3 +27,20 @@ def test_switch_values():
     assert resolve_switch("auto", torch.device("cpu")) is cpu_has_native_bf16()
     with pytest.raises(ValueError, match="true, false or 'auto'"):
         resolve_switch("fast", "cpu")
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_forced_bf16_on_an_emulating_cpu_is_warned(monkeypatch, caplog, native):
+    from vqseg_bundle.engines import precision
+
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native)
+    with caplog.at_level("WARNING", logger="vqseg_bundle.engines.precision"):
+        message = precision.emulated_bf16_warning(True, "bfloat16", "cpu")
+    if native:
+        assert message is None and not caplog.records
+    else:
+        assert "emulated" in message and "--amp auto" in message and message in caplog.text
+    # never for fp32, float16 or a GPU
+    assert precision.emulated_bf16_warning(False, "bfloat16", "cpu") is None
+    assert precision.emulated_bf16_warning(True, "float16", "cpu") is None
+    assert precision.emulated_bf16_warning(True, "bfloat16", "cuda") is None

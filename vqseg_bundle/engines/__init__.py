@@ -24,7 +24,7 @@ from vqseg_bundle.engines.handlers import (
 from vqseg_bundle.engines.loaders import InfiniteLoader
 from vqseg_bundle.engines.model_saver import BestModelSaver, network_arguments, resolved_config
 from vqseg_bundle.engines.optim import backbone_param_groups
-from vqseg_bundle.engines.precision import cpu_has_native_bf16, resolve_switch
+from vqseg_bundle.engines.precision import cpu_has_native_bf16, emulated_bf16_warning, resolve_switch
 from vqseg_bundle.engines.prepare_batch import PrepareLabeledBatch, PrepareUnlabeledBatch
 from vqseg_bundle.engines.step_guard import NAN_POLICIES, StepGuard
 from vqseg_bundle.engines.student_step import SemiSupervisedForward, frozen_batchnorm_stats
@@ -73,6 +73,7 @@ __all__ = [
     "PrepareUnlabeledBatch",
     "StepGuard",
     "cpu_has_native_bf16",
+    "emulated_bf16_warning",
     "resolve_switch",
     "unwrap_model",
 ]

@@ -57,6 +57,7 @@ from monai.inferers import Inferer
 from monai.utils import CommonKeys
 from torch.optim import Optimizer
 from vqseg_bundle.engines.loaders import InfiniteLoader
+from vqseg_bundle.engines.precision import emulated_bf16_warning
 from vqseg_bundle.engines.prepare_batch import PrepareLabeledBatch, PrepareUnlabeledBatch
 from vqseg_bundle.engines.step_guard import StepGuard
 from vqseg_bundle.engines.student_step import SemiSupervisedForward
@@ -184,6 +185,7 @@ class SemiSupervisedTrainer(SupervisedTrainer):
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         if amp_dtype not in _AMP_DTYPES:
             raise ValueError(f"amp_dtype must be one of {tuple(_AMP_DTYPES)}, got {amp_dtype!r}")
+        emulated_bf16_warning(bool(amp), amp_dtype, device)
         if epoch_length is None or int(epoch_length) < 1:
             raise ValueError(f"epoch_length must be a positive int (the loaders cycle forever), got {epoch_length}")
         if kwargs.get("decollate"):
