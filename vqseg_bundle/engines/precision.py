@@ -54,8 +54,8 @@ def resolve_switch(value: bool | str, device: torch.device | str) -> bool:
 
 def emulated_bf16_warning(amp: bool, amp_dtype: str, device: torch.device | str) -> str | None:
     """The warning to log when bf16 autocast is forced on a CPU that emulates bf16 (no :data:`NATIVE_BF16_FLAGS`):
-    there every step is several times slower than fp32 (measured on a 2-core AVX2 EPYC: 4.3 s against 0.2-0.3 s for
-    an EfficientNet-Lite0 labeled step). ``None`` when autocast is off, not bf16, not on a CPU, or the CPU is native.
+    there every step is several times slower than fp32 (measured on a 2-core AVX2 EPYC: 4.3 s against about 0.3 s for
+    an EfficientNet-Lite0 labeled_only step). ``None`` when autocast is off, not bf16, not on a CPU, or the CPU is native.
     The message is also logged (once per call) under this module's logger."""
     if not amp or amp_dtype != "bfloat16" or torch.device(device).type != "cpu" or cpu_has_native_bf16():
         return None
