@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # run from a plain checkout
 
-from vqseg_bundle.benchmarks.commands import as_list  # noqa: E402
+from vqseg_bundle.benchmarks.commands import as_flag, as_list  # noqa: E402
 from vqseg_bundle.benchmarks.environment import environment  # noqa: E402
 from vqseg_bundle.benchmarks.paths import DEFAULT_DATASET_DIR, resolve  # noqa: E402
 from vqseg_bundle.benchmarks.protocols import PROTOCOLS  # noqa: E402
@@ -114,6 +114,7 @@ class Benchmark:
             timeout: seconds allowed per subprocess (``None``: no limit).
             report: rewrite the docs section at the end.
         """
+        force, dry_run, report = as_flag(force, "force"), as_flag(dry_run, "dry_run"), as_flag(report, "report")
         records = run_benchmark(
             protocol=protocol,
             labeled=[int(n) for n in as_list(labeled, "labeled")],

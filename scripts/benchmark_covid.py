@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # run from a plain checkout
 
-from vqseg_bundle.benchmarks.commands import as_list  # noqa: E402
+from vqseg_bundle.benchmarks.commands import as_flag, as_list  # noqa: E402
 from vqseg_bundle.benchmarks.covid_report import write_covid_report  # noqa: E402
 from vqseg_bundle.benchmarks.paths import SPEC_DIR, resolve  # noqa: E402
 from vqseg_bundle.benchmarks.protocols import load_protocols  # noqa: E402
@@ -81,6 +81,7 @@ class Benchmark:
             timeout: seconds allowed per subprocess.
             report: rewrite the docs section at the end.
         """
+        force, dry_run, report = as_flag(force, "force"), as_flag(dry_run, "dry_run"), as_flag(report, "report")
         data = resolve(dataset_dir)
         if not (data / "dataset.json").exists():
             print(f"wrote {prepare_covid_semiseg(source, data)}", flush=True)

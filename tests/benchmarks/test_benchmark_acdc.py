@@ -104,6 +104,36 @@ def test_write_section_replaces_only_the_marked_text(tmp_path):
     assert publish.MARK_START in other.read_text() and "body" in other.read_text()
 
 
+@pytest.mark.parametrize("word", ["false", "False", "no", "0", 0, False])
+def test_as_flag_reads_false_spellings(word):
+    # fire gives `--report false` as the string 'false': it must not count as true
+    assert commands.as_flag(word, "report") is False
+    assert commands.as_flag(fire_parser.DefaultParseValue(str(word)), "report") is False
+
+
+@pytest.mark.parametrize("word", ["true", "TRUE", "yes", "1", 1, True])
+def test_as_flag_reads_true_spellings(word):
+    assert commands.as_flag(word, "force") is True
+
+
+def test_as_flag_rejects_other_values():
+    with pytest.raises(ValueError, match="--report must be true or false"):
+        commands.as_flag("maybe", "report")
+    with pytest.raises(ValueError, match="--force"):
+        commands.as_flag(2, "force")
+
+
+def test_report_false_string_does_not_rewrite_the_docs(tmp_path, monkeypatch):
+    """`--report false` on the command line: the docs section is left alone."""
+    written = []
+    monkeypatch.setattr(bm.Benchmark, "report", lambda self, **kw: written.append(kw))
+    monkeypatch.setattr(bm, "run_benchmark", lambda **kw: [])
+    bm.Benchmark().run(dataset_dir="demo", report="false")
+    assert written == []
+    bm.Benchmark().run(dataset_dir="demo", report="true")
+    assert len(written) == 1
+
+
 def test_run_rejects_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="protocol"):
         bm.Benchmark().run(protocol="tpu", dry_run=True)

@@ -93,3 +93,25 @@ def as_list(value: Any, name: str) -> list:
     if isinstance(value, (int, str)):
         return [value]
     raise ValueError(f"--{name} must be a value or a list, got {value!r}")
+
+
+_TRUE_WORDS = ("true", "yes", "1")
+_FALSE_WORDS = ("false", "no", "0")
+
+
+def as_flag(value: Any, name: str) -> bool:
+    """A command-line switch as a bool.
+
+    Why: ``fire`` gives ``--report false`` as the string ``'false'``, which is truthy; only the Python spellings
+    (``False``) become a bool. Both spellings (any case), ``yes`` / ``no`` and ``1`` / ``0`` are accepted here.
+
+    Raises:
+        ValueError: for anything else, naming the flag.
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE_WORDS + _FALSE_WORDS:
+        return value.strip().lower() in _TRUE_WORDS
+    raise ValueError(f"--{name} must be true or false, got {value!r}")
