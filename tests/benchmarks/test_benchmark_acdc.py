@@ -228,3 +228,20 @@ def test_unpack_dataset_errors_name_the_archive(tmp_path):
         tar.add(tmp_path / "x.txt", arcname="x.txt")
     with pytest.raises(ValueError, match="other.tar: holds no train_slices.list"):
         unpack_dataset(other, tmp_path / "d2")
+
+
+def test_report_names_runs_made_under_an_earlier_schedule():
+    """A protocol changed after some runs (e.g. bf16 -> fp32): the report says which runs used the old schedule."""
+    from vqseg_bundle.benchmarks.report import _other_schedules
+
+    records = {
+        "labeled_only": {"protocol_description": "128 px, bf16"},
+        "labeled_only_seed1": {"protocol_description": "128 px, fp32"},
+        "unimatch": {"protocol_description": "128 px, fp32"},
+        "old_record": {},
+    }
+    assert _other_schedules("128 px, fp32", records) == [
+        "Run under an earlier schedule (`labeled_only`): 128 px, bf16.",
+        "",
+    ]
+    assert _other_schedules("128 px, bf16", {"a": records["labeled_only"]}) == []

@@ -123,6 +123,20 @@ def _run_order(name: str) -> tuple[int, int]:
     return (order.index(variant) if variant in order else len(order), seed)
 
 
+def _other_schedules(schedule: str, records: dict[str, dict[str, Any]]) -> list[str]:
+    """One line per recorded schedule that differs from the protocol's current ``schedule``, naming its runs (a
+    protocol changed after some of its runs, e.g. its precision), then a blank line; nothing when all agree."""
+    other: dict[str, list[str]] = {}
+    for name, rec in records.items():
+        recorded = rec.get("protocol_description")
+        if recorded and recorded != schedule:
+            other.setdefault(recorded, []).append(name)
+    lines = [
+        f"Run under an earlier schedule ({', '.join(f'`{n}`' for n in names)}): {d}." for d, names in other.items()
+    ]
+    return [*lines, ""] if lines else []
+
+
 def _labeled_section(protocol: str, ldir: Path, docs_dir: Path, docs_file: Path) -> list[str]:
     """The tables, targets, plot and variant list of one protocol's runs at one labeled count."""
     labeled = int(ldir.name[len("labeled") :])
@@ -136,14 +150,16 @@ def _labeled_section(protocol: str, ldir: Path, docs_dir: Path, docs_file: Path)
     any_rec = records[names[0]][1]
     env = any_rec.get("environment", {})
     notes = PROTOCOLS[protocol].notes if protocol in PROTOCOLS else ""
+    schedule = PROTOCOLS[protocol].description if protocol in PROTOCOLS else any_rec.get("protocol_description", "")
     lines = [
         f"### Protocol `{protocol}`, {labeled} labeled patients",
         "",
-        f"Schedule: {any_rec.get('protocol_description', '')}; seed 0 unless the name says `_seed<N>`. "
+        f"Schedule: {schedule}; seed 0 unless the name says `_seed<N>`. "
         f"Machine: {any_rec.get('machine', '?')} ({env.get('cpu', '?')}); run {env.get('date', '?')}; "
         f"Python {env.get('python')}, PyTorch {env.get('torch')}, MONAI {env.get('monai')}, "
         f"ignite {env.get('ignite')}, git {env.get('git')}.",
         "",
+        *_other_schedules(schedule, {name: records[name][1] for name in names}),
         *([notes, ""] if notes else []),
         "| variant | Dice | Jaccard | HD95 | ASD | missed | best val Dice | train min | eval min |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
