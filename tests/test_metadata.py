@@ -27,6 +27,13 @@ def test_metadata_versions_are_released_versions():
     assert meta["version"] in meta["changelog"], "changelog must contain the current version"
 
 
+def test_package_version_is_the_bundle_version():
+    """pyproject.toml's package version and metadata.json's bundle version are one release number."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["version"] == json.loads(META.read_text())["version"]
+
+
 def test_metadata_channels_match_label_classes():
     meta = json.loads(META.read_text())
     pred = meta["network_data_format"]["outputs"]["pred"]
