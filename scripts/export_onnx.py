@@ -22,6 +22,7 @@ import fire
 if __package__ in (None, "") and str(Path(__file__).resolve().parents[1]) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file from a plain checkout
 
+from vqseg_bundle.benchmarks.commands import as_flag  # noqa: E402
 from vqseg_bundle.inferers.export import (  # noqa: E402
     compare_onnx,
     compare_program,
@@ -58,6 +59,7 @@ def main(
         dynamo: ONNX only: use the torch.export-based exporter (needs onnxscript).
         override: config ids to override, e.g. ``--bundle_root . --num_classes 4``.
     """
+    dynamo = as_flag(dynamo, "dynamo")
     if format not in FORMATS:
         raise SystemExit(f"error: --format must be one of {FORMATS}, got {format!r}")
     output = output or f"models/model.{format}"

@@ -25,6 +25,7 @@ canonical orientation (docs/README.md, "Orientation"), gives arrays identical to
 from __future__ import annotations
 
 import fire
+from vqseg_bundle.benchmarks.commands import as_flag
 from vqseg_bundle.data.convert import convert_acdc_to_nifti
 
 
@@ -47,6 +48,7 @@ def main(
         compress: write .nii.gz (True) or .nii (False, faster, larger).
         overwrite: replace an existing dataset.json in dst.
     """
+    compress, overwrite = as_flag(compress, "compress"), as_flag(overwrite, "overwrite")
     out = convert_acdc_to_nifti(src, dst, labeled=labeled, seed=seed, compress=compress, overwrite=overwrite)
     print(f"wrote {out / 'dataset.json'}")
 

@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # run from a plain checkout
 
+from vqseg_bundle.benchmarks.commands import as_flag  # noqa: E402
 from vqseg_bundle.data.covid_semiseg import prepare_covid_semiseg  # noqa: E402
 
 DEFAULT_SOURCE = str(REPO.parent / "shared" / "data" / "covid_semiseg")
@@ -37,6 +38,7 @@ def main(
 ) -> None:
     """Write ``output/dataset.json`` from the COVID-SemiSeg folder ``source`` (binary task; ``--multiclass true``:
     the 3-class one); ``val_count`` labeled slices drawn for validation with ``seed``."""
+    multiclass = as_flag(multiclass, "multiclass")
     out = Path(output) if Path(output).is_absolute() else REPO / output
     path = prepare_covid_semiseg(source, out, multiclass=multiclass, val_count=val_count, seed=seed)
     print(f"wrote {path}", flush=True)
