@@ -11,10 +11,16 @@ Examples:
     python scripts/benchmark_dihedral.py --run_json results/acdc_cpu_peer_dihedral/labeled3/unimatch/run.json \
         --tta dihedral
     python scripts/benchmark_dihedral.py --run_json "['A/run.json','B/run.json']"   # several models, one table
+    python scripts/benchmark_dihedral.py --run_json results/acdc_cpu_peer/labeled3/unimatch/run.json \
+        --orientation_classifier outputs/orientation/acdc64/orientation.pt   # with orientation correction
 
 The model is the run's ``model.pt`` (``--ckpt_path`` from its evaluation command) unless ``--ckpt_path`` is given
 (one run only); without ``--run_json``, the bundle's ``models/model.pt`` evaluated as ``configs/evaluate.yaml`` does
-(``eval/orientation/bundle__model.json``). Results: ``<results_dir>/<protocol>__<run>[__tta-<mode>].json`` per model and
+(``eval/orientation/bundle__model.json``). Orientation correction (configs/evaluate.yaml) is used as the evaluation
+configures it (``orientation_correction: auto``: the classifier beside the model, when there is one) unless
+``--orientation_classifier`` names one (``__oc`` in the result's name); the result records, per transform, how many
+volumes the classifier turned, and the inference time per volume with and without the correction (timed in turns).
+Results: ``<results_dir>/<protocol>__<run>[__tta-<mode>][__oc].json`` per model and
 ``<results_dir>/summary.csv`` (one row per model and TTA mode, rewritten from every JSON there).
 """
 
@@ -32,7 +38,12 @@ from typing import Any
 import fire
 from fire.parser import DefaultParseValue
 from monai.bundle import ConfigParser
-from vqseg_bundle.benchmarks.dihedral import inference_seconds_per_volume, score_dihedral, worst_drop
+from vqseg_bundle.benchmarks.dihedral import (
+    correction_time_ratio,
+    inference_seconds_per_volume,
+    score_dihedral,
+    worst_drop,
+)
 from vqseg_bundle.benchmarks.environment import environment, machine_label
 from vqseg_bundle.transforms.dihedral import DIHEDRAL_TRANSFORMS
 
@@ -60,7 +71,9 @@ def recorded_overrides(eval_command: str) -> tuple[list[str], dict[str, Any]]:
     return ([files] if isinstance(files, str) else list(files)), overrides
 
 
-def build_evaluation(record: dict, ckpt_path: str | None, output_dir: Path, tta: str) -> tuple[Any, list, dict]:
+def build_evaluation(
+    record: dict, ckpt_path: str | None, output_dir: Path, tta: str, orientation_classifier: str | None = None
+) -> tuple[Any, list, dict]:
     """The bundle's validation evaluator for a model, the validation items and the resolved settings.
 
     ``record`` is a benchmark run record (its ``eval_command`` gives the config files and overrides) or ``{}`` for
@@ -74,6 +87,10 @@ def build_evaluation(record: dict, ckpt_path: str | None, output_dir: Path, tta:
     overrides.update(output_dir=str(output_dir), flip_tta=tta == "flip", dihedral_tta=tta == "dihedral")
     if ckpt_path is not None:
         overrides["ckpt_path"] = str(_repo_path(ckpt_path).resolve())
+    if orientation_classifier is not None:
+        overrides.update(
+            orientation_correction=True, orientation_classifier_path=str(_repo_path(orientation_classifier).resolve())
+        )
     parser = ConfigParser()
     parser.read_config([str(_repo_path(f)) for f in files])
     parser.update(overrides)
@@ -83,6 +100,8 @@ def build_evaluation(record: dict, ckpt_path: str | None, output_dir: Path, tta:
     parser.get_parsed_content("initialize")
     parser.get_parsed_content("load_weights")
     evaluator = parser.get_parsed_content("validate#evaluator")
+    if hasattr(evaluator.inferer, "load"):
+        evaluator.inferer.load()
     items = parser.get_parsed_content("splits").validation
     return evaluator, items, {"ckpt_path": str(model), "slice_axis": parser["slice_axis"]}
 
@@ -93,6 +112,7 @@ def write_summary(results_dir: Path) -> Path:
     for path in sorted(results_dir.glob("*.json")):
         r = json.loads(path.read_text())
         row = {"protocol": r["protocol"], "run": r["run"], "seed": r["seed"], "tta": r["tta"]}
+        row["orientation_classifier"] = r.get("orientation_classifier") or ""
         row.update({t["transform"]: round(100.0 * t["mean_dice"], 2) for t in r["transforms"]})
         row.update(
             worst=r["worst_transform"],
@@ -115,6 +135,7 @@ def main(
     tta: str = "none",
     results_dir: str | None = None,
     work_dir: str = "outputs/dihedral_benchmark",
+    orientation_classifier: str | None = None,
 ) -> list[dict]:
     """Score each run's model under the 8 dihedral transforms of its validation volumes.
 
@@ -126,6 +147,8 @@ def main(
         results_dir: where the per-model JSON and ``summary.csv`` go (default: ``results/orientation`` for
             benchmark runs, ``eval/orientation`` for the bundle's own model).
         work_dir: evaluation outputs (git-ignored).
+        orientation_classifier: an orientation classifier (``orientation.pt`` with its ``orientation.json``) to
+            evaluate with orientation correction on (required: a missing file is an error).
 
     Returns:
         the result records (also written and printed).
@@ -147,8 +170,14 @@ def main(
                 raise FileNotFoundError(f"{record_path}: no benchmark run record (run.json)")
             record = json.loads(record_path.read_text())
             protocol, name = record["protocol"], record_path.parent.name
-        stem = f"{protocol}__{name}" + ("" if tta == "none" else f"__tta-{tta}")
-        evaluator, items, info = build_evaluation(record, ckpt_path, _repo_path(work_dir) / stem, tta)
+        stem = (
+            f"{protocol}__{name}"
+            + ("" if tta == "none" else f"__tta-{tta}")
+            + ("__oc" if orientation_classifier else "")
+        )
+        evaluator, items, info = build_evaluation(
+            record, ckpt_path, _repo_path(work_dir) / stem, tta, orientation_classifier
+        )
         records = score_dihedral(evaluator, items, slice_axis=int(info["slice_axis"]), transforms=DIHEDRAL_TRANSFORMS)
         worst, drop = worst_drop(records)
         result = {
@@ -162,18 +191,27 @@ def main(
             "seed": record.get("seed"),
             "ckpt_path": info["ckpt_path"],
             "tta": tta,
+            "orientation_classifier": orientation_classifier,
             "transforms": records,
             "worst_transform": worst,
             "worst_drop_points": round(drop, 2),
             # the inferer alone (network and test-time augmentation; no metrics), identity orientation
             "inference_seconds_per_volume": round(inference_seconds_per_volume(evaluator, items), 4),
         }
+        if orientation_classifier:
+            # the classifier's cost: the same inferer with and without it, timed in turns in this process
+            result["correction_timing"] = {k: round(v, 4) for k, v in correction_time_ratio(evaluator, items).items()}
         (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
         results.append(result)
         dice = ", ".join(f"{r['transform']} {100 * r['mean_dice']:.1f}" for r in records)
         print(
             f"{protocol}/{name} (tta {tta}): {dice}; worst {worst} -{drop:.1f} points; "
             f"inference {result['inference_seconds_per_volume']:.3f} s/volume"
+            + (
+                f" ({result['correction_timing']['ratio']:.2f} x the time without orientation correction)"
+                if "correction_timing" in result
+                else ""
+            )
         )
     print(f"summary: {write_summary(out_dir)}")
     return results

@@ -209,6 +209,28 @@ def test_script_scores_a_trained_bundle_model_and_its_identity_is_the_validation
         out_dir / "demo__unimatch_seed0__tta-dihedral.json"
     ).is_file()
     rows = (out_dir / "summary.csv").read_text().splitlines()
-    assert len(rows) == 3 and rows[0].startswith("protocol,run,seed,tta,identity")
+    assert len(rows) == 3 and rows[0].startswith("protocol,run,seed,tta,orientation_classifier,identity")
+    # with orientation correction: training saved a classifier beside the model (train.yaml orientation_correction
+    # "auto"); marked reliable here so that it is used, the result says what it turned per transform
+    classifier = tmp_path / "models" / "orientation.pt"
+    oc_record = json.loads(classifier.with_suffix(".json").read_text())
+    assert oc_record["validation"]["volumes"] > 0
+    forced = tmp_path / "oc" / "orientation.pt"
+    forced.parent.mkdir()
+    forced.write_bytes(classifier.read_bytes())
+    forced.with_suffix(".json").write_text(json.dumps({**oc_record, "reliable": True}))
+    (result,) = bd.main(
+        run_json=str(run_dir / "run.json"),
+        results_dir=str(out_dir),
+        work_dir=str(tmp_path / "w"),
+        orientation_classifier=str(forced),
+    )
+    assert result["orientation_classifier"] == str(forced)
+    turned = [r["volumes_turned_back"] for r in result["transforms"]]
+    assert all(0 <= n <= oc_record["validation"]["volumes"] for n in turned)
+    assert (out_dir / "demo__unimatch_seed0__oc.json").is_file()
+    timing = result["correction_timing"]
+    assert timing["with_correction"] > 0 and timing["without_correction"] > 0
+    assert timing["ratio"] == pytest.approx(timing["with_correction"] / timing["without_correction"], rel=1e-2)
     with pytest.raises(FileNotFoundError, match="no benchmark run record"):
         bd.main(run_json=str(tmp_path / "missing" / "run.json"), results_dir=str(out_dir))

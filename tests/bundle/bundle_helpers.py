@@ -28,6 +28,9 @@ TINY = {
     "log_every": 1,
     "progress_bar": False,
     "network_def#features": [8, 16, 32, 64, 64],
+    # the orientation classifier trained before the network (train.yaml orientation_correction "auto"): a few steps
+    "orientation_training#iterations": 3,
+    "orientation_training#batch_size": 4,
 }
 
 #: a random-weight 4-block ViT (explicitly not pretrained) at 56 px: a 4 x 4 token grid

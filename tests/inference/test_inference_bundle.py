@@ -59,7 +59,7 @@ def test_perfect_prediction_keeps_geometry_and_scores_perfectly(scans, tmp_path)
         data_dir,
         tmp_path / "out",
         scans["oracle_ckpt"],
-        inferer={
+        slice_inferer={
             "_target_": "vqseg_bundle.inferers.ResizedSliceInferer",
             "roi_size": list(canonical_shape(label.shape, affine)[:2]),
         },
@@ -91,7 +91,7 @@ def test_metaimage_input_through_itk(scans, tmp_path):
         scans["oracle_ckpt"],
         input_glob=str(scans["mha_dir"] / "*.mha"),
         image_size=19,
-        inferer={
+        slice_inferer={
             "_target_": "vqseg_bundle.inferers.ResizedSliceInferer",
             # the (19, 27, 3) volume in "PLS" (its RAS codes are "LPS"): (27, 19, 3)
             "roi_size": list(canonical_shape(scans["labels"]["lps"].shape, scans["affines"]["lps"])[:2]),

@@ -53,7 +53,7 @@ def test_png_segmented_at_its_own_size_in_display_order(tmp_path, oracle_ckpt):
     rgb = np.repeat((label * 85).astype(np.uint8)[..., None], 3, axis=-1)
     Image.fromarray(rgb).save(tmp_path / "in" / "colour.png")
     roi = {"_target_": "vqseg_bundle.inferers.ResizedSliceInferer", "roi_size": [30, 44]}
-    _infer(str(tmp_path / "in" / "*.png"), tmp_path / "out", oracle_ckpt, inferer=roi, output_values=[0, 1, 2, 3])
+    _infer(str(tmp_path / "in" / "*.png"), tmp_path / "out", oracle_ckpt, slice_inferer=roi, output_values=[0, 1, 2, 3])
     for name in ("grey", "colour"):
         pred = np.asarray(Image.open(tmp_path / "out" / f"{name}_seg.png"))
         assert pred.shape == label.shape and pred.dtype == np.uint8
@@ -125,6 +125,8 @@ def test_png_dataset_trains_validates_and_infers(tmp_path, one_thread):
         "num_threads": 1,
         "progress_bar": False,
         "network_def#features": [8, 16, 32, 64, 64],
+        "orientation_training#iterations": 3,
+        "orientation_training#batch_size": 4,
     }
     train = ConfigWorkflow(
         config_file=TRAIN, workflow_type="train", epochs=2, iterations_per_epoch=2, val_interval=1, **common

@@ -63,7 +63,7 @@ def test_inference_config_builds_the_recorded_network(tmp_path):
     built = parser.get_parsed_content("network_def")
     assert type(built) is type(net)
     built.load_state_dict(torch.load(ckpt, weights_only=True), strict=True)  # the same keys and shapes
-    assert parser.get_parsed_content("inferer").roi_size == (48, 48)
+    assert parser.get_parsed_content("slice_inferer").roi_size == (48, 48)
     x = torch.rand(2, 1, 48, 48)
     with torch.no_grad():
         torch.testing.assert_close(built.eval()(x), net(x))
@@ -99,7 +99,7 @@ def test_model_without_settings_uses_config_values(tmp_path):
         else True
     )
     assert parser.get_parsed_content("model_settings")["settings_file"] is None
-    assert parser.get_parsed_content("inferer").roi_size == (32, 32)
+    assert parser.get_parsed_content("slice_inferer").roi_size == (32, 32)
 
 
 def test_replaced_weights_without_their_settings_are_detected(tmp_path):
@@ -153,7 +153,7 @@ def test_round_trip_train_tiny_then_inference_and_evaluate(tmp_path):
     state = torch.load(ckpt, weights_only=True)
     parser = _inference_parser(ckpt)
     parser.get_parsed_content("network_def").load_state_dict(state, strict=True)
-    assert parser.get_parsed_content("inferer").roi_size == (64, 64)
+    assert parser.get_parsed_content("slice_inferer").roi_size == (64, 64)
     # evaluate.yaml on train.yaml, no override: the recorded network and slice size
     ev = ConfigWorkflow(
         config_file=[str(TRAIN), str(EVALUATE)],
@@ -300,7 +300,7 @@ def test_network_keys_are_read_from_weights_without_settings(tmp_path):
     assert {"features", "codebook_size", "vq_levels", "reconstruction"} <= set(settings["read_from_weights"])
     built = parser.get_parsed_content("network_def").eval()
     built.load_state_dict(torch.load(ckpt, weights_only=True), strict=True)
-    assert parser.get_parsed_content("inferer").roi_size == (48, 48)
+    assert parser.get_parsed_content("slice_inferer").roi_size == (48, 48)
     x = torch.rand(1, 1, 48, 48)
     with torch.no_grad():
         torch.testing.assert_close(built(x), net(x))

@@ -11,6 +11,7 @@ worst drop from the identity. ``scripts/benchmark_dihedral.py`` is its command l
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -19,7 +20,14 @@ from monai.data import DataLoader, Dataset
 from monai.engines import Evaluator
 from vqseg_bundle.transforms.dihedral import DIHEDRAL_TRANSFORMS, DihedralTransform
 
-__all__ = ["in_plane_dims", "DihedralItems", "score_dihedral", "worst_drop", "inference_seconds_per_volume"]
+__all__ = [
+    "in_plane_dims",
+    "DihedralItems",
+    "score_dihedral",
+    "worst_drop",
+    "inference_seconds_per_volume",
+    "correction_time_ratio",
+]
 
 
 def in_plane_dims(slice_axis: int, spatial_ndim: int = 3) -> tuple[int, int]:
@@ -81,7 +89,8 @@ def score_dihedral(
 
     Returns:
         one record per transform: ``{"transform": name, "quarter_turns", "mirrored", "mean_dice", "class_dice":
-        {name: value}, "seconds": evaluation wall time, "seconds_per_volume"}``.
+        {name: value}, "seconds": evaluation wall time, "seconds_per_volume", "volumes_turned_back" and
+        "turned_back": {transform found: volumes} when the evaluator's inferer corrects orientation}``.
 
     Raises:
         ValueError: for no items, or an evaluator without ``metric``.
@@ -94,9 +103,13 @@ def score_dihedral(
             Dataset(list(items), transform=DihedralItems(t, slice_axis)), batch_size=1, shuffle=False, num_workers=0
         )
         evaluator.state.epoch_length = len(items)  # MONAI sizes the epoch from the loader given at construction
+        decisions = getattr(evaluator.inferer, "decisions", None)
+        seen = len(decisions) if decisions is not None else 0
         start = time.perf_counter()
         evaluator.run()
         seconds = time.perf_counter() - start
+        # an orientation-correcting inferer (vqseg_bundle.inferers.OrientationCorrectingInferer) says what it did
+        turned = [d for d in decisions[seen:] if d.get("corrected")] if decisions is not None else []
         metrics = dict(evaluator.state.metrics)
         if metric not in metrics:
             raise ValueError(f"the evaluator reports no {metric!r} (it has {sorted(metrics)})")
@@ -111,6 +124,8 @@ def score_dihedral(
                 },
                 "seconds": round(seconds, 2),
                 "seconds_per_volume": round(seconds / len(items), 4),
+                "volumes_turned_back": len(turned),
+                "turned_back": dict(sorted(Counter(d["transform"] for d in turned).items())),
             }
         )
     return records
@@ -153,3 +168,37 @@ def inference_seconds_per_volume(evaluator: Evaluator, items: Sequence[Mapping[s
                 evaluator.inferer(image, evaluator.network)
                 total += time.perf_counter() - start
     return total / (len(items) * repeats)
+
+
+def correction_time_ratio(
+    evaluator: Evaluator, items: Sequence[Mapping[str, Any]], rounds: int = 2
+) -> dict[str, float]:
+    """Inference time per volume with the evaluator's orientation-correcting inferer and with the inferer it wraps
+    alone, measured in turns (``rounds`` each, alternating, so that both see the same machine load).
+
+    Args:
+        evaluator: a MONAI evaluator whose ``inferer`` wraps another as ``inferer.inferer``
+            (:class:`vqseg_bundle.inferers.OrientationCorrectingInferer`).
+        items: validation items ``{"image": (1, H, W, D), ...}``.
+
+    Returns:
+        ``{"with_correction", "without_correction"}`` (seconds per volume) and ``"ratio"`` (with / without).
+
+    Raises:
+        ValueError: an evaluator whose inferer wraps none.
+    """
+    corrector = evaluator.inferer
+    plain = getattr(corrector, "inferer", None)
+    if plain is None:
+        raise ValueError(f"the evaluator's inferer {corrector!r} wraps no other inferer")
+    times: dict[str, list[float]] = {"with_correction": [], "without_correction": []}
+    try:
+        for _ in range(int(rounds)):
+            for key, inferer in (("without_correction", plain), ("with_correction", corrector)):
+                evaluator.inferer = inferer
+                times[key].append(inference_seconds_per_volume(evaluator, items))
+    finally:
+        evaluator.inferer = corrector
+    out = {k: sum(v) / len(v) for k, v in times.items()}
+    out["ratio"] = out["with_correction"] / out["without_correction"]
+    return out

@@ -24,6 +24,12 @@ from vqseg_bundle.engines.handlers import (
 from vqseg_bundle.engines.loaders import InfiniteLoader
 from vqseg_bundle.engines.model_saver import BestModelSaver, network_arguments, resolved_config
 from vqseg_bundle.engines.optim import backbone_param_groups
+from vqseg_bundle.engines.orientation_training import (
+    fit_orientation_classifier,
+    random_orientation_views,
+    train_orientation_classifier,
+    validate_orientation_classifier,
+)
 from vqseg_bundle.engines.precision import cpu_has_native_bf16, emulated_bf16_warning, resolve_switch
 from vqseg_bundle.engines.prepare_batch import PrepareLabeledBatch, PrepareUnlabeledBatch
 from vqseg_bundle.engines.step_guard import NAN_POLICIES, StepGuard
@@ -38,6 +44,10 @@ from vqseg_bundle.engines.trainer import (
 from vqseg_bundle.engines.unwrap import unwrap_model
 
 __all__ = [
+    "fit_orientation_classifier",
+    "random_orientation_views",
+    "train_orientation_classifier",
+    "validate_orientation_classifier",
     "BestMetricState",
     "BestModelSaver",
     "checkpoint_problem",

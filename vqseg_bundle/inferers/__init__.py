@@ -5,6 +5,12 @@ from vqseg_bundle.inferers.checkpoint import load_network_weights, read_state_di
 from vqseg_bundle.inferers.images2d import ToGreyd
 from vqseg_bundle.inferers.inputs import list_inference_inputs, literal_glob, require_inputs
 from vqseg_bundle.inferers.orientation_check import ReportOrientationd, orientation_findings
+from vqseg_bundle.inferers.orientation_correction import (
+    OrientationCorrectingInferer,
+    correction_mode,
+    detect_orientation,
+    load_orientation_classifier,
+)
 from vqseg_bundle.inferers.run import (
     NONFINITE_POLICIES,
     CheckInputd,
@@ -32,6 +38,10 @@ from vqseg_bundle.inferers.settings import (
 from vqseg_bundle.inferers.slice_inferer import ResizedSliceInferer
 
 __all__ = [
+    "OrientationCorrectingInferer",
+    "correction_mode",
+    "detect_orientation",
+    "load_orientation_classifier",
     "ResizedSliceInferer",
     "load_network_weights",
     "read_state_dict",

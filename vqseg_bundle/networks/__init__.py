@@ -13,6 +13,7 @@ from .foundation import (
     FrozenFoundationModel,
     build_foundation_model,
 )
+from .orientation import OrientationClassifier
 from .outputs import VQSegOutput
 from .perturbations import PERTURBATIONS, ComplementaryDropout, FeatureDropout, build_perturbation
 from .qpm import QuantizedPerturbation
@@ -21,6 +22,7 @@ from .unet import VQSegUNet
 from .vit import VQSegViT, create_dinov2_backbone, load_dinov2_weights
 
 __all__ = [
+    "OrientationClassifier",
     "DINOv2Encoder",
     "DPTHead",
     "EfficientNetLite0Encoder",
