@@ -228,3 +228,17 @@ def test_eight_view_decision_turns_with_the_input_for_any_classifier():
         one = detect_orientation(classifier, turned, equivariant=False).dihedral
         single.add(tuple(one.invert(turned, (1, 2)).flatten().tolist()))
     assert len(single) > 1  # the single view alone is not equivariant for this classifier
+
+
+def test_max_slices_scores_a_subset_away_from_the_ends():
+    oracle = OracleClassifier()
+    volume = _volume(depth=9)[0]
+    volume[..., 0] = 0.0  # an end slice with nothing on it
+    decision = detect_orientation(oracle, DIHEDRAL_TRANSFORMS[3].apply(volume, (1, 2)), max_slices=4)
+    assert decision["slices"] == 4 and decision["transform"] == DIHEDRAL_TRANSFORMS[3].name
+    assert detect_orientation(oracle, volume, max_slices=20)["slices"] == 9  # fewer slices than the cap: all
+    with pytest.raises(ValueError, match="max_slices"):
+        detect_orientation(oracle, volume, max_slices=0)
+    corrector = OrientationCorrectingInferer(ResizedSliceInferer(S), oracle, max_slices=2)
+    corrector(_volume(depth=5), TopHalfNet())
+    assert corrector.decisions[0]["slices"] == 2

@@ -144,12 +144,16 @@ def train_orientation_classifier(
 
 @torch.no_grad()
 def validate_orientation_classifier(
-    classifier: OrientationClassifier, items: Sequence[Mapping[str, Any]], slice_axis: int = -1
+    classifier: OrientationClassifier,
+    items: Sequence[Mapping[str, Any]],
+    slice_axis: int = -1,
+    max_slices: int | None = None,
 ) -> dict[str, Any]:
     """Score the classifier on validation volumes in each of the 8 orientations (see the module docstring).
 
     Args:
         items: ``{"image": (C, H, W, D) or (C, H, W), "name": str}`` in the training orientation.
+        max_slices: the slices scored per volume, as inference scores them (:func:`detect_orientation`).
 
     Returns:
         ``{"volumes", "identity_accuracy", "consistency", "min_confidence", "detected": {name: transform found as
@@ -164,13 +168,15 @@ def validate_orientation_classifier(
         seen = set()
         for t in DIHEDRAL_TRANSFORMS:
             # the classifier alone (one view): does its decision move with the input?
-            decision = detect_orientation(classifier, t.apply(image, dims), slice_axis, equivariant=False).dihedral
+            decision = detect_orientation(
+                classifier, t.apply(image, dims), slice_axis, equivariant=False, max_slices=max_slices
+            ).dihedral
             restored = decision.invert(t.apply(image, dims), dims)
             seen.add((tuple(restored.shape), hash(restored.numpy().tobytes())))
         consistent += len(seen) == 1
         name = str(item.get("name", index))
         # what inference decides for the volume as stored (8 views, equivariant)
-        stored = detect_orientation(classifier, image, slice_axis)
+        stored = detect_orientation(classifier, image, slice_axis, max_slices=max_slices)
         found[name], confidence[name] = stored["transform"], stored["confidence"]
     n = max(len(items), 1)
     return {
@@ -189,6 +195,7 @@ def fit_orientation_classifier(
     training: Mapping[str, Any],
     slice_axis: int = -1,
     min_consistency: float = 0.9,
+    max_slices: int | None = None,
     seed: int = 0,
     device: torch.device | str = "cpu",
     reuse: bool | str = False,
@@ -205,6 +212,7 @@ def fit_orientation_classifier(
         path: the weights file (``models/orientation.pt``).
         network / training: :class:`OrientationClassifier` arguments / :func:`train_orientation_classifier`'s
             ``iterations``, ``batch_size``, ``lr``, ``weight_decay``.
+        max_slices: the slices per volume the validation scores, as inference (``orientation_max_slices``).
         reuse: keep an existing classifier (both files present) instead of training again (the config's ``resume``:
             true or a checkpoint path).
         write: write the files (``False`` on the ranks other than 0 of a distributed run, which train the same
@@ -229,7 +237,7 @@ def fit_orientation_classifier(
         classifier = train_orientation_classifier(
             torch.cat([t.cpu() for t in images]), network, seed=seed, device=device, **dict(training)
         )
-        validation = validate_orientation_classifier(classifier.cpu(), splits.validation, slice_axis)
+        validation = validate_orientation_classifier(classifier.cpu(), splits.validation, slice_axis, max_slices)
     record = {
         "network": dict(network),
         "training": dict(training),
@@ -237,6 +245,7 @@ def fit_orientation_classifier(
         "slice_axis": int(slice_axis),
         "validation": validation,
         "min_consistency": float(min_consistency),
+        "max_slices": max_slices,
         "reliable": validation["volumes"] > 0 and validation["consistency"] >= float(min_consistency),
         "seconds": round(time.perf_counter() - start, 1),
     }

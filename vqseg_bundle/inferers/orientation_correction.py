@@ -137,6 +137,7 @@ def detect_orientation(
     slice_axis: int = -1,
     batch_size: int = 64,
     equivariant: bool = True,
+    max_slices: int | None = None,
 ) -> OrientationDecision:
     """Which dihedral transform turned ``image`` away from the training orientation.
 
@@ -151,6 +152,9 @@ def detect_orientation(
             turns with the input exactly (``g`` of a volume is found as ``g`` after what the volume itself is found
             in, with the same confidence), so a volume is corrected alike in every orientation. ``False``: the
             slices as given only.
+        max_slices: score at most this many slices, evenly spaced and away from the two ends (the apex and base
+            slices show the least anatomy); ``None``: all. The choice does not depend on the in-plane orientation,
+            so the decision stays equivariant.
 
     Returns:
         :class:`OrientationDecision`; the volume's score is the mean over slices (and views) of the log-probabilities.
@@ -158,6 +162,11 @@ def detect_orientation(
     classifier.eval()
     device = next(classifier.parameters()).device
     slices = volume_slices(image, slice_axis, classifier.image_size)
+    if max_slices is not None and slices.shape[0] > int(max_slices):
+        if int(max_slices) < 1:
+            raise ValueError(f"max_slices must be a positive int or None, got {max_slices!r}")
+        picks = torch.linspace(0, slices.shape[0] - 1, int(max_slices) + 2)[1:-1].round().long()
+        slices = slices[picks]
     views = DIHEDRAL_TRANSFORMS if equivariant else DIHEDRAL_TRANSFORMS[:1]
     total = torch.zeros(8, dtype=torch.float64)
     for h_index, h in enumerate(views):
@@ -223,6 +232,7 @@ class OrientationCorrectingInferer(Inferer):
         min_confidence: the probability the detected transform needs before a volume is turned.
         device: where a classifier read from a path runs.
         equivariant: :func:`detect_orientation`'s ``equivariant`` (8 classifier runs per slice; default).
+        max_slices: :func:`detect_orientation`'s ``max_slices`` (``None``: every slice).
 
     A classifier whose record says it was not reliable on its validation volumes (``"reliable": false``, e.g. one
     trained on images that look the same turned) is not used: one warning, then the wrapped inferer alone.
@@ -242,6 +252,7 @@ class OrientationCorrectingInferer(Inferer):
         min_confidence: float = 0.5,
         device: torch.device | str = "cpu",
         equivariant: bool = True,
+        max_slices: int | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= float(min_confidence) <= 1.0:
@@ -250,6 +261,7 @@ class OrientationCorrectingInferer(Inferer):
         self.inferer, self.enabled, self.device = inferer, self.mode != "false", device
         self.slice_axis, self.min_confidence = int(slice_axis), float(min_confidence)
         self.equivariant = bool(equivariant)
+        self.max_slices = None if max_slices is None else int(max_slices)
         self._source = classifier
         self.classifier: OrientationClassifier | None = classifier if isinstance(classifier, torch.nn.Module) else None
         self._loaded = self.classifier is not None
@@ -310,7 +322,9 @@ class OrientationCorrectingInferer(Inferer):
         outputs = []
         for b in range(inputs.shape[0]):
             item = inputs[b : b + 1]
-            decision = detect_orientation(self.classifier, item[0], self.slice_axis, equivariant=self.equivariant)
+            decision = detect_orientation(
+                self.classifier, item[0], self.slice_axis, equivariant=self.equivariant, max_slices=self.max_slices
+            )
             decision["name"] = self._name(inputs, b)
             turn = decision.dihedral
             decision["corrected"] = turn.name != "identity" and decision["confidence"] >= self.min_confidence
