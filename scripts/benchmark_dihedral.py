@@ -199,6 +199,12 @@ def main(
             "inference_seconds_per_volume": round(inference_seconds_per_volume(evaluator, items), 4),
         }
         if orientation_classifier:
+            corrector = evaluator.inferer
+            result["orientation_settings"] = {
+                "min_confidence": corrector.min_confidence,
+                "max_slices": corrector.max_slices,
+                "equivariant": corrector.equivariant,
+            }
             # the classifier's cost: the same inferer with and without it, timed in turns in this process
             result["correction_timing"] = {k: round(v, 4) for k, v in correction_time_ratio(evaluator, items).items()}
         (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -229,6 +229,7 @@ def test_script_scores_a_trained_bundle_model_and_its_identity_is_the_validation
     turned = [r["volumes_turned_back"] for r in result["transforms"]]
     assert all(0 <= n <= oc_record["validation"]["volumes"] for n in turned)
     assert (out_dir / "demo__unimatch_seed0__oc.json").is_file()
+    assert result["orientation_settings"] == {"min_confidence": 0.5, "max_slices": 4, "equivariant": True}
     timing = result["correction_timing"]
     assert timing["with_correction"] > 0 and timing["without_correction"] > 0
     assert timing["ratio"] == pytest.approx(timing["with_correction"] / timing["without_correction"], rel=1e-2)

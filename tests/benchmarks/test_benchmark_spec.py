@@ -36,7 +36,14 @@ def test_shipped_specifications_load():
     assert PROTOCOLS["cpu_peer"].image_size == PROTOCOLS["cpu"].image_size and PROTOCOLS["cpu_peer"].threads == 1
     # the peer's fp32 recipe stays fp32 now that train.yaml's precision switches default to "auto"
     # and keeps the augmentation its tables were measured with (no dihedral step, train.yaml's default since 0.6.0)
-    fp32 = {"num_workers": 0, "log_every": 10, "amp": False, "channels_last": False, "weak_aug#dihedral": False}
+    fp32 = {
+        "num_workers": 0,
+        "log_every": 10,
+        "amp": False,
+        "channels_last": False,
+        "orientation_correction": False,
+        "weak_aug#dihedral": False,
+    }
     assert PROTOCOLS["cpu_peer"].overrides == fp32
     assert all(PROTOCOLS[p].overrides["amp"] is False for p in ("cpu", "cpu_peer", "cpu_health", "cpu_short"))
     assert all(
