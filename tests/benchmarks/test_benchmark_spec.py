@@ -35,7 +35,7 @@ def test_shipped_specifications_load():
     # cpu_peer extends cpu: same image size and threads, its own overrides (no AdamW, no ramp-up)
     assert PROTOCOLS["cpu_peer"].image_size == PROTOCOLS["cpu"].image_size and PROTOCOLS["cpu_peer"].threads == 1
     # the peer's fp32 recipe stays fp32 now that train.yaml's precision switches default to "auto"
-    # and keeps the augmentation its tables were measured with (no dihedral step, train.yaml's default since 0.6.0)
+    # and keeps the augmentation its tables were measured with (no dihedral step) and no orientation classifier
     fp32 = {
         "num_workers": 0,
         "log_every": 10,

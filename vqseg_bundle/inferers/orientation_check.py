@@ -10,8 +10,8 @@ reorientation and logs, for a file, in one line:
   images, unlike the training slices;
 * stored axis codes whose in-plane part differs from the training volumes' (``training_axcodes``): the
   reorientation turns or mirrors the slices, which is correct only if this file's header is; a header written
-  under another convention gives a turned or mirrored prediction (the default model is trained with dihedral
-  augmentation and loses little then: docs/results.md "Orientation robustness").
+  under another convention gives a turned or mirrored prediction, which orientation correction (the default,
+  :mod:`vqseg_bundle.inferers.orientation_correction`) turns back: docs/results.md "Orientation robustness".
 
 2D image files (PNG, JPEG, ...) carry no orientation in their header and are not compared.
 """
