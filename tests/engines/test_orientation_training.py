@@ -98,6 +98,7 @@ def test_fit_writes_weights_and_record_and_restores_the_random_state(tmp_path):
     saved = json.loads((tmp_path / "models" / "orientation.json").read_text())
     assert saved == record and saved["network"] == NETWORK and saved["validation"]["volumes"] == 3
     assert saved["reliable"] == (saved["validation"]["consistency"] >= 0.9)
+    assert saved["inference"] == {"min_confidence": 0.5, "max_slices": None}  # read by evaluation / inference
     classifier, _ = load_orientation_classifier(path)
     assert classifier(torch.zeros(2, 1, S, S)).shape == (2, 8)
     assert not list(path.parent.glob("*.tmp*"))  # written atomically, nothing left behind

@@ -242,3 +242,20 @@ def test_max_slices_scores_a_subset_away_from_the_ends():
     corrector = OrientationCorrectingInferer(ResizedSliceInferer(S), oracle, max_slices=2)
     corrector(_volume(depth=5), TopHalfNet())
     assert corrector.decisions[0]["slices"] == 2
+
+
+def test_settings_from_the_classifier_record(tmp_path):
+    path = _save_classifier(tmp_path)
+    record = json.loads((tmp_path / "orientation.json").read_text())
+    (tmp_path / "orientation.json").write_text(
+        json.dumps({**record, "inference": {"min_confidence": 0.75, "max_slices": 3}})
+    )
+    corrector = OrientationCorrectingInferer(
+        ResizedSliceInferer(S), path, enabled=True, min_confidence="record", max_slices="record"
+    ).load()
+    assert corrector.min_confidence == 0.75 and corrector.max_slices == 3
+    (tmp_path / "orientation.json").write_text(json.dumps(record))  # a record without them
+    with pytest.raises(ValueError, match=r"orientation\.json: no recorded \['min_confidence'\]"):
+        OrientationCorrectingInferer(ResizedSliceInferer(S), path, enabled=True, min_confidence="record").load()
+    with pytest.raises(ValueError, match="needs the classifier's path"):
+        OrientationCorrectingInferer(ResizedSliceInferer(S), OracleClassifier(), max_slices="record")

@@ -196,6 +196,7 @@ def fit_orientation_classifier(
     slice_axis: int = -1,
     min_consistency: float = 0.9,
     max_slices: int | None = None,
+    min_confidence: float = 0.5,
     seed: int = 0,
     device: torch.device | str = "cpu",
     reuse: bool | str = False,
@@ -213,6 +214,7 @@ def fit_orientation_classifier(
         network / training: :class:`OrientationClassifier` arguments / :func:`train_orientation_classifier`'s
             ``iterations``, ``batch_size``, ``lr``, ``weight_decay``.
         max_slices: the slices per volume the validation scores, as inference (``orientation_max_slices``).
+        min_confidence: recorded with ``max_slices`` for evaluation / inference (``orientation_min_confidence``).
         reuse: keep an existing classifier (both files present) instead of training again (the config's ``resume``:
             true or a checkpoint path).
         write: write the files (``False`` on the ranks other than 0 of a distributed run, which train the same
@@ -245,7 +247,8 @@ def fit_orientation_classifier(
         "slice_axis": int(slice_axis),
         "validation": validation,
         "min_consistency": float(min_consistency),
-        "max_slices": max_slices,
+        # what evaluation / inference use (their configs read it from here: "record")
+        "inference": {"min_confidence": float(min_confidence), "max_slices": max_slices},
         "reliable": validation["volumes"] > 0 and validation["consistency"] >= float(min_consistency),
         "seconds": round(time.perf_counter() - start, 1),
     }

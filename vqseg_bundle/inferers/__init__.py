@@ -10,6 +10,7 @@ from vqseg_bundle.inferers.orientation_correction import (
     correction_mode,
     detect_orientation,
     load_orientation_classifier,
+    orientation_classifier_beside,
 )
 from vqseg_bundle.inferers.run import (
     NONFINITE_POLICIES,
@@ -42,6 +43,7 @@ __all__ = [
     "correction_mode",
     "detect_orientation",
     "load_orientation_classifier",
+    "orientation_classifier_beside",
     "ResizedSliceInferer",
     "load_network_weights",
     "read_state_dict",

@@ -43,6 +43,7 @@ __all__ = [
     "OrientationCorrectingInferer",
     "detect_orientation",
     "load_orientation_classifier",
+    "orientation_classifier_beside",
     "orientation_record_path",
     "volume_slices",
 ]
@@ -66,6 +67,11 @@ def correction_mode(value: bool | str) -> str:
     if text not in CORRECTION_MODES:
         raise ValueError(f"orientation_correction must be one of {CORRECTION_MODES} (or a bool), got {value!r}")
     return text
+
+
+def orientation_classifier_beside(ckpt_path: str | os.PathLike) -> str:
+    """The orientation classifier's weights beside a model file (``models/model.pt`` -> ``models/orientation.pt``)."""
+    return os.fspath(Path(ckpt_path).with_name("orientation.pt"))
 
 
 def orientation_record_path(weights_path: str | os.PathLike) -> Path:
@@ -229,10 +235,13 @@ class OrientationCorrectingInferer(Inferer):
         enabled: :func:`correction_mode`: ``"auto"`` / ``True`` / ``False`` (``False``: the wrapped inferer alone,
             nothing is read; ``"auto"``: a missing classifier file gives one warning, then the same).
         slice_axis: the spatial axis slices are taken along (as the wrapped inferer's).
-        min_confidence: the probability the detected transform needs before a volume is turned.
+        min_confidence: the probability the detected transform needs before a volume is turned; ``"record"``: the
+            value training recorded with the classifier (``orientation.json`` ``"inference"``, from train.yaml's
+            ``orientation_min_confidence``), so that the configs state it once.
         device: where a classifier read from a path runs.
         equivariant: :func:`detect_orientation`'s ``equivariant`` (8 classifier runs per slice; default).
-        max_slices: :func:`detect_orientation`'s ``max_slices`` (``None``: every slice).
+        max_slices: :func:`detect_orientation`'s ``max_slices`` (``None``: every slice; ``"record"``: as
+            ``min_confidence``, from train.yaml's ``orientation_max_slices``).
 
     A classifier whose record says it was not reliable on its validation volumes (``"reliable": false``, e.g. one
     trained on images that look the same turned) is not used: one warning, then the wrapped inferer alone.
@@ -249,12 +258,18 @@ class OrientationCorrectingInferer(Inferer):
         classifier: OrientationClassifier | str | os.PathLike,
         enabled: bool | str = "auto",
         slice_axis: int = -1,
-        min_confidence: float = 0.5,
+        min_confidence: float | str = 0.5,
         device: torch.device | str = "cpu",
         equivariant: bool = True,
-        max_slices: int | None = None,
+        max_slices: int | str | None = None,
     ) -> None:
         super().__init__()
+        from_record = [k for k, v in (("min_confidence", min_confidence), ("max_slices", max_slices)) if v == "record"]
+        if from_record and isinstance(classifier, torch.nn.Module):
+            raise ValueError(f"{from_record} = 'record' needs the classifier's path (its record), not a module")
+        self._from_record = from_record
+        min_confidence = 0.5 if min_confidence == "record" else min_confidence
+        max_slices = None if max_slices == "record" else max_slices
         if not 0.0 <= float(min_confidence) <= 1.0:
             raise ValueError(f"min_confidence must be in [0, 1], got {min_confidence!r}")
         self.mode = correction_mode(enabled)
@@ -289,6 +304,18 @@ class OrientationCorrectingInferer(Inferer):
                 self._loaded = True
                 return self
             classifier, record = load_orientation_classifier(self._source, self.device)
+            settings = record.get("inference") or {}
+            missing = [k for k in self._from_record if k not in settings]
+            if missing:
+                raise ValueError(
+                    f"{orientation_record_path(self._source)}: no recorded {missing} (written by training since "
+                    f"0.7.0); retrain the classifier (train_orientation) or give --orientation_{missing[0]}"
+                )
+            if "min_confidence" in self._from_record:
+                self.min_confidence = float(settings["min_confidence"])
+            if "max_slices" in self._from_record:
+                value = settings["max_slices"]
+                self.max_slices = None if value is None else int(value)
             if record.get("reliable", False):
                 self.classifier = classifier
                 logger.info("orientation correction: %s (%s)", self._source, record.get("validation", {}))
