@@ -30,7 +30,7 @@ from ignite.engine import Events, create_supervised_trainer
 from vqseg_bundle.fileio import atomic_torch_save, atomic_write_text
 from vqseg_bundle.inferers.orientation_correction import detect_orientation, orientation_record_path
 from vqseg_bundle.networks.orientation import OrientationClassifier
-from vqseg_bundle.transforms.dihedral import DIHEDRAL_TRANSFORMS
+from vqseg_bundle.transforms.dihedral import DIHEDRAL_TRANSFORMS, in_plane_dims
 
 __all__ = [
     "random_orientation_views",
@@ -164,7 +164,7 @@ def validate_orientation_classifier(
     found, confidence, consistent = {}, {}, 0
     for index, item in enumerate(items):
         image = torch.as_tensor(item["image"]).float()
-        dims = (1, 2) if image.ndim == 3 else tuple(1 + a for a in range(3) if a != slice_axis % 3)
+        dims = in_plane_dims(slice_axis, image.ndim - 1)
         seen = set()
         for t in DIHEDRAL_TRANSFORMS:
             # the classifier alone (one view): does its decision move with the input?

@@ -32,7 +32,7 @@ from monai.data import MetaTensor
 from monai.inferers import Inferer
 from monai.utils import convert_to_dst_type
 from vqseg_bundle.networks.orientation import OrientationClassifier
-from vqseg_bundle.transforms.dihedral import DIHEDRAL_TRANSFORMS, DihedralTransform
+from vqseg_bundle.transforms.dihedral import DIHEDRAL_TRANSFORMS, DihedralTransform, dihedral_transform, in_plane_dims
 
 __all__ = [
     "COMPOSE",
@@ -79,14 +79,6 @@ def orientation_record_path(weights_path: str | os.PathLike) -> Path:
     return Path(weights_path).with_suffix(".json")
 
 
-def _in_plane_dims(slice_axis: int, ndim: int) -> tuple[int, int]:
-    """In-plane dims of a batched tensor: ``(B, C, H, W)`` -> (2, 3); ``(B, C, *3 spatial)`` -> the two not sliced."""
-    if ndim == 4:
-        return 2, 3
-    axes = [a for a in range(3) if a != slice_axis % 3]
-    return 2 + axes[0], 2 + axes[1]
-
-
 def volume_slices(image: torch.Tensor, slice_axis: int, size: int) -> torch.Tensor:
     """The slices of one item as a batch for the classifier.
 
@@ -116,7 +108,7 @@ class OrientationDecision(dict):
     @property
     def dihedral(self) -> DihedralTransform:
         """The detected transform as a :class:`DihedralTransform`."""
-        return next(t for t in DIHEDRAL_TRANSFORMS if t.name == self["transform"])
+        return dihedral_transform(self["transform"])
 
 
 def _composition_table() -> list[list[int]]:
@@ -345,7 +337,7 @@ class OrientationCorrectingInferer(Inferer):
             return self.inferer(inputs, network, *args, **kwargs)
         if not isinstance(inputs, torch.Tensor) or inputs.ndim not in (4, 5):
             raise ValueError(f"expected a (B, C, H, W[, D]) tensor, got {getattr(inputs, 'shape', type(inputs))}")
-        dims = _in_plane_dims(self.slice_axis, inputs.ndim)
+        dims = tuple(d + 1 for d in in_plane_dims(self.slice_axis, inputs.ndim - 2))  # batched: one more leading dim
         outputs = []
         for b in range(inputs.shape[0]):
             item = inputs[b : b + 1]

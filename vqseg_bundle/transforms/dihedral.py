@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["DihedralTransform", "DIHEDRAL_TRANSFORMS", "dihedral_transform"]
+__all__ = ["DihedralTransform", "DIHEDRAL_TRANSFORMS", "dihedral_transform", "in_plane_dims"]
 
 
 class DihedralTransform(NamedTuple):
@@ -61,3 +61,23 @@ def dihedral_transform(name: str) -> DihedralTransform:
         if t.name == name:
             return t
     raise ValueError(f"unknown dihedral transform {name!r}; one of {[t.name for t in DIHEDRAL_TRANSFORMS]}")
+
+
+def in_plane_dims(slice_axis: int, spatial_ndim: int = 3) -> tuple[int, int]:
+    """The two in-plane dims of a channel-first item ``(C, *spatial)``.
+
+    Args:
+        slice_axis: the spatial axis slices are taken along (``-3..2``; ignored for 2D items).
+        spatial_ndim: 3 for volumes ``(C, H, W, D)``, 2 for images ``(C, H, W)``.
+
+    Raises:
+        ValueError: for a slice axis outside the volume's axes or an item that is neither 2D nor 3D.
+    """
+    if spatial_ndim == 2:
+        return 1, 2
+    if spatial_ndim != 3:
+        raise ValueError(f"items must be (C, H, W) images or (C, H, W, D) volumes, got {spatial_ndim} spatial axes")
+    if not -3 <= int(slice_axis) <= 2:
+        raise ValueError(f"slice_axis must be in -3..2, got {slice_axis}")
+    axes = [a for a in range(3) if a != int(slice_axis) % 3]
+    return 1 + axes[0], 1 + axes[1]
